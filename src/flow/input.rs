@@ -1,0 +1,253 @@
+//! What can happen to a service: the inputs of [`decide`](super::decide).
+//!
+//! Every input carries a dedup key (SPEC §4 invariant 4): the EventBridge `id` for
+//! operator events, `repository@digest` for pushes, alarm name + state timestamp for
+//! alarms, deployment + cursor + attempt for ticks. The worker builds inputs from
+//! envelopes (see [`crate::contract`]) and from the results of effects it ran.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::ImageRef;
+
+/// One input with its dedup key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    /// Stable identity of the input; applying the same key twice is a no-op.
+    pub key: String,
+    /// What happened.
+    pub kind: InputKind,
+}
+
+impl Input {
+    /// An input with the given key.
+    pub fn new(key: impl Into<String>, kind: InputKind) -> Input {
+        Input {
+            key: key.into(),
+            kind,
+        }
+    }
+
+    /// A tick for `tick`, keyed by deployment, cursor and attempt.
+    #[must_use]
+    pub fn tick(tick: TickKey, observed: Observations) -> Input {
+        Input {
+            key: tick.key(),
+            kind: InputKind::Tick { tick, observed },
+        }
+    }
+}
+
+/// The kinds of input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum InputKind {
+    /// Deploy an image (ECR push or manual `Deploy Requested`).
+    Deploy {
+        /// The image; must carry a digest.
+        image: ImageRef,
+        /// Who asked (`ecr-push` for pushes).
+        requested_by: String,
+        /// Free text.
+        reason: Option<String>,
+    },
+    /// An operator action.
+    Operator {
+        /// The action.
+        action: Action,
+        /// Which deployment; default: the active one, else the last one.
+        deployment_id: Option<String>,
+        /// Who asked.
+        requested_by: String,
+        /// Free text.
+        reason: Option<String>,
+    },
+    /// A CloudWatch alarm changed state.
+    Alarm {
+        /// Alarm name.
+        alarm: String,
+        /// The new state.
+        state: AlarmState,
+        /// Why, as CloudWatch put it.
+        reason: Option<String>,
+    },
+    /// A scheduled "next step" tick, with what the worker observed just before deciding
+    /// (see [`needs`](super::needs)).
+    Tick {
+        /// Which tick.
+        tick: TickKey,
+        /// Observations the tick is decided on.
+        observed: Observations,
+    },
+    /// Result of a `RegisterRevision` effect.
+    RevisionRegistered {
+        /// Deployment the revision belongs to.
+        deployment_id: String,
+        /// The task definition ARN registered (or found already registered).
+        task_definition_arn: String,
+    },
+    /// Results of a `RunValidations` effect.
+    ValidationsCompleted {
+        /// Deployment validated.
+        deployment_id: String,
+        /// Cursor of the testing stage that asked.
+        cursor: u32,
+        /// One outcome per check.
+        outcomes: Vec<CheckOutcome>,
+    },
+    /// An external hook's answer for a `hook` validation.
+    HookReported {
+        /// Deployment validated.
+        deployment_id: String,
+        /// Hook name from the configuration.
+        hook: String,
+        /// Whether it passed.
+        passed: bool,
+        /// Why, in the hook's words.
+        detail: Option<String>,
+    },
+    /// An effect of the decision at `cursor` failed after the worker's own retries.
+    EffectFailed {
+        /// Deployment concerned.
+        deployment_id: String,
+        /// The deployment's cursor when the failing effect was decided.
+        cursor: u32,
+        /// Which effect (its [`Effect::name`](super::Effect::name)).
+        effect: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The reconciler's periodic check: re-drive a deployment whose tick is overdue.
+    Reconcile,
+}
+
+/// Operator actions (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// In an untimed pause: continue to the next step; otherwise jump to 100 %.
+    Promote {
+        /// Also skip the bake.
+        skip_bake: bool,
+    },
+    /// Pass the approval gate.
+    Approve,
+    /// Stop the clock; alarms still roll back.
+    Pause,
+    /// Start the clock again.
+    Resume,
+    /// Roll the active deployment back.
+    Abort,
+    /// Roll back the active deployment, or the last one while its old colour is warm.
+    Rollback,
+    /// Deploy the image of a rolled-back or failed deployment again.
+    Retry,
+}
+
+impl Action {
+    /// The action's name as operators type it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Promote { .. } => "promote",
+            Action::Approve => "approve",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Abort => "abort",
+            Action::Rollback => "rollback",
+            Action::Retry => "retry",
+        }
+    }
+}
+
+/// CloudWatch alarm states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlarmState {
+    /// Healthy.
+    Ok,
+    /// Firing.
+    Alarm,
+    /// Not enough data.
+    InsufficientData,
+}
+
+/// Identity of a tick: deployment, cursor and attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TickKey {
+    /// Deployment the tick belongs to.
+    pub deployment_id: String,
+    /// The deployment's cursor when the tick was scheduled.
+    pub cursor: u32,
+    /// Attempt within the cursor.
+    pub attempt: u32,
+}
+
+impl TickKey {
+    /// The dedup key: `tick:<deployment>:<cursor>:<attempt>`.
+    #[must_use]
+    pub fn key(&self) -> String {
+        format!(
+            "tick:{}:{}:{}",
+            self.deployment_id, self.cursor, self.attempt
+        )
+    }
+}
+
+/// What the worker read just before deciding a tick. `None` means "not read" (or the
+/// read failed), which the core treats as unknown and never as healthy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observations {
+    /// Names of the service's rollback alarms that are in ALARM.
+    pub alarms_firing: Option<Vec<String>>,
+    /// Rollout and target health of the new colour.
+    pub target_health: Option<TargetHealth>,
+}
+
+impl Observations {
+    /// Observations saying every rollback alarm is OK and nothing else.
+    #[must_use]
+    pub fn alarms_ok() -> Observations {
+        Observations {
+            alarms_firing: Some(Vec::new()),
+            target_health: None,
+        }
+    }
+}
+
+/// Rollout state of the colour being deployed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetHealth {
+    /// The ECS deployment finished rolling out.
+    pub rollout_completed: bool,
+    /// Tasks running.
+    pub running: u32,
+    /// Tasks desired.
+    pub desired: u32,
+    /// Registered targets in the colour's target group that are healthy.
+    pub healthy_targets: u32,
+    /// Registered targets in the colour's target group.
+    pub registered_targets: u32,
+}
+
+impl TargetHealth {
+    /// Steady and every registered target healthy (and there is at least one).
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.rollout_completed
+            && self.desired > 0
+            && self.running == self.desired
+            && self.registered_targets > 0
+            && self.healthy_targets == self.registered_targets
+    }
+}
+
+/// Result of one validation check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    /// Check name.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was seen.
+    pub detail: String,
+}

@@ -1,0 +1,17 @@
+//! `bluegreen`: zero-downtime blue-green, canary and linear deployments of Amazon ECS
+//! Fargate services behind an Application Load Balancer.
+//!
+//! Layers, from the inside out:
+//! * [`flow`] — the pure decision core (state, inputs, effects, `decide`);
+//! * [`contract`] — the wire shapes: inbound EventBridge envelopes, outbound events;
+//! * [`schema`] — the JSON Schemas in `schemas/`, compiled once, and validation;
+//! * [`config`] — the configuration document, parsed and validated once at start-up;
+//! * [`plan`] — the schedule a strategy produces, for `bluegreen plan`;
+//! * [`cli`] — the command line.
+
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod flow;
+pub mod plan;
+pub mod schema;
