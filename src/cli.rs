@@ -1,1 +1,162 @@
-//! placeholder
+//! The command line (SPEC §7).
+//!
+//! Exit codes: `0` success / valid, `1` invalid input (a bad configuration or event, an
+//! unknown service), `2` usage error (clap's own code for bad arguments).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::contract::{self, Sources};
+use crate::plan;
+
+/// Exit code: success, or the document is valid.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: invalid input.
+pub const EXIT_INVALID: u8 = 1;
+/// Exit code: usage error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Zero-downtime blue-green, canary and linear deployments of ECS Fargate services.
+#[derive(Debug, Parser)]
+#[command(name = "bluegreen", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print each service's traffic schedule and total duration.
+    Plan {
+        /// Configuration file (TOML, or JSON when it ends in .json).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this service.
+        #[arg(long, short)]
+        service: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Check a configuration or an event file against the schemas.
+    Validate {
+        /// What to validate.
+        #[command(subcommand)]
+        what: Validate,
+    },
+}
+
+/// `validate` targets.
+#[derive(Debug, Subcommand)]
+pub enum Validate {
+    /// A configuration file.
+    Config {
+        /// The file.
+        file: PathBuf,
+    },
+    /// An event file (one EventBridge envelope).
+    Event {
+        /// The file.
+        file: PathBuf,
+        /// Take the operator and worker `source` names from this configuration.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Output formats of read commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table for humans.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// Runs a parsed command, writing results to `out` and diagnostics to `err`; returns the
+/// exit code.
+pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let result = match cli.command {
+        Command::Plan {
+            config,
+            service,
+            output,
+        } => cmd_plan(&config, service.as_deref(), output),
+        Command::Validate {
+            what: Validate::Config { file },
+        } => Config::load(&file)
+            .map(|c| {
+                format!(
+                    "valid: {} ({} service{})",
+                    file.display(),
+                    c.services.len(),
+                    if c.services.len() == 1 { "" } else { "s" }
+                )
+            })
+            .map_err(|e| e.to_string()),
+        Command::Validate {
+            what: Validate::Event { file, config },
+        } => cmd_validate_event(&file, config.as_deref()),
+    };
+    match result {
+        Ok(text) => {
+            let _ = write!(out, "{text}");
+            if !text.ends_with('\n') {
+                let _ = writeln!(out);
+            }
+            EXIT_OK
+        }
+        Err(message) => {
+            let _ = writeln!(err, "error: {}", message.replace('\n', " "));
+            EXIT_INVALID
+        }
+    }
+}
+
+fn cmd_plan(
+    config: &Path,
+    service: Option<&str>,
+    output: Output,
+) -> Result<String, String> {
+    let config = Config::load(config).map_err(|e| e.to_string())?;
+    let services: Vec<_> = match service {
+        Some(name) => vec![
+            config
+                .service(name)
+                .ok_or_else(|| format!("service {name:?} is not in the configuration"))?,
+        ],
+        None => config.services.iter().collect(),
+    };
+    let plans: Vec<plan::ServicePlan> = services.into_iter().map(plan::plan_service).collect();
+    match output {
+        Output::Text => Ok(plan::render_text(&plans)),
+        Output::Json => serde_json::to_string_pretty(&serde_json::json!({ "services": plans }))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn cmd_validate_event(file: &Path, config: Option<&Path>) -> Result<String, String> {
+    let sources = match config {
+        Some(path) => {
+            let c = Config::load(path).map_err(|e| e.to_string())?;
+            Sources {
+                own: c.worker.source,
+                manual: c.worker.manual_source,
+            }
+        }
+        None => Sources::default(),
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let msg = contract::parse_str(&text, &sources).map_err(|e| e.to_string())?;
+    let kind = format!("{} from {}", msg.envelope.detail_type, msg.envelope.source);
+    Ok(match msg.ignorable() {
+        Some(why) => format!("valid: {kind} (the worker would ignore it: {why})"),
+        None => format!("valid: {kind}"),
+    })
+}

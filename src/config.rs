@@ -1,1 +1,529 @@
-//! placeholder
+//! The configuration document (SPEC §6), parsed once at start-up.
+//!
+//! Loading goes: text (TOML file, or the same document as JSON) → JSON value → checked
+//! against `schemas/config.schema.json` → typed [`Config`] → [`Config::validate`] for
+//! what a schema cannot say (uniqueness across services, steps that reach 100, ARNs of
+//! one service in one account and region…). Every error names its field.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::flow::{Check, Concurrency, ServiceSettings, Strategy, Timeouts};
+use crate::schema::{self, FieldError, SchemaId};
+
+/// Errors loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not TOML / JSON.
+    #[error("configuration is not valid {format}: {message}")]
+    Syntax {
+        /// `TOML` or `JSON`.
+        format: &'static str,
+        /// Parser message, with the location.
+        message: String,
+    },
+    /// The document is well-formed but wrong; one entry per problem.
+    #[error("invalid configuration: {}", join(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The whole document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Worker settings.
+    pub worker: WorkerConfig,
+    /// Services deployed by this worker.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// SQS queue the worker consumes.
+    pub queue_url: String,
+    /// DynamoDB table.
+    pub table: String,
+    /// EventBridge bus for outbound and operator events.
+    pub event_bus: String,
+    /// `source` of outbound events.
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// `source` accepted for operator events.
+    #[serde(default = "default_manual_source")]
+    pub manual_source: String,
+    /// When set, events from another region are rejected.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// When set, events from another account are rejected; also the registry account of
+    /// pushed images when the event lacks `account`.
+    #[serde(default)]
+    pub account_id: Option<String>,
+}
+
+fn default_source() -> String {
+    "bluegreen".into()
+}
+
+fn default_manual_source() -> String {
+    "bluegreen.manual".into()
+}
+
+/// One `[[services]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique name; deployment ids start with it.
+    pub name: String,
+    /// ECS cluster name or ARN.
+    pub cluster: String,
+    /// ECS service of the blue colour.
+    pub blue_service: String,
+    /// ECS service of the green colour.
+    pub green_service: String,
+    /// Target group of the blue colour.
+    pub blue_target_group_arn: String,
+    /// Target group of the green colour.
+    pub green_target_group_arn: String,
+    /// Production listener rule whose weights are shifted.
+    #[serde(default)]
+    pub production_listener_rule_arn: Option<String>,
+    /// Or: production listener whose default action is shifted.
+    #[serde(default)]
+    pub production_listener_arn: Option<String>,
+    /// Optional test listener rule routed to the new colour during testing.
+    #[serde(default)]
+    pub test_listener_rule_arn: Option<String>,
+    /// Or: a test listener's default action.
+    #[serde(default)]
+    pub test_listener_arn: Option<String>,
+    /// Container whose image is replaced.
+    pub container_name: String,
+    /// ECR repository name that triggers deployments.
+    pub ecr_repository: String,
+    /// Glob over pushed tags; default: any tag.
+    #[serde(default)]
+    pub tag_pattern: Option<String>,
+    /// Shifting strategy.
+    pub strategy: Strategy,
+    /// Bake at 100 % before finalizing.
+    #[serde(default = "default_bake", with = "humantime_serde")]
+    pub bake: Duration,
+    /// How long the old colour stays warm after success (rollback still instant).
+    #[serde(default = "default_termination_wait", with = "humantime_serde")]
+    pub termination_wait: Duration,
+    /// Alarms whose ALARM state rolls back.
+    #[serde(default)]
+    pub rollback_alarms: Vec<String>,
+    /// Require an operator's approve before shifting.
+    #[serde(default)]
+    pub approval: bool,
+    /// What a new image does while a deployment is active.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// Testing-stage checks.
+    #[serde(default)]
+    pub validations: Vec<ValidationConfig>,
+    /// Failed rollback attempts before the deployment is `Failed`.
+    #[serde(default = "default_rollback_attempts")]
+    pub rollback_attempts: u32,
+    /// Stage timeouts and polling.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+fn default_bake() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+fn default_termination_wait() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+fn default_rollback_attempts() -> u32 {
+    5
+}
+
+/// One validation: an HTTP check (`url`) or an external hook (`hook`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Name of a URL check in events (default: the URL); hooks are named by `hook`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// URL requested through the test listener.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Expected HTTP status (default 200).
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+    /// Hook name answered by a `Validation Reported` event.
+    #[serde(default)]
+    pub hook: Option<String>,
+}
+
+/// `timeouts = { … }`; every key optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Start checks and registration.
+    #[serde(default, with = "humantime_serde")]
+    pub provision: Option<Duration>,
+    /// New colour steady and healthy.
+    #[serde(default, with = "humantime_serde")]
+    pub green: Option<Duration>,
+    /// Validations.
+    #[serde(default, with = "humantime_serde")]
+    pub testing: Option<Duration>,
+    /// Approval gate.
+    #[serde(default, with = "humantime_serde")]
+    pub approval: Option<Duration>,
+    /// Untimed pause.
+    #[serde(default, with = "humantime_serde")]
+    pub promote: Option<Duration>,
+    /// Poll interval.
+    #[serde(default, with = "humantime_serde")]
+    pub poll: Option<Duration>,
+    /// Reconciler grace.
+    #[serde(default, with = "humantime_serde")]
+    pub reconcile_grace: Option<Duration>,
+}
+
+/// A listener rule or a listener (whose default action is used).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrafficTarget {
+    /// A listener rule ARN.
+    Rule(String),
+    /// A listener ARN.
+    Listener(String),
+}
+
+impl Config {
+    /// Parses and validates a TOML document.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] for malformed TOML, [`ConfigError::Invalid`] naming every
+    /// wrong field.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let value: Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            format: "TOML",
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        Config::from_value(value)
+    }
+
+    /// Parses and validates the same document given as JSON (e.g. from
+    /// `BLUEGREEN_CONFIG_JSON`).
+    ///
+    /// # Errors
+    /// As [`Config::from_toml_str`].
+    pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+            format: "JSON",
+            message: e.to_string(),
+        })?;
+        Config::from_value(value)
+    }
+
+    /// Reads `path` (JSON when it ends in `.json`, TOML otherwise).
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`] when unreadable, otherwise as [`Config::from_toml_str`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if path.extension().is_some_and(|e| e == "json") {
+            Config::from_json_str(&text)
+        } else {
+            Config::from_toml_str(&text)
+        }
+    }
+
+    fn from_value(value: Value) -> Result<Config, ConfigError> {
+        schema::validate(SchemaId::Config, &value).map_err(ConfigError::Invalid)?;
+        let config: Config = serde_json::from_value(value).map_err(|e| {
+            ConfigError::Invalid(vec![FieldError {
+                field: String::new(),
+                message: e.to_string(),
+            }])
+        })?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Semantic checks beyond the schema.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its field.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut err = |field: String, message: String| errors.push(FieldError { field, message });
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut owners: HashMap<String, (usize, &'static str)> = HashMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |field: &str| format!("services[{i}].{field}");
+            if let Some(j) = names.insert(s.name.as_str(), i) {
+                err(at("name"), format!("duplicate service name {:?} (also services[{j}])", s.name));
+            }
+            match (&s.production_listener_rule_arn, &s.production_listener_arn) {
+                (None, None) => err(
+                    at("production_listener_rule_arn"),
+                    "one of production_listener_rule_arn or production_listener_arn is required".into(),
+                ),
+                (Some(_), Some(_)) => err(
+                    at("production_listener_arn"),
+                    "give production_listener_rule_arn or production_listener_arn, not both".into(),
+                ),
+                _ => {}
+            }
+            if s.test_listener_rule_arn.is_some() && s.test_listener_arn.is_some() {
+                err(
+                    at("test_listener_arn"),
+                    "give test_listener_rule_arn or test_listener_arn, not both".into(),
+                );
+            }
+            if s.blue_service == s.green_service {
+                err(at("green_service"), "must differ from blue_service".into());
+            }
+            if s.blue_target_group_arn == s.green_target_group_arn {
+                err(at("green_target_group_arn"), "must differ from blue_target_group_arn".into());
+            }
+            // One ECS service, target group or listener rule must belong to one bluegreen
+            // service only, or two deployments would write the same traffic.
+            let resources = [
+                ("blue_service", format!("{}/{}", s.cluster, s.blue_service)),
+                ("green_service", format!("{}/{}", s.cluster, s.green_service)),
+                ("blue_target_group_arn", s.blue_target_group_arn.clone()),
+                ("green_target_group_arn", s.green_target_group_arn.clone()),
+            ]
+            .into_iter()
+            .chain(
+                s.production_listener_rule_arn
+                    .clone()
+                    .map(|a| ("production_listener_rule_arn", a)),
+            )
+            .chain(s.production_listener_arn.clone().map(|a| ("production_listener_arn", a)));
+            for (field, id) in resources {
+                match owners.get(&id) {
+                    Some((j, other)) if *j != i => err(
+                        at(field),
+                        format!("{id} is already used by services[{j}].{other}"),
+                    ),
+                    _ => {
+                        owners.insert(id, (i, field));
+                    }
+                }
+            }
+            check_arn_scope(s, &mut err, i);
+            check_strategy(&s.strategy, &at("strategy"), &mut err);
+            if let Some(p) = &s.tag_pattern
+                && let Err(e) = glob::Pattern::new(p)
+            {
+                err(at("tag_pattern"), format!("not a valid glob: {e}"));
+            }
+            let mut check_names: HashMap<String, usize> = HashMap::new();
+            for (k, v) in s.validations.iter().enumerate() {
+                let field = format!("services[{i}].validations[{k}]");
+                let check = v.to_check();
+                if let Some(j) = check_names.insert(check.name().to_string(), k) {
+                    err(format!("{field}.name"), format!("duplicate check name {:?} (also validations[{j}])", check.name()));
+                }
+                if matches!(check, Check::Http { .. }) && !s.has_test_listener() {
+                    err(
+                        format!("{field}.url"),
+                        "HTTP validations need test_listener_rule_arn or test_listener_arn so that they reach the new colour".into(),
+                    );
+                }
+                if v.hook.is_some() && v.expect_status.is_some() {
+                    err(format!("{field}.expect_status"), "only applies to url validations".into());
+                }
+            }
+            if s.timeouts.poll.is_some_and(|d| d.is_zero()) {
+                err(at("timeouts.poll"), "must be greater than zero".into());
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// The service named `name`.
+    #[must_use]
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut(String, String)) {
+    match strategy {
+        Strategy::AllAtOnce => {}
+        Strategy::Canary { percent, bake } => {
+            if !(1..=99).contains(percent) {
+                err(format!("{at}.percent"), format!("must be between 1 and 99, got {percent}"));
+            }
+            if bake.is_zero() {
+                err(format!("{at}.bake"), "must be greater than zero".into());
+            }
+        }
+        Strategy::Linear {
+            step_percent,
+            interval,
+        } => {
+            if !(1..=100).contains(step_percent) {
+                err(
+                    format!("{at}.step_percent"),
+                    format!("must be between 1 and 100, got {step_percent}"),
+                );
+            }
+            if interval.is_zero() {
+                err(format!("{at}.interval"), "must be greater than zero".into());
+            }
+        }
+        Strategy::Steps { steps } => {
+            let mut previous = 0u8;
+            for (k, s) in steps.iter().enumerate() {
+                if s.weight <= previous {
+                    err(
+                        format!("{at}.steps[{k}].weight"),
+                        format!("weights must strictly increase: {} after {previous}", s.weight),
+                    );
+                }
+                if s.weight > 100 {
+                    err(format!("{at}.steps[{k}].weight"), format!("must be at most 100, got {}", s.weight));
+                }
+                previous = s.weight;
+            }
+            if steps.last().is_none_or(|s| s.weight != 100) {
+                err(format!("{at}.steps"), "the last step must have weight 100".into());
+            }
+        }
+    }
+}
+
+/// Every ELBv2 ARN of a service must be in one partition, region and account.
+fn check_arn_scope(s: &ServiceConfig, err: &mut impl FnMut(String, String), i: usize) {
+    let arns = [
+        ("blue_target_group_arn", Some(&s.blue_target_group_arn)),
+        ("green_target_group_arn", Some(&s.green_target_group_arn)),
+        ("production_listener_rule_arn", s.production_listener_rule_arn.as_ref()),
+        ("production_listener_arn", s.production_listener_arn.as_ref()),
+        ("test_listener_rule_arn", s.test_listener_rule_arn.as_ref()),
+        ("test_listener_arn", s.test_listener_arn.as_ref()),
+    ];
+    let mut first: Option<(&str, String)> = None;
+    for (field, arn) in arns {
+        let Some(arn) = arn else { continue };
+        let scope: String = arn.split(':').skip(1).take(4).collect::<Vec<_>>().join(":");
+        match &first {
+            None => first = Some((field, scope)),
+            Some((f, expected)) if *expected != scope => err(
+                format!("services[{i}].{field}"),
+                format!("is in {scope} but {f} is in {expected}; a service's load balancer resources must share one account and region"),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Whether a test listener or rule is configured.
+    #[must_use]
+    pub fn has_test_listener(&self) -> bool {
+        self.test_listener_rule_arn.is_some() || self.test_listener_arn.is_some()
+    }
+
+    /// The production traffic target.
+    #[must_use]
+    pub fn production(&self) -> Option<TrafficTarget> {
+        self.production_listener_rule_arn
+            .clone()
+            .map(TrafficTarget::Rule)
+            .or_else(|| self.production_listener_arn.clone().map(TrafficTarget::Listener))
+    }
+
+    /// The test traffic target, if any.
+    #[must_use]
+    pub fn test(&self) -> Option<TrafficTarget> {
+        self.test_listener_rule_arn
+            .clone()
+            .map(TrafficTarget::Rule)
+            .or_else(|| self.test_listener_arn.clone().map(TrafficTarget::Listener))
+    }
+
+    /// Whether a pushed tag matches `tag_pattern` (no pattern: any tag, even none).
+    #[must_use]
+    pub fn matches_tag(&self, tag: Option<&str>) -> bool {
+        match (&self.tag_pattern, tag) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(p), Some(t)) => glob::Pattern::new(p).is_ok_and(|p| p.matches(t)),
+        }
+    }
+
+    /// The settings the decision core uses for this service.
+    #[must_use]
+    pub fn settings(&self) -> ServiceSettings {
+        let d = Timeouts::default();
+        let t = &self.timeouts;
+        ServiceSettings {
+            strategy: self.strategy.clone(),
+            bake: self.bake,
+            termination_wait: self.termination_wait,
+            rollback_alarms: self.rollback_alarms.clone(),
+            approval: self.approval,
+            has_test_listener: self.has_test_listener(),
+            checks: self.validations.iter().map(ValidationConfig::to_check).collect(),
+            concurrency: self.concurrency,
+            timeouts: Timeouts {
+                provision: t.provision.unwrap_or(d.provision),
+                green: t.green.unwrap_or(d.green),
+                testing: t.testing.unwrap_or(d.testing),
+                approval: t.approval.unwrap_or(d.approval),
+                promote: t.promote.unwrap_or(d.promote),
+                poll: t.poll.unwrap_or(d.poll),
+                reconcile_grace: t.reconcile_grace.unwrap_or(d.reconcile_grace),
+            },
+            rollback_attempts: self.rollback_attempts,
+        }
+    }
+}
+
+impl ValidationConfig {
+    /// The core's view of this validation.
+    #[must_use]
+    pub fn to_check(&self) -> Check {
+        match (&self.url, &self.hook) {
+            (Some(url), _) => Check::Http {
+                name: self.name.clone().unwrap_or_else(|| url.clone()),
+                url: url.clone(),
+                expect_status: self.expect_status.unwrap_or(200),
+            },
+            // Hooks answer by hook name, so that is the check's name.
+            (None, hook) => Check::Hook {
+                name: hook.clone().unwrap_or_default(),
+            },
+        }
+    }
+}

@@ -1,0 +1,659 @@
+//! One test per transition of the flow (SPEC §3), driven through the decision core.
+
+use std::time::Duration;
+
+use bluegreen::flow::{
+    Action, Check, Color, Concurrency, Effect, ExplicitStep, IgnoreCode, Input, InputKind,
+    Observations, Outcome, Phase, RejectCode, ServiceSettings, Strategy, TargetHealth, Weights,
+};
+
+use crate::common::*;
+
+fn wt(blue: u8, green: u8) -> Weights {
+    Weights { blue, green }
+}
+
+fn rejected(outcome: &Outcome) -> RejectCode {
+    match outcome {
+        Outcome::Rejected { code, .. } => *code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn ignored(outcome: &Outcome) -> IgnoreCode {
+    match outcome {
+        Outcome::Ignored { code, .. } => *code,
+        other => panic!("expected an ignore, got {other:?}"),
+    }
+}
+
+#[test]
+fn push_on_an_idle_service_starts_a_deployment_in_requested() {
+    let mut w = World::new(settings());
+    let outcome = w.apply(push(1));
+    assert_eq!(outcome, Outcome::Applied);
+    let d = w.active();
+    assert_eq!((d.id.as_str(), d.phase), ("web-1", Phase::Requested));
+    assert_eq!((d.stable, d.target), (Color::Blue, Color::Green));
+    assert_eq!(w.event_kinds(), ["Deployment Started"]);
+    assert_eq!(w.ticks.len(), 1, "the start checks run on an immediate tick");
+    assert_eq!(w.ticks[0].1, w.now);
+}
+
+#[test]
+fn start_with_alarms_ok_registers_the_revision_once() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::WaitingForGreen));
+    assert_eq!(w.log.registrations.len(), 1);
+    assert_eq!(
+        w.log.updates,
+        [(Color::Green, w.log.registrations[0].clone())],
+        "the idle colour is pointed at the new revision"
+    );
+    assert_eq!(
+        w.event_kinds(),
+        ["Deployment Started", "Deployment Phase Changed", "Deployment Phase Changed"]
+    );
+}
+
+#[test]
+fn an_alarm_already_in_alarm_blocks_the_start() {
+    let mut w = World::new(settings());
+    w.alarms_firing = Some(vec!["web-p99".into()]);
+    w.apply(push(1));
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    let reason = w.active().rollback.as_ref().map(|r| r.reason.clone()).unwrap_or_default();
+    assert!(reason.contains("blocked") && reason.contains("web-p99"), "{reason}");
+    assert!(w.log.registrations.is_empty(), "nothing was provisioned");
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    assert_eq!(w.log.production, [wt(100, 0)], "production stays on blue");
+}
+
+#[test]
+fn a_start_that_cannot_read_alarms_waits_instead_of_starting() {
+    let mut w = World::new(settings());
+    w.alarms_firing = None;
+    w.apply(push(1));
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::Requested));
+    assert_eq!(w.ticks.len(), 1);
+    assert_eq!(w.ticks[0].0.attempt, 2, "polls again as a new attempt");
+    assert!(w.log.registrations.is_empty());
+}
+
+#[test]
+fn provisioning_that_never_registers_rolls_back_at_its_timeout() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.crash_next = true; // the RegisterRevision effect is lost
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::Provisioning));
+    // The watchdog tick itself was lost too; deliver it by hand at the deadline.
+    let d = w.active().clone();
+    let pending = d.next_tick.expect("watchdog");
+    w.now = pending.due;
+    let key = bluegreen::flow::TickKey {
+        deployment_id: d.id.clone(),
+        cursor: pending.cursor,
+        attempt: pending.attempt,
+    };
+    w.apply(Input::tick(key, Observations::alarms_ok()));
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+}
+
+#[test]
+fn a_second_revision_result_is_ignored_and_registers_nothing() {
+    let mut w = world_in(settings(), Phase::WaitingForGreen);
+    let outcome = w.apply(Input::new(
+        "registered-again",
+        InputKind::RevisionRegistered {
+            deployment_id: "web-1".into(),
+            task_definition_arn: "arn:other".into(),
+        },
+    ));
+    assert_eq!(ignored(&outcome), IgnoreCode::Stale);
+    assert_eq!(w.log.registrations.len(), 1);
+}
+
+#[test]
+fn waiting_for_green_polls_until_steady_and_healthy() {
+    let mut w = World::new(settings());
+    w.health = Some(TargetHealth {
+        healthy_targets: 1,
+        ..healthy()
+    });
+    w.apply(push(1));
+    w.tick();
+    w.tick();
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::WaitingForGreen));
+    w.health = Some(healthy());
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::Shifting));
+    assert_eq!(w.log.production, [wt(75, 25)]);
+}
+
+#[test]
+fn green_not_healthy_within_its_timeout_rolls_back_naming_what_was_seen() {
+    let mut w = World::new(settings());
+    w.health = Some(TargetHealth {
+        running: 1,
+        ..healthy()
+    });
+    w.apply(push(1));
+    w.run_until(|w| w.phase() != Some(Phase::WaitingForGreen) && w.phase() != Some(Phase::Requested));
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    let reason = w.active().rollback.as_ref().map(|r| r.reason.clone()).unwrap_or_default();
+    assert!(reason.contains("1/2 tasks running"), "{reason}");
+}
+
+#[test]
+fn healthy_green_with_validations_routes_the_test_listener_and_runs_them() {
+    let mut s = settings();
+    s.has_test_listener = true;
+    s.checks = vec![Check::Http {
+        name: "healthz".into(),
+        url: "http://test/healthz".into(),
+        expect_status: 200,
+    }];
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::Shifting));
+    assert_eq!(w.log.test, [wt(0, 100)], "test rule to green before validations");
+    let ran = w
+        .log
+        .effects
+        .iter()
+        .filter(|e| matches!(e, Effect::RunValidations { .. }))
+        .count();
+    assert_eq!(ran, 1);
+    assert!(w.event_kinds().contains(&"Deployment Phase Changed"));
+}
+
+#[test]
+fn a_failed_validation_rolls_back_before_production_moves() {
+    let mut s = settings();
+    s.has_test_listener = true;
+    s.checks = vec![Check::Http {
+        name: "healthz".into(),
+        url: "http://test/healthz".into(),
+        expect_status: 200,
+    }];
+    let mut w = World::new(s);
+    w.validations_pass = false;
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    assert_eq!(w.log.production, [wt(100, 0)]);
+    assert_eq!(w.log.test, [wt(0, 100), wt(100, 0)], "test rule back to blue");
+    assert_eq!(w.log.scaled_to_zero, [Color::Green]);
+}
+
+#[test]
+fn a_hook_validation_waits_for_its_report() {
+    let mut s = settings();
+    s.checks = vec![Check::Hook { name: "smoke".into() }];
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::Testing));
+    let deadline = w.active().deadline;
+    assert!(deadline.is_some());
+    let report = |passed| {
+        Input::new(
+            "event:hook-1",
+            InputKind::HookReported {
+                deployment_id: "web-1".into(),
+                hook: "smoke".into(),
+                passed,
+                detail: None,
+            },
+        )
+    };
+    assert_eq!(w.apply(report(true)), Outcome::Applied);
+    assert_eq!(w.phase(), Some(Phase::Shifting));
+}
+
+#[test]
+fn the_approval_gate_waits_for_approve() {
+    let mut s = settings();
+    s.approval = true;
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::AwaitingApproval));
+    assert!(w.event_kinds().contains(&"Deployment Awaiting Approval"));
+    assert!(w.log.production.is_empty());
+    assert_eq!(w.apply(op("a1", Action::Approve)), Outcome::Applied);
+    assert_eq!(w.phase(), Some(Phase::Shifting));
+    assert_eq!(w.log.production, [wt(75, 25)]);
+    let last = w.log.events.last().expect("event");
+    assert_eq!(last.detail.requested_by.as_deref(), Some("alice"), "the event names who approved");
+}
+
+#[test]
+fn approve_outside_the_gate_is_rejected_with_a_reason() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    let outcome = w.apply(op("a1", Action::Approve));
+    assert_eq!(rejected(&outcome), RejectCode::InvalidTransition);
+    assert!(reason_of(&outcome).contains("Shifting"));
+    assert_eq!(w.event_kinds().last(), Some(&"Event Rejected"));
+}
+
+#[test]
+fn an_approval_never_given_rolls_back_at_its_timeout() {
+    let mut s = settings();
+    s.approval = true;
+    s.timeouts.approval = Duration::from_secs(3600);
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::RollingBack));
+    let d = w.active();
+    assert_eq!(d.rollback.as_ref().map(|r| r.from_phase), Some(Phase::AwaitingApproval));
+}
+
+#[test]
+fn each_step_tick_moves_to_the_next_weight_and_ends_in_success() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(
+        w.log.production,
+        [wt(75, 25), wt(50, 50), wt(25, 75), wt(0, 100)]
+    );
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(w.state.live, Color::Green);
+    assert_eq!(w.log.scaled_to_zero, [Color::Blue], "blue released after the termination wait");
+    let kinds = w.event_kinds();
+    assert_eq!(kinds.iter().filter(|k| **k == "Traffic Shifted").count(), 4);
+    assert_eq!(
+        &kinds[kinds.len() - 4..],
+        ["Deployment Phase Changed", "Deployment Phase Changed", "Deployment Succeeded", "Old Color Released"]
+    );
+}
+
+#[test]
+fn an_alarm_mid_shift_restores_production_first() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.tick(); // 50/50
+    let before = w.log.effects.len();
+    let outcome = w.apply(alarm("web-5xx", "2023-11-14T22:20:00.000+0000"));
+    assert_eq!(outcome, Outcome::Applied);
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    assert_eq!(
+        w.log.effects.get(before),
+        Some(&Effect::SetProductionWeights {
+            deployment_id: "web-1".into(),
+            weights: wt(100, 0)
+        }),
+        "the first effect of a rollback restores production"
+    );
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    assert_eq!(w.log.production.last(), Some(&wt(100, 0)));
+    assert_eq!(w.state.live, Color::Blue);
+}
+
+#[test]
+fn a_firing_alarm_seen_before_a_step_rolls_back() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.alarms_firing = Some(vec!["web-p99".into()]);
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    assert_eq!(w.log.production, [wt(75, 25), wt(100, 0)]);
+}
+
+#[test]
+fn a_step_holds_while_alarm_state_is_unknown() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.alarms_firing = None;
+    w.tick();
+    assert_eq!(w.active().step, 0, "no step taken blind");
+    assert_eq!(w.log.production, [wt(75, 25)]);
+    w.alarms_firing = Some(vec![]);
+    w.tick();
+    assert_eq!(w.active().step, 1);
+}
+
+fn explicit() -> Strategy {
+    Strategy::Steps {
+        steps: vec![
+            ExplicitStep {
+                weight: 10,
+                pause: Some(Duration::from_secs(60)),
+            },
+            ExplicitStep {
+                weight: 50,
+                pause: None,
+            },
+            ExplicitStep {
+                weight: 100,
+                pause: None,
+            },
+        ],
+    }
+}
+
+#[test]
+fn an_untimed_pause_waits_for_promote_then_continues() {
+    let mut w = World::new(ServiceSettings::with_strategy(explicit()));
+    w.apply(push(1));
+    w.run_until(|w| w.active().step == 1);
+    let due = w.active().next_tick.map(|t| t.due);
+    assert_eq!(due, Some(w.now.plus(w.settings.timeouts.promote)), "only a watchdog is pending");
+    assert_eq!(w.apply(op("p1", Action::Promote { skip_bake: false })), Outcome::Applied);
+    assert_eq!(w.log.production, [wt(90, 10), wt(50, 50), wt(0, 100)]);
+}
+
+#[test]
+fn an_untimed_pause_without_promote_rolls_back_at_its_timeout() {
+    let mut w = World::new(ServiceSettings::with_strategy(explicit()));
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    let reason = w.state.last.as_ref().and_then(|d| d.rollback.clone()).map(|r| r.reason);
+    assert!(reason.unwrap_or_default().contains("not promoted"));
+}
+
+#[test]
+fn promote_jumps_to_full_traffic_and_skip_bake_ends_the_bake() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.apply(op("p1", Action::Promote { skip_bake: true }));
+    assert_eq!(w.log.production, [wt(75, 25), wt(0, 100)]);
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::Finalizing), "bake skipped");
+    let mut w2 = world_in(settings(), Phase::Baking);
+    let outcome = w2.apply(op("p2", Action::Promote { skip_bake: false }));
+    assert_eq!(rejected(&outcome), RejectCode::InvalidTransition);
+    w2.apply(op("p3", Action::Promote { skip_bake: true }));
+    assert_eq!(w2.phase(), Some(Phase::Finalizing));
+}
+
+#[test]
+fn rollback_after_success_while_warm_restores_the_old_colour() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.run_until(|w| w.last_phase() == Some(Phase::Succeeded));
+    assert_eq!(w.state.live, Color::Green);
+    w.advance(60);
+    assert_eq!(w.apply(op("r1", Action::Rollback)), Outcome::Applied);
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    assert_eq!(w.log.production.last(), Some(&wt(100, 0)));
+    assert_eq!(w.state.live, Color::Blue);
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    assert_eq!(w.log.scaled_to_zero, [Color::Green], "blue was never released");
+}
+
+#[test]
+fn rollback_after_the_old_colour_was_released_is_rejected() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.settle();
+    let outcome = w.apply(op("r1", Action::Rollback));
+    assert_eq!(rejected(&outcome), RejectCode::InvalidTransition);
+    assert!(reason_of(&outcome).contains("no longer warm"));
+}
+
+#[test]
+fn pause_holds_ticks_and_resume_keeps_the_remaining_time() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    let due = w.active().next_tick.map(|t| t.due).expect("pending");
+    w.advance(20);
+    w.apply(op("p1", Action::Pause));
+    assert!(w.active().is_paused());
+    assert_eq!(ignored(&w.tick().expect("tick")), IgnoreCode::Paused);
+    w.advance(600);
+    let resumed_at = w.now;
+    w.apply(op("p2", Action::Resume));
+    let new_due = w.active().next_tick.map(|t| t.due).expect("pending");
+    let entered = due.millis() - 60_000;
+    assert_eq!(entered + 60_000, due.millis());
+    assert_eq!(new_due.since(resumed_at), 40_000, "60 s step, paused after 20 s: 40 s remain");
+    let kinds = w.event_kinds();
+    assert_eq!(&kinds[kinds.len() - 2..], ["Deployment Phase Changed", "Deployment Phase Changed"]);
+}
+
+#[test]
+fn an_alarm_while_paused_still_rolls_back() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.apply(op("p1", Action::Pause));
+    w.apply(alarm("web-5xx", "t1"));
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    assert!(!w.active().is_paused());
+}
+
+#[test]
+fn abort_rolls_back_and_a_second_abort_is_rejected() {
+    let mut w = world_in(settings(), Phase::Baking);
+    assert_eq!(w.apply(op("a1", Action::Abort)), Outcome::Applied);
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    let reason = w.active().rollback.as_ref().map(|r| r.reason.clone()).unwrap_or_default();
+    assert!(reason.contains("aborted by alice"), "{reason}");
+    let outcome = w.apply(op("a2", Action::Abort));
+    assert_eq!(rejected(&outcome), RejectCode::InvalidTransition);
+    assert_eq!(rejected(&w.apply(op("p", Action::Pause))), RejectCode::InvalidTransition);
+}
+
+#[test]
+fn rollback_effects_that_keep_failing_end_in_failed() {
+    let mut s = settings();
+    s.rollback_attempts = 3;
+    let mut w = world_in(s, Phase::Shifting);
+    w.failing_effect = Some("set-production-weights");
+    w.apply(alarm("web-5xx", "t1"));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Failed));
+    assert_eq!(w.event_kinds().last(), Some(&"Deployment Failed"));
+    let attempts = w
+        .log
+        .effects
+        .iter()
+        .filter(|e| matches!(e, Effect::SetProductionWeights { weights, .. } if *weights == wt(100, 0)))
+        .count();
+    assert_eq!(attempts, 3);
+}
+
+#[test]
+fn a_weight_write_that_fails_mid_shift_rolls_back() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.failing_effect = Some("set-production-weights");
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    w.failing_effect = None;
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+}
+
+#[test]
+fn an_effect_failure_for_an_old_cursor_is_ignored() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    let outcome = w.apply(Input::new(
+        "old-failure",
+        InputKind::EffectFailed {
+            deployment_id: "web-1".into(),
+            cursor: 1,
+            effect: "set-production-weights".into(),
+            reason: "late".into(),
+        },
+    ));
+    assert_eq!(ignored(&outcome), IgnoreCode::Stale);
+    assert_eq!(w.phase(), Some(Phase::Shifting));
+}
+
+#[test]
+fn retry_after_a_rollback_starts_a_new_deployment_of_the_same_image() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.apply(op("a1", Action::Abort));
+    w.settle();
+    assert_eq!(w.apply(op("r1", Action::Retry)), Outcome::Applied);
+    let d = w.active();
+    assert_eq!(d.id, "web-2");
+    assert_eq!(d.retry_of.as_deref(), Some("web-1"));
+    assert_eq!(d.to_image, image(1));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(w.log.registrations.len(), 2, "one registration per deployment");
+}
+
+#[test]
+fn retry_while_a_deployment_runs_is_rejected() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    assert_eq!(rejected(&w.apply(op("r1", Action::Retry))), RejectCode::DeploymentInProgress);
+}
+
+#[test]
+fn queue_keeps_the_latest_digest_and_starts_it_when_the_active_one_ends() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.apply(push(2));
+    w.apply(push(3));
+    assert_eq!(w.state.queued.as_ref().map(|q| q.image.clone()), Some(image(3)));
+    assert_eq!(w.event_kinds().iter().filter(|k| **k == "Deployment Queued").count(), 2);
+    w.run_until(|w| w.state.active.as_ref().is_some_and(|d| d.id == "web-2"));
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(w.active().to_image, image(3), "latest digest wins");
+    assert_eq!(w.active().stable, Color::Green, "the new deployment starts from the new live colour");
+    w.settle();
+    assert_eq!(w.state.live_image, Some(image(3).pinned()));
+}
+
+#[test]
+fn supersede_rolls_back_the_active_deployment_then_starts_the_new_image() {
+    let mut s = settings();
+    s.concurrency = Concurrency::Supersede;
+    let mut w = world_in(s, Phase::Shifting);
+    w.apply(push(2));
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    w.run_until(|w| w.state.active.as_ref().is_some_and(|d| d.id == "web-2"));
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(w.state.live_image, Some(image(2).pinned()));
+}
+
+#[test]
+fn reject_policy_refuses_a_second_image() {
+    let mut s = settings();
+    s.concurrency = Concurrency::Reject;
+    let mut w = world_in(s, Phase::Shifting);
+    let outcome = w.apply(push(2));
+    assert_eq!(rejected(&outcome), RejectCode::DeploymentInProgress);
+    assert!(w.state.queued.is_none());
+    let e = w.log.events.last().expect("event");
+    assert_eq!(e.detail.code.as_deref(), Some("deployment-in-progress"));
+    assert_eq!(e.detail.input.as_deref(), Some(push(2).key.as_str()));
+}
+
+#[test]
+fn an_image_without_digest_or_already_live_is_rejected() {
+    let mut w = World::new(settings());
+    let mut unpinned = push(1);
+    if let InputKind::Deploy { image, .. } = &mut unpinned.kind {
+        image.digest = None;
+    }
+    unpinned.key = "event:unpinned".into();
+    assert_eq!(rejected(&w.apply(unpinned)), RejectCode::UnpinnedImage);
+    w.apply(push(1));
+    w.settle();
+    let mut again = push(1);
+    again.key = "event:again".into();
+    assert_eq!(rejected(&w.apply(again)), RejectCode::AlreadyDeployed);
+}
+
+#[test]
+fn alarms_that_are_ok_or_not_listed_are_ignored() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    let ok = Input::new(
+        "alarm:web-5xx:t2",
+        InputKind::Alarm {
+            alarm: "web-5xx".into(),
+            state: bluegreen::flow::AlarmState::Ok,
+            reason: None,
+        },
+    );
+    assert_eq!(ignored(&w.apply(ok)), IgnoreCode::NotApplicable);
+    assert_eq!(ignored(&w.apply(alarm("other", "t3"))), IgnoreCode::NotApplicable);
+    assert_eq!(w.phase(), Some(Phase::Shifting));
+}
+
+#[test]
+fn actions_on_a_finished_deployment_are_rejected_naming_it() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.settle();
+    w.apply(push(2));
+    let outcome = w.apply(op_on("x", Action::Abort, Some("web-1")));
+    assert_eq!(rejected(&outcome), RejectCode::UnknownDeployment);
+    assert!(reason_of(&outcome).contains("web-1 has already finished"), "{}", reason_of(&outcome));
+}
+
+#[test]
+fn a_tick_for_an_old_step_does_nothing() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    let old = bluegreen::flow::TickKey {
+        deployment_id: "web-1".into(),
+        cursor: 1,
+        attempt: 1,
+    };
+    let outcome = w.apply(Input::tick(old, Observations::alarms_ok()));
+    assert_eq!(ignored(&outcome), IgnoreCode::Stale);
+}
+
+#[test]
+fn a_replayed_input_is_ignored() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    let a = alarm("web-5xx", "t1");
+    w.apply(a.clone());
+    let events = w.log.events.len();
+    assert_eq!(ignored(&w.apply(a)), IgnoreCode::Duplicate);
+    assert_eq!(w.log.events.len(), events);
+}
+
+#[test]
+fn the_reconciler_redrives_a_lost_tick_with_the_current_step_effects() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.crash_next = true;
+    w.tick(); // decides step 2, effects lost
+    let d = w.active().clone();
+    let current = |w: &World| w.ticks.iter().filter(|(k, _)| k.cursor == d.cursor).count();
+    assert_eq!(current(&w), 0, "the step's tick was lost with the crash");
+    assert_eq!(d.step, 1);
+    let early = w.apply(Input::new("reconcile:early", InputKind::Reconcile));
+    assert_eq!(ignored(&early), IgnoreCode::NothingOverdue);
+    w.now = d.next_tick.map(|t| t.due).expect("pending").plus(Duration::from_secs(61));
+    assert_eq!(w.apply(Input::new("reconcile:late", InputKind::Reconcile)), Outcome::Applied);
+    assert_eq!(w.log.production.last(), Some(&wt(50, 50)), "step 2 weights applied on re-drive");
+    assert_eq!(current(&w), 1, "the same tick is sent again");
+}
+
+#[test]
+fn canary_shifts_its_percent_then_everything() {
+    let mut w = World::new(ServiceSettings::with_strategy(Strategy::Canary {
+        percent: 10,
+        bake: Duration::from_secs(300),
+    }));
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.log.production, [wt(90, 10), wt(0, 100)]);
+}
+
+#[test]
+fn all_at_once_shifts_in_one_step() {
+    let mut w = World::new(ServiceSettings::with_strategy(Strategy::AllAtOnce));
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.log.production, [wt(0, 100)]);
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+}
+
+#[test]
+fn linear_ten_percent_per_minute_has_ten_steps_reaching_full_at_minute_nine() {
+    let steps = linear(10, 60).steps();
+    assert_eq!(steps.len(), 10);
+    assert_eq!(steps.iter().map(|s| s.percent).collect::<Vec<_>>(), [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+    let plan = bluegreen::plan::schedule("web", "linear", &ServiceSettings::with_strategy(linear(10, 60)).plan());
+    assert_eq!(plan.steps.last().map(|s| s.offset_seconds), Some(540));
+    assert_eq!(plan.total_seconds, 540 + 300);
+}
