@@ -122,7 +122,16 @@ pub struct World {
     pub failing_effect: Option<&'static str>,
     /// Every (input, now) applied, for replay tests.
     pub history: Vec<(Input, Timestamp)>,
-    pub decisions: Vec<Decision>,
+    /// Every decision with the state it was made on.
+    pub records: Vec<Record>,
+}
+
+/// One decision as the world saw it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub before: ServiceState,
+    pub input: Input,
+    pub decision: Decision,
 }
 
 impl World {
@@ -139,7 +148,7 @@ impl World {
             crash_next: false,
             failing_effect: None,
             history: Vec::new(),
-            decisions: Vec::new(),
+            records: Vec::new(),
         }
     }
 
@@ -168,10 +177,13 @@ impl World {
             );
             assert!(decision.effects.is_empty() && decision.events.is_empty());
         }
-        self.state = decision.state.clone();
         self.log.events.extend(decision.events.iter().cloned());
         let effects = decision.effects.clone();
-        self.decisions.push(decision);
+        self.records.push(Record {
+            before: std::mem::replace(&mut self.state, decision.state.clone()),
+            input: input.clone(),
+            decision,
+        });
         if std::mem::take(&mut self.crash_next) {
             return outcome;
         }

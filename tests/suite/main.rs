@@ -9,4 +9,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
+mod invariants;
 mod transitions;
