@@ -118,11 +118,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-fn cmd_plan(
-    config: &Path,
-    service: Option<&str>,
-    output: Output,
-) -> Result<String, String> {
+fn cmd_plan(config: &Path, service: Option<&str>, output: Output) -> Result<String, String> {
     let config = Config::load(config).map_err(|e| e.to_string())?;
     let services: Vec<_> = match service {
         Some(name) => vec![

@@ -287,12 +287,16 @@ impl Config {
         for (i, s) in self.services.iter().enumerate() {
             let at = |field: &str| format!("services[{i}].{field}");
             if let Some(j) = names.insert(s.name.as_str(), i) {
-                err(at("name"), format!("duplicate service name {:?} (also services[{j}])", s.name));
+                err(
+                    at("name"),
+                    format!("duplicate service name {:?} (also services[{j}])", s.name),
+                );
             }
             match (&s.production_listener_rule_arn, &s.production_listener_arn) {
                 (None, None) => err(
                     at("production_listener_rule_arn"),
-                    "one of production_listener_rule_arn or production_listener_arn is required".into(),
+                    "one of production_listener_rule_arn or production_listener_arn is required"
+                        .into(),
                 ),
                 (Some(_), Some(_)) => err(
                     at("production_listener_arn"),
@@ -310,13 +314,19 @@ impl Config {
                 err(at("green_service"), "must differ from blue_service".into());
             }
             if s.blue_target_group_arn == s.green_target_group_arn {
-                err(at("green_target_group_arn"), "must differ from blue_target_group_arn".into());
+                err(
+                    at("green_target_group_arn"),
+                    "must differ from blue_target_group_arn".into(),
+                );
             }
             // One ECS service, target group or listener rule must belong to one bluegreen
             // service only, or two deployments would write the same traffic.
             let resources = [
                 ("blue_service", format!("{}/{}", s.cluster, s.blue_service)),
-                ("green_service", format!("{}/{}", s.cluster, s.green_service)),
+                (
+                    "green_service",
+                    format!("{}/{}", s.cluster, s.green_service),
+                ),
                 ("blue_target_group_arn", s.blue_target_group_arn.clone()),
                 ("green_target_group_arn", s.green_target_group_arn.clone()),
             ]
@@ -326,7 +336,11 @@ impl Config {
                     .clone()
                     .map(|a| ("production_listener_rule_arn", a)),
             )
-            .chain(s.production_listener_arn.clone().map(|a| ("production_listener_arn", a)));
+            .chain(
+                s.production_listener_arn
+                    .clone()
+                    .map(|a| ("production_listener_arn", a)),
+            );
             for (field, id) in resources {
                 match owners.get(&id) {
                     Some((j, other)) if *j != i => err(
@@ -350,7 +364,13 @@ impl Config {
                 let field = format!("services[{i}].validations[{k}]");
                 let check = v.to_check();
                 if let Some(j) = check_names.insert(check.name().to_string(), k) {
-                    err(format!("{field}.name"), format!("duplicate check name {:?} (also validations[{j}])", check.name()));
+                    err(
+                        format!("{field}.name"),
+                        format!(
+                            "duplicate check name {:?} (also validations[{j}])",
+                            check.name()
+                        ),
+                    );
                 }
                 if matches!(check, Check::Http { .. }) && !s.has_test_listener() {
                     err(
@@ -359,14 +379,21 @@ impl Config {
                     );
                 }
                 if v.hook.is_some() && v.expect_status.is_some() {
-                    err(format!("{field}.expect_status"), "only applies to url validations".into());
+                    err(
+                        format!("{field}.expect_status"),
+                        "only applies to url validations".into(),
+                    );
                 }
             }
             if s.timeouts.poll.is_some_and(|d| d.is_zero()) {
                 err(at("timeouts.poll"), "must be greater than zero".into());
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// The service named `name`.
@@ -381,7 +408,10 @@ fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut(String, St
         Strategy::AllAtOnce => {}
         Strategy::Canary { percent, bake } => {
             if !(1..=99).contains(percent) {
-                err(format!("{at}.percent"), format!("must be between 1 and 99, got {percent}"));
+                err(
+                    format!("{at}.percent"),
+                    format!("must be between 1 and 99, got {percent}"),
+                );
             }
             if bake.is_zero() {
                 err(format!("{at}.bake"), "must be greater than zero".into());
@@ -407,16 +437,25 @@ fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut(String, St
                 if s.weight <= previous {
                     err(
                         format!("{at}.steps[{k}].weight"),
-                        format!("weights must strictly increase: {} after {previous}", s.weight),
+                        format!(
+                            "weights must strictly increase: {} after {previous}",
+                            s.weight
+                        ),
                     );
                 }
                 if s.weight > 100 {
-                    err(format!("{at}.steps[{k}].weight"), format!("must be at most 100, got {}", s.weight));
+                    err(
+                        format!("{at}.steps[{k}].weight"),
+                        format!("must be at most 100, got {}", s.weight),
+                    );
                 }
                 previous = s.weight;
             }
             if steps.last().is_none_or(|s| s.weight != 100) {
-                err(format!("{at}.steps"), "the last step must have weight 100".into());
+                err(
+                    format!("{at}.steps"),
+                    "the last step must have weight 100".into(),
+                );
             }
         }
     }
@@ -427,8 +466,14 @@ fn check_arn_scope(s: &ServiceConfig, err: &mut impl FnMut(String, String), i: u
     let arns = [
         ("blue_target_group_arn", Some(&s.blue_target_group_arn)),
         ("green_target_group_arn", Some(&s.green_target_group_arn)),
-        ("production_listener_rule_arn", s.production_listener_rule_arn.as_ref()),
-        ("production_listener_arn", s.production_listener_arn.as_ref()),
+        (
+            "production_listener_rule_arn",
+            s.production_listener_rule_arn.as_ref(),
+        ),
+        (
+            "production_listener_arn",
+            s.production_listener_arn.as_ref(),
+        ),
         ("test_listener_rule_arn", s.test_listener_rule_arn.as_ref()),
         ("test_listener_arn", s.test_listener_arn.as_ref()),
     ];
@@ -440,7 +485,9 @@ fn check_arn_scope(s: &ServiceConfig, err: &mut impl FnMut(String, String), i: u
             None => first = Some((field, scope)),
             Some((f, expected)) if *expected != scope => err(
                 format!("services[{i}].{field}"),
-                format!("is in {scope} but {f} is in {expected}; a service's load balancer resources must share one account and region"),
+                format!(
+                    "is in {scope} but {f} is in {expected}; a service's load balancer resources must share one account and region"
+                ),
             ),
             Some(_) => {}
         }
@@ -460,7 +507,11 @@ impl ServiceConfig {
         self.production_listener_rule_arn
             .clone()
             .map(TrafficTarget::Rule)
-            .or_else(|| self.production_listener_arn.clone().map(TrafficTarget::Listener))
+            .or_else(|| {
+                self.production_listener_arn
+                    .clone()
+                    .map(TrafficTarget::Listener)
+            })
     }
 
     /// The test traffic target, if any.
@@ -494,7 +545,11 @@ impl ServiceConfig {
             rollback_alarms: self.rollback_alarms.clone(),
             approval: self.approval,
             has_test_listener: self.has_test_listener(),
-            checks: self.validations.iter().map(ValidationConfig::to_check).collect(),
+            checks: self
+                .validations
+                .iter()
+                .map(ValidationConfig::to_check)
+                .collect(),
             concurrency: self.concurrency,
             timeouts: Timeouts {
                 provision: t.provision.unwrap_or(d.provision),

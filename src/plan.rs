@@ -52,7 +52,11 @@ pub struct ServicePlan {
 #[must_use]
 pub fn plan_service(service: &ServiceConfig) -> ServicePlan {
     let settings = service.settings();
-    schedule(&service.name, &settings.strategy.describe(), &settings.plan())
+    schedule(
+        &service.name,
+        &settings.strategy.describe(),
+        &settings.plan(),
+    )
 }
 
 /// Computes the schedule of a plan.
@@ -121,9 +125,17 @@ pub fn render_text(plans: &[ServicePlan]) -> String {
             human(p.termination_wait_seconds)
         );
         if !p.gates_before_shift.is_empty() {
-            let _ = writeln!(out, "  before the first shift: {}", p.gates_before_shift.join(", "));
+            let _ = writeln!(
+                out,
+                "  before the first shift: {}",
+                p.gates_before_shift.join(", ")
+            );
         }
-        let _ = writeln!(out, "  {:>4}  {:>8}  {:>4}  {:>5}  gate", "step", "offset", "blue", "green");
+        let _ = writeln!(
+            out,
+            "  {:>4}  {:>8}  {:>4}  {:>5}  gate",
+            "step", "offset", "blue", "green"
+        );
         for s in &p.steps {
             let _ = writeln!(
                 out,
@@ -136,12 +148,7 @@ pub fn render_text(plans: &[ServicePlan]) -> String {
             );
         }
         let last = p.steps.last().map_or(0, |s| s.offset_seconds);
-        let _ = writeln!(
-            out,
-            "  bake {} → {}",
-            human(last),
-            human(p.total_seconds)
-        );
+        let _ = writeln!(out, "  bake {} → {}", human(last), human(p.total_seconds));
         let _ = writeln!(
             out,
             "  total {}{} (shift {} + bake {}); blue released {} after success",

@@ -43,7 +43,9 @@ impl SchemaId {
         match self {
             SchemaId::Config => "schemas/config.schema.json",
             SchemaId::EcrImageAction => "schemas/inbound/ecr-image-action.schema.json",
-            SchemaId::AlarmStateChange => "schemas/inbound/cloudwatch-alarm-state-change.schema.json",
+            SchemaId::AlarmStateChange => {
+                "schemas/inbound/cloudwatch-alarm-state-change.schema.json"
+            }
             SchemaId::OperatorEvent => "schemas/inbound/operator-event.schema.json",
             SchemaId::WorkerEvent => "schemas/inbound/worker-event.schema.json",
             SchemaId::OutboundEvent => "schemas/outbound/deployment-event.schema.json",
@@ -59,7 +61,9 @@ impl SchemaId {
             SchemaId::AlarmStateChange => {
                 include_str!("../schemas/inbound/cloudwatch-alarm-state-change.schema.json")
             }
-            SchemaId::OperatorEvent => include_str!("../schemas/inbound/operator-event.schema.json"),
+            SchemaId::OperatorEvent => {
+                include_str!("../schemas/inbound/operator-event.schema.json")
+            }
             SchemaId::WorkerEvent => include_str!("../schemas/inbound/worker-event.schema.json"),
             SchemaId::OutboundEvent => {
                 include_str!("../schemas/outbound/deployment-event.schema.json")

@@ -45,8 +45,8 @@ pub fn route(msg: &Message, config: &Config) -> Result<Routed, Rejection> {
     let env = &msg.envelope;
     match &msg.body {
         Body::Ecr(e) => {
-            let registry = registry(env.account.as_ref(), env.region.as_ref(), config)
-                .ok_or_else(|| {
+            let registry =
+                registry(env.account.as_ref(), env.region.as_ref(), config).ok_or_else(|| {
                     reject(
                         "unknown-registry",
                         "push event has no account and worker.account_id is not set".into(),
@@ -148,7 +148,10 @@ pub fn route(msg: &Message, config: &Config) -> Result<Routed, Rejection> {
                     detail: d.reason.clone(),
                 },
             };
-            Ok(Routed::Inputs(vec![(service.name.clone(), Input::new(key, kind))]))
+            Ok(Routed::Inputs(vec![(
+                service.name.clone(),
+                Input::new(key, kind),
+            )]))
         }
         Body::Tick(t) => {
             if config.service(&t.service).is_none() {
@@ -171,7 +174,10 @@ pub fn route(msg: &Message, config: &Config) -> Result<Routed, Rejection> {
             let services: Vec<&str> = match &r.service {
                 Some(name) => {
                     let s = config.service(name).ok_or_else(|| {
-                        reject("unknown-service", format!("service {name:?} is not configured"))
+                        reject(
+                            "unknown-service",
+                            format!("service {name:?} is not configured"),
+                        )
                     })?;
                     vec![s.name.as_str()]
                 }

@@ -316,7 +316,7 @@ pub enum IgnoreCode {
     NothingOverdue,
 }
 
-/// The result of [`decide`](super::decide): the next state, effects to run after commit,
+/// The result of [`decide`](super::decide()): the next state, effects to run after commit,
 /// and the outbox to publish after commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {

@@ -1,4 +1,4 @@
-//! What can happen to a service: the inputs of [`decide`](super::decide).
+//! What can happen to a service: the inputs of [`decide`](super::decide()).
 //!
 //! Every input carries a dedup key (SPEC §4 invariant 4): the EventBridge `id` for
 //! operator events, `repository@digest` for pushes, alarm name + state timestamp for

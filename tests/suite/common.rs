@@ -228,7 +228,9 @@ impl World {
         }
         match effect {
             Effect::RegisterRevision { deployment_id, .. } => {
-                let arn = format!("arn:aws:ecs:us-east-1:123456789012:task-definition/web:{deployment_id}");
+                let arn = format!(
+                    "arn:aws:ecs:us-east-1:123456789012:task-definition/web:{deployment_id}"
+                );
                 if !self.log.registrations.contains(&arn) {
                     self.log.registrations.push(arn.clone());
                 }
@@ -274,7 +276,11 @@ impl World {
                         .map(|c: &Check| CheckOutcome {
                             name: c.name().into(),
                             passed: self.validations_pass,
-                            detail: if self.validations_pass { "200".into() } else { "503".into() },
+                            detail: if self.validations_pass {
+                                "200".into()
+                            } else {
+                                "503".into()
+                            },
                         })
                         .collect(),
                 },
@@ -345,7 +351,11 @@ impl World {
     }
 
     pub fn event_kinds(&self) -> Vec<&'static str> {
-        self.log.events.iter().map(|e| e.kind.detail_type()).collect()
+        self.log
+            .events
+            .iter()
+            .map(|e| e.kind.detail_type())
+            .collect()
     }
 }
 

@@ -25,10 +25,19 @@ fn config() -> ProptestConfig {
 #[derive(Debug, Clone)]
 enum Op {
     /// Deliver the earliest tick with these observations.
-    Tick { alarms: u8, health: u8 },
+    Tick {
+        alarms: u8,
+        health: u8,
+    },
     Push(u32),
-    Operator { action: u8, name_last: bool },
-    Alarm { which: u8, ts: u16 },
+    Operator {
+        action: u8,
+        name_last: bool,
+    },
+    Alarm {
+        which: u8,
+        ts: u16,
+    },
     /// Replay an input applied before (index modulo the history length).
     Replay(usize),
     /// The next decision's effects are lost.
@@ -36,8 +45,12 @@ enum Op {
     /// Effects of this kind fail until the next `Heal`.
     Fail(u8),
     Heal,
-    Reconcile { after_secs: u16 },
-    Advance { secs: u16 },
+    Reconcile {
+        after_secs: u16,
+    },
+    Advance {
+        secs: u16,
+    },
     Hook(bool),
 }
 
@@ -70,26 +83,35 @@ fn strategy() -> impl Strategy<Value = Rollout> {
         }),
         proptest::collection::btree_set(1u8..100, 0..4).prop_flat_map(|weights| {
             let n = weights.len();
-            proptest::collection::vec(proptest::option::of(1u64..300), n + 1).prop_map(move |pauses| {
-                let steps = weights
-                    .iter()
-                    .copied()
-                    .chain(std::iter::once(100))
-                    .zip(pauses)
-                    .map(|(weight, p)| ExplicitStep {
-                        weight,
-                        pause: p.map(Duration::from_secs),
-                    })
-                    .collect();
-                Rollout::Steps { steps }
-            })
+            proptest::collection::vec(proptest::option::of(1u64..300), n + 1).prop_map(
+                move |pauses| {
+                    let steps = weights
+                        .iter()
+                        .copied()
+                        .chain(std::iter::once(100))
+                        .zip(pauses)
+                        .map(|(weight, p)| ExplicitStep {
+                            weight,
+                            pause: p.map(Duration::from_secs),
+                        })
+                        .collect();
+                    Rollout::Steps { steps }
+                },
+            )
         }),
     ]
 }
 
 fn service_settings() -> impl Strategy<Value = ServiceSettings> {
-    (strategy(), any::<bool>(), 0u8..4, 0u8..3, 0u64..400, 0u64..400).prop_map(
-        |(strategy, approval, checks, concurrency, bake, wait)| {
+    (
+        strategy(),
+        any::<bool>(),
+        0u8..4,
+        0u8..3,
+        0u64..400,
+        0u64..400,
+    )
+        .prop_map(|(strategy, approval, checks, concurrency, bake, wait)| {
             let mut s = ServiceSettings::with_strategy(strategy);
             s.approval = approval;
             s.bake = Duration::from_secs(bake);
@@ -104,14 +126,18 @@ fn service_settings() -> impl Strategy<Value = ServiceSettings> {
                 });
             }
             if checks & 2 == 2 {
-                s.checks.push(Check::Hook { name: "smoke".into() });
+                s.checks.push(Check::Hook {
+                    name: "smoke".into(),
+                });
             }
-            s.concurrency = [Concurrency::Queue, Concurrency::Supersede, Concurrency::Reject]
-                [usize::from(concurrency)];
+            s.concurrency = [
+                Concurrency::Queue,
+                Concurrency::Supersede,
+                Concurrency::Reject,
+            ][usize::from(concurrency)];
             s.rollback_attempts = 3;
             s
-        },
-    )
+        })
 }
 
 fn action(n: u8) -> Action {
@@ -158,7 +184,10 @@ fn play(w: &mut World, op: &Op, counter: &mut u32) {
         Op::Push(i) => {
             w.apply(push(*i));
         }
-        Op::Operator { action: a, name_last } => {
+        Op::Operator {
+            action: a,
+            name_last,
+        } => {
             let id = if *name_last {
                 w.state.last.as_ref().map(|d| d.id.clone())
             } else {
@@ -218,7 +247,13 @@ fn finish(w: &mut World) {
     w.health = Some(healthy());
     w.validations_pass = true;
     // A pause is a human hold: it ends only when someone resumes.
-    if let Some(id) = w.state.active.as_ref().filter(|d| d.is_paused()).map(|d| d.id.clone()) {
+    if let Some(id) = w
+        .state
+        .active
+        .as_ref()
+        .filter(|d| d.is_paused())
+        .map(|d| d.id.clone())
+    {
         w.apply(op_on("final-resume", Action::Resume, Some(&id)));
     }
     w.settle();
@@ -228,12 +263,20 @@ fn all_weights(w: &World) -> Vec<Weights> {
     let mut out = Vec::new();
     for r in &w.records {
         for e in &r.decision.effects {
-            if let Effect::SetProductionWeights { weights, .. } | Effect::SetTestWeights { weights, .. } = e {
+            if let Effect::SetProductionWeights { weights, .. }
+            | Effect::SetTestWeights { weights, .. } = e
+            {
                 out.push(*weights);
             }
         }
         out.extend(r.decision.events.iter().map(|e| e.detail.weights));
-        for d in r.decision.state.active.iter().chain(r.decision.state.last.iter()) {
+        for d in r
+            .decision
+            .state
+            .active
+            .iter()
+            .chain(r.decision.state.last.iter())
+        {
             out.push(d.weights);
         }
     }

@@ -8,6 +8,10 @@
 //! * `cli` — the binary's commands and exit codes.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod cli;
 mod common;
+mod config;
+mod contract;
 mod invariants;
+mod sequences;
 mod transitions;

@@ -36,7 +36,11 @@ fn push_on_an_idle_service_starts_a_deployment_in_requested() {
     assert_eq!((d.id.as_str(), d.phase), ("web-1", Phase::Requested));
     assert_eq!((d.stable, d.target), (Color::Blue, Color::Green));
     assert_eq!(w.event_kinds(), ["Deployment Started"]);
-    assert_eq!(w.ticks.len(), 1, "the start checks run on an immediate tick");
+    assert_eq!(
+        w.ticks.len(),
+        1,
+        "the start checks run on an immediate tick"
+    );
     assert_eq!(w.ticks[0].1, w.now);
 }
 
@@ -54,7 +58,11 @@ fn start_with_alarms_ok_registers_the_revision_once() {
     );
     assert_eq!(
         w.event_kinds(),
-        ["Deployment Started", "Deployment Phase Changed", "Deployment Phase Changed"]
+        [
+            "Deployment Started",
+            "Deployment Phase Changed",
+            "Deployment Phase Changed"
+        ]
     );
 }
 
@@ -65,8 +73,16 @@ fn an_alarm_already_in_alarm_blocks_the_start() {
     w.apply(push(1));
     w.tick();
     assert_eq!(w.phase(), Some(Phase::RollingBack));
-    let reason = w.active().rollback.as_ref().map(|r| r.reason.clone()).unwrap_or_default();
-    assert!(reason.contains("blocked") && reason.contains("web-p99"), "{reason}");
+    let reason = w
+        .active()
+        .rollback
+        .as_ref()
+        .map(|r| r.reason.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("blocked") && reason.contains("web-p99"),
+        "{reason}"
+    );
     assert!(w.log.registrations.is_empty(), "nothing was provisioned");
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::RolledBack));
@@ -145,9 +161,16 @@ fn green_not_healthy_within_its_timeout_rolls_back_naming_what_was_seen() {
         ..healthy()
     });
     w.apply(push(1));
-    w.run_until(|w| w.phase() != Some(Phase::WaitingForGreen) && w.phase() != Some(Phase::Requested));
+    w.run_until(|w| {
+        w.phase() != Some(Phase::WaitingForGreen) && w.phase() != Some(Phase::Requested)
+    });
     assert_eq!(w.phase(), Some(Phase::RollingBack));
-    let reason = w.active().rollback.as_ref().map(|r| r.reason.clone()).unwrap_or_default();
+    let reason = w
+        .active()
+        .rollback
+        .as_ref()
+        .map(|r| r.reason.clone())
+        .unwrap_or_default();
     assert!(reason.contains("1/2 tasks running"), "{reason}");
 }
 
@@ -163,7 +186,11 @@ fn healthy_green_with_validations_routes_the_test_listener_and_runs_them() {
     let mut w = World::new(s);
     w.apply(push(1));
     w.run_until(|w| w.phase() == Some(Phase::Shifting));
-    assert_eq!(w.log.test, [wt(0, 100)], "test rule to green before validations");
+    assert_eq!(
+        w.log.test,
+        [wt(0, 100)],
+        "test rule to green before validations"
+    );
     let ran = w
         .log
         .effects
@@ -189,14 +216,20 @@ fn a_failed_validation_rolls_back_before_production_moves() {
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::RolledBack));
     assert_eq!(w.log.production, [wt(100, 0)]);
-    assert_eq!(w.log.test, [wt(0, 100), wt(100, 0)], "test rule back to blue");
+    assert_eq!(
+        w.log.test,
+        [wt(0, 100), wt(100, 0)],
+        "test rule back to blue"
+    );
     assert_eq!(w.log.scaled_to_zero, [Color::Green]);
 }
 
 #[test]
 fn a_hook_validation_waits_for_its_report() {
     let mut s = settings();
-    s.checks = vec![Check::Hook { name: "smoke".into() }];
+    s.checks = vec![Check::Hook {
+        name: "smoke".into(),
+    }];
     let mut w = World::new(s);
     w.apply(push(1));
     w.run_until(|w| w.phase() == Some(Phase::Testing));
@@ -230,7 +263,11 @@ fn the_approval_gate_waits_for_approve() {
     assert_eq!(w.phase(), Some(Phase::Shifting));
     assert_eq!(w.log.production, [wt(75, 25)]);
     let last = w.log.events.last().expect("event");
-    assert_eq!(last.detail.requested_by.as_deref(), Some("alice"), "the event names who approved");
+    assert_eq!(
+        last.detail.requested_by.as_deref(),
+        Some("alice"),
+        "the event names who approved"
+    );
 }
 
 #[test]
@@ -251,7 +288,10 @@ fn an_approval_never_given_rolls_back_at_its_timeout() {
     w.apply(push(1));
     w.run_until(|w| w.phase() == Some(Phase::RollingBack));
     let d = w.active();
-    assert_eq!(d.rollback.as_ref().map(|r| r.from_phase), Some(Phase::AwaitingApproval));
+    assert_eq!(
+        d.rollback.as_ref().map(|r| r.from_phase),
+        Some(Phase::AwaitingApproval)
+    );
 }
 
 #[test]
@@ -265,12 +305,21 @@ fn each_step_tick_moves_to_the_next_weight_and_ends_in_success() {
     );
     assert_eq!(w.last_phase(), Some(Phase::Succeeded));
     assert_eq!(w.state.live, Color::Green);
-    assert_eq!(w.log.scaled_to_zero, [Color::Blue], "blue released after the termination wait");
+    assert_eq!(
+        w.log.scaled_to_zero,
+        [Color::Blue],
+        "blue released after the termination wait"
+    );
     let kinds = w.event_kinds();
     assert_eq!(kinds.iter().filter(|k| **k == "Traffic Shifted").count(), 4);
     assert_eq!(
         &kinds[kinds.len() - 4..],
-        ["Deployment Phase Changed", "Deployment Phase Changed", "Deployment Succeeded", "Old Color Released"]
+        [
+            "Deployment Phase Changed",
+            "Deployment Phase Changed",
+            "Deployment Succeeded",
+            "Old Color Released"
+        ]
     );
 }
 
@@ -342,8 +391,15 @@ fn an_untimed_pause_waits_for_promote_then_continues() {
     w.apply(push(1));
     w.run_until(|w| w.active().step == 1);
     let due = w.active().next_tick.map(|t| t.due);
-    assert_eq!(due, Some(w.now.plus(w.settings.timeouts.promote)), "only a watchdog is pending");
-    assert_eq!(w.apply(op("p1", Action::Promote { skip_bake: false })), Outcome::Applied);
+    assert_eq!(
+        due,
+        Some(w.now.plus(w.settings.timeouts.promote)),
+        "only a watchdog is pending"
+    );
+    assert_eq!(
+        w.apply(op("p1", Action::Promote { skip_bake: false })),
+        Outcome::Applied
+    );
     assert_eq!(w.log.production, [wt(90, 10), wt(50, 50), wt(0, 100)]);
 }
 
@@ -353,7 +409,12 @@ fn an_untimed_pause_without_promote_rolls_back_at_its_timeout() {
     w.apply(push(1));
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::RolledBack));
-    let reason = w.state.last.as_ref().and_then(|d| d.rollback.clone()).map(|r| r.reason);
+    let reason = w
+        .state
+        .last
+        .as_ref()
+        .and_then(|d| d.rollback.clone())
+        .map(|r| r.reason);
     assert!(reason.unwrap_or_default().contains("not promoted"));
 }
 
@@ -384,7 +445,11 @@ fn rollback_after_success_while_warm_restores_the_old_colour() {
     assert_eq!(w.state.live, Color::Blue);
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::RolledBack));
-    assert_eq!(w.log.scaled_to_zero, [Color::Green], "blue was never released");
+    assert_eq!(
+        w.log.scaled_to_zero,
+        [Color::Green],
+        "blue was never released"
+    );
 }
 
 #[test]
@@ -411,9 +476,16 @@ fn pause_holds_ticks_and_resume_keeps_the_remaining_time() {
     let new_due = w.active().next_tick.map(|t| t.due).expect("pending");
     let entered = due.millis() - 60_000;
     assert_eq!(entered + 60_000, due.millis());
-    assert_eq!(new_due.since(resumed_at), 40_000, "60 s step, paused after 20 s: 40 s remain");
+    assert_eq!(
+        new_due.since(resumed_at),
+        40_000,
+        "60 s step, paused after 20 s: 40 s remain"
+    );
     let kinds = w.event_kinds();
-    assert_eq!(&kinds[kinds.len() - 2..], ["Deployment Phase Changed", "Deployment Phase Changed"]);
+    assert_eq!(
+        &kinds[kinds.len() - 2..],
+        ["Deployment Phase Changed", "Deployment Phase Changed"]
+    );
 }
 
 #[test]
@@ -430,11 +502,19 @@ fn abort_rolls_back_and_a_second_abort_is_rejected() {
     let mut w = world_in(settings(), Phase::Baking);
     assert_eq!(w.apply(op("a1", Action::Abort)), Outcome::Applied);
     assert_eq!(w.phase(), Some(Phase::RollingBack));
-    let reason = w.active().rollback.as_ref().map(|r| r.reason.clone()).unwrap_or_default();
+    let reason = w
+        .active()
+        .rollback
+        .as_ref()
+        .map(|r| r.reason.clone())
+        .unwrap_or_default();
     assert!(reason.contains("aborted by alice"), "{reason}");
     let outcome = w.apply(op("a2", Action::Abort));
     assert_eq!(rejected(&outcome), RejectCode::InvalidTransition);
-    assert_eq!(rejected(&w.apply(op("p", Action::Pause))), RejectCode::InvalidTransition);
+    assert_eq!(
+        rejected(&w.apply(op("p", Action::Pause))),
+        RejectCode::InvalidTransition
+    );
 }
 
 #[test]
@@ -451,7 +531,9 @@ fn rollback_effects_that_keep_failing_end_in_failed() {
         .log
         .effects
         .iter()
-        .filter(|e| matches!(e, Effect::SetProductionWeights { weights, .. } if *weights == wt(100, 0)))
+        .filter(
+            |e| matches!(e, Effect::SetProductionWeights { weights, .. } if *weights == wt(100, 0)),
+        )
         .count();
     assert_eq!(attempts, 3);
 }
@@ -495,13 +577,20 @@ fn retry_after_a_rollback_starts_a_new_deployment_of_the_same_image() {
     assert_eq!(d.to_image, image(1));
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::Succeeded));
-    assert_eq!(w.log.registrations.len(), 2, "one registration per deployment");
+    assert_eq!(
+        w.log.registrations.len(),
+        2,
+        "one registration per deployment"
+    );
 }
 
 #[test]
 fn retry_while_a_deployment_runs_is_rejected() {
     let mut w = world_in(settings(), Phase::Shifting);
-    assert_eq!(rejected(&w.apply(op("r1", Action::Retry))), RejectCode::DeploymentInProgress);
+    assert_eq!(
+        rejected(&w.apply(op("r1", Action::Retry))),
+        RejectCode::DeploymentInProgress
+    );
 }
 
 #[test]
@@ -509,12 +598,25 @@ fn queue_keeps_the_latest_digest_and_starts_it_when_the_active_one_ends() {
     let mut w = world_in(settings(), Phase::Shifting);
     w.apply(push(2));
     w.apply(push(3));
-    assert_eq!(w.state.queued.as_ref().map(|q| q.image.clone()), Some(image(3)));
-    assert_eq!(w.event_kinds().iter().filter(|k| **k == "Deployment Queued").count(), 2);
+    assert_eq!(
+        w.state.queued.as_ref().map(|q| q.image.clone()),
+        Some(image(3))
+    );
+    assert_eq!(
+        w.event_kinds()
+            .iter()
+            .filter(|k| **k == "Deployment Queued")
+            .count(),
+        2
+    );
     w.run_until(|w| w.state.active.as_ref().is_some_and(|d| d.id == "web-2"));
     assert_eq!(w.last_phase(), Some(Phase::Succeeded));
     assert_eq!(w.active().to_image, image(3), "latest digest wins");
-    assert_eq!(w.active().stable, Color::Green, "the new deployment starts from the new live colour");
+    assert_eq!(
+        w.active().stable,
+        Color::Green,
+        "the new deployment starts from the new live colour"
+    );
     w.settle();
     assert_eq!(w.state.live_image, Some(image(3).pinned()));
 }
@@ -574,7 +676,10 @@ fn alarms_that_are_ok_or_not_listed_are_ignored() {
         },
     );
     assert_eq!(ignored(&w.apply(ok)), IgnoreCode::NotApplicable);
-    assert_eq!(ignored(&w.apply(alarm("other", "t3"))), IgnoreCode::NotApplicable);
+    assert_eq!(
+        ignored(&w.apply(alarm("other", "t3"))),
+        IgnoreCode::NotApplicable
+    );
     assert_eq!(w.phase(), Some(Phase::Shifting));
 }
 
@@ -586,7 +691,11 @@ fn actions_on_a_finished_deployment_are_rejected_naming_it() {
     w.apply(push(2));
     let outcome = w.apply(op_on("x", Action::Abort, Some("web-1")));
     assert_eq!(rejected(&outcome), RejectCode::UnknownDeployment);
-    assert!(reason_of(&outcome).contains("web-1 has already finished"), "{}", reason_of(&outcome));
+    assert!(
+        reason_of(&outcome).contains("web-1 has already finished"),
+        "{}",
+        reason_of(&outcome)
+    );
 }
 
 #[test]
@@ -622,9 +731,20 @@ fn the_reconciler_redrives_a_lost_tick_with_the_current_step_effects() {
     assert_eq!(d.step, 1);
     let early = w.apply(Input::new("reconcile:early", InputKind::Reconcile));
     assert_eq!(ignored(&early), IgnoreCode::NothingOverdue);
-    w.now = d.next_tick.map(|t| t.due).expect("pending").plus(Duration::from_secs(61));
-    assert_eq!(w.apply(Input::new("reconcile:late", InputKind::Reconcile)), Outcome::Applied);
-    assert_eq!(w.log.production.last(), Some(&wt(50, 50)), "step 2 weights applied on re-drive");
+    w.now = d
+        .next_tick
+        .map(|t| t.due)
+        .expect("pending")
+        .plus(Duration::from_secs(61));
+    assert_eq!(
+        w.apply(Input::new("reconcile:late", InputKind::Reconcile)),
+        Outcome::Applied
+    );
+    assert_eq!(
+        w.log.production.last(),
+        Some(&wt(50, 50)),
+        "step 2 weights applied on re-drive"
+    );
     assert_eq!(current(&w), 1, "the same tick is sent again");
 }
 
@@ -652,8 +772,15 @@ fn all_at_once_shifts_in_one_step() {
 fn linear_ten_percent_per_minute_has_ten_steps_reaching_full_at_minute_nine() {
     let steps = linear(10, 60).steps();
     assert_eq!(steps.len(), 10);
-    assert_eq!(steps.iter().map(|s| s.percent).collect::<Vec<_>>(), [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
-    let plan = bluegreen::plan::schedule("web", "linear", &ServiceSettings::with_strategy(linear(10, 60)).plan());
+    assert_eq!(
+        steps.iter().map(|s| s.percent).collect::<Vec<_>>(),
+        [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    );
+    let plan = bluegreen::plan::schedule(
+        "web",
+        "linear",
+        &ServiceSettings::with_strategy(linear(10, 60)).plan(),
+    );
     assert_eq!(plan.steps.last().map(|s| s.offset_seconds), Some(540));
     assert_eq!(plan.total_seconds, 540 + 300);
 }

@@ -1,0 +1,191 @@
+//! The configuration document: the shipped example, the JSON form, and errors that name
+//! their field.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bluegreen::config::{Config, ConfigError};
+use bluegreen::flow::{Check, Concurrency, Strategy};
+
+const EXAMPLE: &str = include_str!("../../examples/bluegreen.toml");
+
+fn errors_of(text: &str) -> String {
+    match Config::from_toml_str(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_shipped_example_loads_with_two_services() {
+    let c = Config::load(Path::new("examples/bluegreen.toml")).expect("loads");
+    assert_eq!(c.services.len(), 2);
+    let web = c.service("web").expect("web");
+    assert_eq!(
+        web.strategy,
+        Strategy::Linear {
+            step_percent: 10,
+            interval: Duration::from_secs(60)
+        }
+    );
+    assert_eq!(web.termination_wait, Duration::from_secs(600));
+    let settings = web.settings();
+    assert!(settings.has_test_listener);
+    assert!(matches!(
+        &settings.checks[..],
+        [Check::Http {
+            expect_status: 200,
+            ..
+        }]
+    ));
+    let api = c.service("api").expect("api");
+    assert_eq!(api.concurrency, Concurrency::Supersede);
+    assert_eq!(api.settings().timeouts.poll, Duration::from_secs(10));
+    assert!(web.matches_tag(Some("release-7")));
+    assert!(!web.matches_tag(Some("latest")));
+    assert!(api.matches_tag(None));
+}
+
+#[test]
+fn the_same_document_as_json_gives_the_same_configuration() {
+    let from_toml = Config::from_toml_str(EXAMPLE).expect("toml");
+    let value: serde_json::Value = toml::from_str(EXAMPLE).expect("toml value");
+    let from_json = Config::from_json_str(&value.to_string()).expect("json");
+    assert_eq!(from_toml, from_json);
+}
+
+#[test]
+fn schema_errors_name_the_field() {
+    let cases = [
+        (
+            "step_percent = 10",
+            "step_percent = 0",
+            "services[0].strategy.step_percent",
+        ),
+        (
+            "bake = \"5m\"",
+            "bake = \"five minutes\"",
+            "services[0].bake",
+        ),
+        (
+            "container_name = \"app\"",
+            "container_name = 7",
+            "services[0].container_name",
+        ),
+        (
+            "concurrency = \"queue\"",
+            "concurrency = \"fifo\"",
+            "services[0].concurrency",
+        ),
+        (
+            "approval = false",
+            "approval = false\nappoval = true",
+            "services[0]",
+        ),
+        (
+            "blue_target_group_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-blue/6d0ecf831eec9f09\"",
+            "blue_target_group_arn = \"web-blue\"",
+            "services[0].blue_target_group_arn",
+        ),
+    ];
+    for (from, to, field) in cases {
+        assert!(EXAMPLE.contains(from), "{from}");
+        let text = EXAMPLE.replacen(from, to, 1);
+        let e = errors_of(&text);
+        assert!(e.contains(field), "{to:?}: {e}");
+    }
+}
+
+#[test]
+fn semantic_errors_name_the_field() {
+    let cases = [
+        (
+            "name = \"api\"",
+            "name = \"web\"",
+            "services[1].name: duplicate service name \"web\"",
+        ),
+        (
+            "green_service = \"web-green\"",
+            "green_service = \"web-blue\"",
+            "services[0].green_service: must differ",
+        ),
+        (
+            "api-blue/8f2ae1a53aae1b2b",
+            "web-blue/6d0ecf831eec9f09",
+            "services[1].blue_target_group_arn",
+        ),
+        (
+            "strategy = { kind = \"linear\", step_percent = 10, interval = \"1m\" }",
+            "strategy = { kind = \"steps\", steps = [ { weight = 50 }, { weight = 20 } ] }",
+            "services[0].strategy.steps[1].weight: weights must strictly increase",
+        ),
+        (
+            "strategy = { kind = \"linear\", step_percent = 10, interval = \"1m\" }",
+            "strategy = { kind = \"steps\", steps = [ { weight = 50, pause = \"1m\" } ] }",
+            "services[0].strategy.steps: the last step must have weight 100",
+        ),
+        (
+            "strategy = { kind = \"linear\", step_percent = 10, interval = \"1m\" }",
+            "strategy = { kind = \"linear\", step_percent = 10, interval = \"0s\" }",
+            "services[0].strategy.interval: must be greater than zero",
+        ),
+        (
+            "tag_pattern = \"release-*\"",
+            "tag_pattern = \"release-[\"",
+            "services[0].tag_pattern",
+        ),
+        (
+            "test_listener_rule_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/prod-alb/50dc6c495c0c9188/0467ef3c8400ae65/1b2c3d4e5f607182\"\n",
+            "",
+            "services[0].validations[0].url: HTTP validations need",
+        ),
+        (
+            "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-green",
+            "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web-green",
+            "services[0].green_target_group_arn: is in aws:elasticloadbalancing:eu-west-1",
+        ),
+    ];
+    for (from, to, want) in cases {
+        assert!(EXAMPLE.contains(from), "{from}");
+        let e = errors_of(&EXAMPLE.replacen(from, to, 1));
+        assert!(e.contains(want), "{to:?}: {e}");
+    }
+}
+
+#[test]
+fn a_service_needs_exactly_one_production_target() {
+    let without = EXAMPLE.replacen(
+        "production_listener_rule_arn",
+        "# production_listener_rule_arn",
+        1,
+    );
+    assert!(errors_of(&without).contains("services[0].production_listener_rule_arn: one of"));
+    let both = EXAMPLE.replacen(
+        "container_name = \"app\"",
+        "container_name = \"app\"\nproduction_listener_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/prod-alb/50dc6c495c0c9188/f2f7dc8efc522ab2\"",
+        1,
+    );
+    assert!(errors_of(&both).contains("services[0].production_listener_arn: give"));
+}
+
+#[test]
+fn malformed_documents_report_where() {
+    match Config::from_toml_str("[worker\nqueue_url = 1") {
+        Err(ConfigError::Syntax {
+            format: "TOML",
+            message,
+        }) => assert!(message.contains("line 1"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    match Config::from_json_str("{\"worker\": ") {
+        Err(ConfigError::Syntax {
+            format: "JSON",
+            message,
+        }) => assert!(message.contains("line 1"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    match Config::load(Path::new("does/not/exist.toml")) {
+        Err(ConfigError::Io { path, .. }) => assert_eq!(path, "does/not/exist.toml"),
+        other => panic!("{other:?}"),
+    }
+}

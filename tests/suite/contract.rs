@@ -1,0 +1,327 @@
+//! The event contract: AWS documentation samples, operator and worker messages, broken
+//! messages, hostile input, and every event the core emits, against `schemas/`.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use bluegreen::config::Config;
+use bluegreen::contract::{self, Body, Entry, ParseError, Routed, Sources, parse_image};
+use bluegreen::flow::{Action, Check, Concurrency, EventKind, Phase};
+use bluegreen::schema::{self, SchemaId};
+use proptest::prelude::*;
+
+use crate::common::*;
+
+fn fixtures(dir: &str) -> Vec<(String, String)> {
+    let mut files: Vec<_> = std::fs::read_dir(Path::new("tests/fixtures").join(dir))
+        .expect("fixture dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no fixtures in {dir}");
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, std::fs::read_to_string(&p).expect("read"))
+        })
+        .collect()
+}
+
+#[test]
+fn every_schema_compiles() {
+    schema::check_all().expect("schemas compile");
+}
+
+#[test]
+fn every_aws_documentation_sample_validates_and_parses() {
+    for (name, text) in fixtures("aws") {
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let id = contract::inbound::classify(&value, &Sources::default()).expect("known kind");
+        if let Err(errors) = schema::validate(id, &value) {
+            panic!("{name} fails {}: {errors:?}", id.path());
+        }
+        let msg = contract::parse_str(&text, &Sources::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        match (&msg.body, name.starts_with("ecr")) {
+            (Body::Ecr(e), true) => assert_eq!(e.action_type, "PUSH"),
+            (Body::Alarm(a), false) => {
+                assert_eq!(a.state.value, bluegreen::flow::AlarmState::Alarm)
+            }
+            other => panic!("{name} parsed as {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_composite_alarm_sample_is_read_like_a_metric_alarm() {
+    let text = std::fs::read_to_string("tests/fixtures/aws/cloudwatch-alarm-composite.json")
+        .expect("fixture");
+    let msg = contract::parse_str(&text, &Sources::default()).expect("parses");
+    let Body::Alarm(a) = msg.body else {
+        panic!("not an alarm")
+    };
+    assert_eq!(a.alarm_name, "ServiceAggregatedAlarm");
+    assert_eq!(a.state.timestamp, "2022-07-22T15:57:45.394+0000");
+}
+
+#[test]
+fn every_operator_and_worker_message_validates_and_parses() {
+    for (name, text) in fixtures("valid") {
+        let msg = contract::parse_str(&text, &Sources::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let id = contract::inbound::classify(&value, &Sources::default()).expect("kind");
+        assert!(schema::validate(id, &value).is_ok(), "{name}");
+        if name.starts_with("ecr-push-failed") || name.starts_with("alarm-back-to-ok") {
+            assert!(
+                msg.ignorable().is_some(),
+                "{name} should be valid but ignorable"
+            );
+        } else {
+            assert_eq!(msg.ignorable(), None, "{name}");
+        }
+    }
+}
+
+#[test]
+fn a_push_without_account_and_with_unknown_fields_is_accepted() {
+    let text = std::fs::read_to_string("tests/fixtures/valid/ecr-push-without-account.json")
+        .expect("fixture");
+    let msg = contract::parse_str(&text, &Sources::default()).expect("parses");
+    assert_eq!(msg.envelope.account, None);
+}
+
+#[test]
+fn broken_messages_get_one_line_errors_naming_the_field() {
+    let expect = [
+        ("alarm-unknown-state.json", "detail.state.value"),
+        ("deploy-without-image.json", "detail"),
+        ("promote-skip-bake-not-bool.json", "detail.skipBake"),
+        ("push-digest-not-a-string.json", "detail.image-digest"),
+        ("push-without-repository.json", "detail"),
+        ("truncated.json", "line 1, column"),
+        ("unknown-detail-type.json", "Launch Missiles"),
+    ];
+    let files = fixtures("invalid");
+    assert_eq!(
+        files.len(),
+        expect.len(),
+        "every invalid fixture has an expectation"
+    );
+    for ((name, text), (want_name, field)) in files.iter().zip(expect) {
+        assert_eq!(name, want_name);
+        let err = contract::parse_str(text, &Sources::default()).expect_err(name);
+        let line = err.to_string();
+        assert!(!line.contains('\n'), "{name}: multi-line error {line:?}");
+        assert!(
+            line.contains(field),
+            "{name}: {line:?} does not name {field:?}"
+        );
+        if name == "push-without-repository.json" {
+            assert!(line.contains("repository-name"), "{line}");
+        }
+    }
+}
+
+#[test]
+fn rejected_messages_carry_a_stable_code() {
+    let e = contract::parse_str("nope", &Sources::default()).expect_err("not json");
+    assert_eq!(e.code(), "malformed-json");
+    let e = contract::parse_str(r#"{"source":"a","detail-type":"b"}"#, &Sources::default())
+        .expect_err("unknown");
+    assert!(matches!(e, ParseError::UnknownKind { .. }));
+    assert_eq!(e.code(), "unknown-kind");
+    let e = contract::parse_str("[1,2]", &Sources::default()).expect_err("array");
+    assert_eq!(e.code(), "invalid-event");
+}
+
+fn example_config() -> Config {
+    Config::load(Path::new("examples/bluegreen.toml")).expect("example config")
+}
+
+#[test]
+fn operator_events_for_unknown_services_or_other_accounts_are_refused() {
+    let config = example_config();
+    let text =
+        std::fs::read_to_string("tests/fixtures/valid/abort-requested.json").expect("fixture");
+    let mut value: serde_json::Value = serde_json::from_str(&text).expect("json");
+    value["detail"]["service"] = "nope".into();
+    let msg = contract::parse(&value, &Sources::default()).expect("parses");
+    assert_eq!(
+        contract::route(&msg, &config)
+            .expect_err("unknown service")
+            .code,
+        "unknown-service"
+    );
+    value["detail"]["service"] = "web".into();
+    value["account"] = "999999999999".into();
+    let msg = contract::parse(&value, &Sources::default()).expect("parses");
+    assert_eq!(
+        contract::route(&msg, &config)
+            .expect_err("wrong account")
+            .code,
+        "wrong-account"
+    );
+}
+
+#[test]
+fn a_push_deploys_to_every_service_whose_repository_and_tag_pattern_match() {
+    let config = example_config();
+    let text = std::fs::read_to_string("tests/fixtures/aws/ecr-image-push.json").expect("fixture");
+    let mut value: serde_json::Value = serde_json::from_str(&text).expect("json");
+    value["region"] = "us-east-1".into();
+    value["detail"]["repository-name"] = "web".into();
+    let route = |v: &serde_json::Value| {
+        contract::route(
+            &contract::parse(v, &Sources::default()).expect("parses"),
+            &config,
+        )
+        .expect("routes")
+    };
+    assert!(
+        matches!(route(&value), Routed::Ignored(why) if why.contains("tag latest")),
+        "latest is not release-*"
+    );
+    value["detail"]["image-tag"] = "release-42".into();
+    let Routed::Inputs(inputs) = route(&value) else {
+        panic!("ignored")
+    };
+    assert_eq!(
+        inputs.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+        ["web"]
+    );
+}
+
+#[test]
+fn manual_images_are_read_by_digest_or_tag() {
+    let d = format!("sha256:{}", "a".repeat(64));
+    let by_digest = parse_image(&format!("localhost:5000/team/web@{d}")).expect("digest");
+    assert_eq!(by_digest.repository, "localhost:5000/team/web");
+    assert_eq!(by_digest.digest.as_deref(), Some(d.as_str()));
+    let by_tag = parse_image("localhost:5000/team/web:v2").expect("tag");
+    assert_eq!(
+        (by_tag.repository.as_str(), by_tag.tag.as_deref()),
+        ("localhost:5000/team/web", Some("v2"))
+    );
+    assert_eq!(by_tag.digest, None);
+    assert_eq!(parse_image("web@md5:abc"), None);
+    assert_eq!(parse_image("web:"), None);
+}
+
+/// Worlds that between them emit every outbound event kind.
+fn worlds() -> Vec<World> {
+    let mut out = Vec::new();
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::Shifting));
+    w.apply(push(2)); // queued
+    w.apply(op("pause", Action::Pause));
+    w.apply(op("resume", Action::Resume));
+    w.apply(op("bad-approve", Action::Approve)); // rejected
+    w.settle();
+    out.push(w);
+
+    let mut s = settings();
+    s.approval = true;
+    s.has_test_listener = true;
+    s.checks = vec![Check::Http {
+        name: "healthz".into(),
+        url: "http://t/h".into(),
+        expect_status: 200,
+    }];
+    s.concurrency = Concurrency::Supersede;
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::AwaitingApproval));
+    w.apply(push(2));
+    w.settle();
+    out.push(w);
+
+    let mut s = settings();
+    s.rollback_attempts = 2;
+    let mut w = world_in(s, Phase::Baking);
+    w.failing_effect = Some("scale-to-zero");
+    w.apply(alarm("web-5xx", "t"));
+    w.settle();
+    out.push(w);
+    out
+}
+
+#[test]
+fn every_event_the_core_emits_validates_against_the_outbound_schema() {
+    let mut kinds = HashSet::new();
+    for w in worlds() {
+        for e in &w.log.events {
+            kinds.insert(e.kind);
+            let delivered = Entry::new(e, "bluegreen").as_delivered("123456789012", "us-east-1");
+            if let Err(errors) = schema::validate(SchemaId::OutboundEvent, &delivered) {
+                panic!(
+                    "{} fails the outbound schema: {errors:?}\n{delivered:#}",
+                    e.kind.detail_type()
+                );
+            }
+        }
+    }
+    let missing: Vec<_> = EventKind::ALL
+        .iter()
+        .filter(|k| !kinds.contains(k))
+        .collect();
+    assert!(missing.is_empty(), "no scenario emitted {missing:?}");
+}
+
+#[test]
+fn the_outbound_schema_rejects_weights_out_of_range_and_missing_fields() {
+    let w = &worlds()[0];
+    let e = &w.log.events[0];
+    let mut delivered = Entry::new(e, "bluegreen").as_delivered("123456789012", "us-east-1");
+    delivered["detail"]["weights"]["green"] = 101.into();
+    assert!(schema::validate(SchemaId::OutboundEvent, &delivered).is_err());
+    let mut delivered = Entry::new(e, "bluegreen").as_delivered("123456789012", "us-east-1");
+    delivered["detail"]
+        .as_object_mut()
+        .expect("object")
+        .remove("sequence");
+    let errors =
+        schema::validate(SchemaId::OutboundEvent, &delivered).expect_err("missing sequence");
+    assert!(
+        errors.iter().any(|e| e.message.contains("sequence")),
+        "{errors:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Bad input never panics: arbitrary text, and fixtures with arbitrary bytes changed.
+    #[test]
+    fn no_message_panics_the_parser(text in ".{0,300}", cut in 0usize..2000, byte in any::<u8>()) {
+        let _ = contract::parse_str(&text, &Sources::default());
+        let fixture = include_str!("../fixtures/aws/cloudwatch-alarm-composite.json");
+        let mut bytes = fixture.as_bytes().to_vec();
+        let at = cut % bytes.len();
+        bytes[at] = byte;
+        let mutated = String::from_utf8_lossy(&bytes);
+        if let Ok(msg) = contract::parse_str(&mutated, &Sources::default()) {
+            let _ = contract::route(&msg, &example_config());
+        }
+    }
+
+    /// Arbitrary JSON values of the right general shape never panic routing either.
+    #[test]
+    fn no_well_formed_message_panics_routing(
+        service in "[a-z]{1,5}", id in "[a-z0-9-]{1,10}", cursor in any::<u32>(), attempt in any::<u32>()
+    ) {
+        let value = serde_json::json!({
+            "id": id, "detail-type": "Deployment Tick", "source": "bluegreen",
+            "detail": { "service": service, "deploymentId": id, "cursor": cursor, "attempt": attempt.max(1), "due": "2026-01-01T00:00:00Z" }
+        });
+        if let Ok(msg) = contract::parse(&value, &Sources::default()) {
+            let _ = contract::route(&msg, &example_config());
+        }
+    }
+}
