@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bluegreen::flow::{
     Action, AlarmState, Check, Color, ImageRef, Input, InputKind, Observations, Phase,
-    ServiceSettings, ServiceState, Strategy, TickKey, Timestamp, decide,
+    ServiceSettings, ServiceState, Strategy, Timestamp, decide,
 };
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
@@ -56,6 +56,9 @@ fn mid_shift(settings: &ServiceSettings) -> (ServiceState, Timestamp) {
     let healthy = Observations {
         alarms_firing: Some(vec![]),
         target_health: Some(bluegreen::flow::TargetHealth {
+            task_definition: Some(
+                "arn:aws:ecs:us-east-1:123456789012:task-definition/web:43".into(),
+            ),
             rollout_completed: true,
             running: 4,
             desired: 4,
@@ -101,16 +104,8 @@ fn mid_shift(settings: &ServiceSettings) -> (ServiceState, Timestamp) {
                 },
             ),
             _ => {
-                let t = d.next_tick.expect("pending tick");
-                now = now.max(t.due);
-                Input::tick(
-                    TickKey {
-                        deployment_id: d.id.clone(),
-                        cursor: t.cursor,
-                        attempt: t.attempt,
-                    },
-                    healthy.clone(),
-                )
+                now = now.max(d.next_tick.expect("pending tick").due);
+                Input::tick(d.pending_key().expect("pending tick"), healthy.clone())
             }
         };
         state = decide(state, settings, &input, now).state;
@@ -123,14 +118,7 @@ fn bench(c: &mut Criterion) {
     let (state, now) = mid_shift(&settings);
     let d = state.active.clone().expect("active");
     let t = d.next_tick.expect("pending");
-    let tick = Input::tick(
-        TickKey {
-            deployment_id: d.id.clone(),
-            cursor: t.cursor,
-            attempt: t.attempt,
-        },
-        Observations::alarms_ok(),
-    );
+    let tick = Input::tick(d.pending_key().expect("pending"), Observations::alarms_ok());
     let alarm = Input::new(
         "alarm:web-5xx:2026-11-26T10:00:00.000+0000",
         InputKind::Alarm {

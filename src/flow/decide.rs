@@ -137,20 +137,10 @@ pub fn needs(state: &ServiceState, tick: &TickKey) -> Needs {
     let Some(d) = state.active.as_ref().filter(|d| d.id == tick.deployment_id) else {
         return Needs::default();
     };
-    match d.phase {
-        Phase::Requested | Phase::Baking => Needs {
-            alarms: true,
-            target_health: None,
-        },
-        Phase::Shifting => Needs {
-            alarms: matches!(d.current_step().map(|s| s.hold), Some(Hold::Timed(_))),
-            target_health: None,
-        },
-        Phase::WaitingForGreen => Needs {
-            alarms: true,
-            target_health: Some(d.target),
-        },
-        _ => Needs::default(),
+    let untimed = matches!(d.current_step().map(|s| s.hold), Some(Hold::UntilPromote));
+    Needs {
+        alarms: alarm_gated(d) && !(d.phase == Phase::Shifting && untimed),
+        target_health: (d.phase == Phase::WaitingForGreen).then_some(d.target),
     }
 }
 
@@ -190,21 +180,15 @@ impl Cx<'_> {
         }
         // Only the tick a deployment is actually waiting for is worth sending, and ticks go
         // after every other effect so that one is sent only once the others succeeded.
-        let pending: Vec<TickKey> = self
-            .state
-            .active
-            .iter()
-            .chain(self.state.last.iter())
-            .filter_map(|d| {
-                d.next_tick.map(|t| TickKey {
-                    deployment_id: d.id.clone(),
-                    cursor: t.cursor,
-                    attempt: t.attempt,
-                })
-            })
-            .collect();
+        let state = &self.state;
         self.effects.retain(|e| match e {
-            Effect::ScheduleTick { tick, .. } => pending.contains(tick),
+            Effect::ScheduleTick { tick, .. } => {
+                state.active.iter().chain(state.last.iter()).any(|d| {
+                    d.id == tick.deployment_id
+                        && d.next_tick
+                            .is_some_and(|t| t.cursor == tick.cursor && t.attempt == tick.attempt)
+                })
+            }
             _ => true,
         });
         self.effects
@@ -528,7 +512,8 @@ fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) -> Verdict 
             format!("tick for unknown deployment {}", tick.deployment_id),
         );
     };
-    if !pending.is_some_and(|p| p.cursor == tick.cursor && p.attempt == tick.attempt) {
+    let Some(pending) = pending.filter(|p| p.cursor == tick.cursor && p.attempt == tick.attempt)
+    else {
         return Ignore(
             if phase.is_terminal() {
                 IgnoreCode::Finished
@@ -546,6 +531,17 @@ fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) -> Verdict 
         return Ignore(
             IgnoreCode::Paused,
             format!("deployment {} is paused", tick.deployment_id),
+        );
+    }
+    if cx.now < pending.due {
+        // A delay chain that delivered too soon must not cut a step or a bake short.
+        return Ignore(
+            IgnoreCode::Early,
+            format!(
+                "tick {} is due at {}; deliver it again then",
+                tick.key(),
+                pending.due
+            ),
         );
     }
     if phase == Phase::Succeeded {
@@ -583,23 +579,25 @@ fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) -> Verdict 
                     cx.schedule(d, due);
                 }
             }
-            Phase::Provisioning => begin_rollback(
-                cx,
-                d,
-                format!(
-                    "task definition not registered within {}",
-                    humantime::format_duration(cx.settings.timeouts.provision)
-                ),
-            ),
-            Phase::WaitingForGreen => match observed.target_health {
-                Some(h) if h.is_ready() && alarms_known => after_green(cx, d),
+            Phase::Provisioning => {
+                let limit = cx.settings.timeouts.provision;
+                timed_out(cx, d, "task definition not registered", limit);
+            }
+            Phase::WaitingForGreen => match &observed.target_health {
+                Some(h) if h.is_ready(d.revision.as_deref()) && alarms_known => after_green(cx, d),
                 seen if d.deadline.is_some_and(|t| now >= t) => {
-                    let detail = seen.map_or_else(
+                    let detail = seen.as_ref().map_or_else(
                         || "no health reading".to_string(),
                         |h| {
                             format!(
-                                "{}/{} tasks running, {}/{} targets healthy",
-                                h.running, h.desired, h.healthy_targets, h.registered_targets
+                                "{}/{} tasks running, {}/{} targets healthy, running {}",
+                                h.running,
+                                h.desired,
+                                h.healthy_targets,
+                                h.registered_targets,
+                                h.task_definition
+                                    .as_deref()
+                                    .unwrap_or("an unknown revision")
                             )
                         },
                     );
@@ -622,35 +620,21 @@ fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) -> Verdict 
                 if checks_passed(d) {
                     after_testing(cx, d);
                 } else if d.deadline.is_some_and(|t| now >= t) {
-                    begin_rollback(
-                        cx,
-                        d,
-                        format!(
-                            "validations did not pass within {}",
-                            humantime::format_duration(cx.settings.timeouts.testing)
-                        ),
-                    );
+                    let limit = cx.settings.timeouts.testing;
+                    timed_out(cx, d, "validations did not pass", limit);
                 } else if let Some(t) = d.deadline {
                     cx.schedule(d, t);
                 }
             }
-            Phase::AwaitingApproval => begin_rollback(
-                cx,
-                d,
-                format!(
-                    "not approved within {}",
-                    humantime::format_duration(cx.settings.timeouts.approval)
-                ),
-            ),
+            Phase::AwaitingApproval => {
+                let limit = cx.settings.timeouts.approval;
+                timed_out(cx, d, "not approved", limit);
+            }
             Phase::Shifting => match d.current_step().map(|s| s.hold) {
-                Some(Hold::UntilPromote) => begin_rollback(
-                    cx,
-                    d,
-                    format!(
-                        "not promoted within {}",
-                        humantime::format_duration(cx.settings.timeouts.promote)
-                    ),
-                ),
+                Some(Hold::UntilPromote) => {
+                    let limit = cx.settings.timeouts.promote;
+                    timed_out(cx, d, "not promoted", limit);
+                }
                 _ if !alarms_known => {
                     let due = now.plus_ms(cx.poll_ms());
                     cx.schedule(d, due);
@@ -696,6 +680,12 @@ fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) -> Verdict 
         }
         Applied
     })
+}
+
+/// Rolls back because a stage's deadline passed.
+fn timed_out(cx: &mut Cx<'_>, d: &mut Deployment, what: &str, limit: std::time::Duration) {
+    let reason = format!("{what} within {}", humantime::format_duration(limit));
+    begin_rollback(cx, d, reason);
 }
 
 /// Whether a firing rollback alarm observed on a tick rolls `d` back now.
@@ -942,6 +932,9 @@ fn begin_baking(cx: &mut Cx<'_>, d: &mut Deployment) {
     }
     let bake = d.plan.bake_ms;
     cx.enter(d, Phase::Baking, EventKind::PhaseChanged, None);
+    // Re-assert 100 %: the last step's write may have been lost in a crash, and an
+    // operator's promote can move on before the reconciler re-drives it.
+    cx.set_production(d, Weights::all(d.target));
     let due = cx.now.plus_ms(bake);
     cx.schedule(d, due);
 }
@@ -950,6 +943,7 @@ fn begin_finalizing(cx: &mut Cx<'_>, d: &mut Deployment) {
     cx.state.live = d.target;
     cx.state.live_image = Some(d.to_image.pinned());
     cx.enter(d, Phase::Finalizing, EventKind::PhaseChanged, None);
+    cx.set_production(d, Weights::all(d.target));
     cx.set_test(d, d.target);
     let now = cx.now;
     cx.schedule(d, now);
@@ -1316,32 +1310,21 @@ fn on_reconcile(cx: &mut Cx<'_>) -> Verdict {
     let now = cx.now;
     let overdue = |d: &Deployment| {
         d.next_tick
-            .filter(|t| !d.is_paused() && now.since(t.due) > grace)
+            .is_some_and(|t| !d.is_paused() && now.since(t.due) > grace)
     };
     let mut redriven = Vec::new();
-    if let Some(d) = cx.state.active.as_ref()
-        && let Some(t) = overdue(d)
-    {
+    if let Some(d) = cx.state.active.as_ref().filter(|d| overdue(d)) {
         cx.effects.extend(ensure_effects(cx.settings, d));
-        redriven.push((d.id.clone(), t));
+        redriven.extend(d.pending_key());
     }
-    if let Some(d) = cx.state.last.as_ref()
-        && let Some(t) = overdue(d)
-    {
-        redriven.push((d.id.clone(), t));
+    if let Some(d) = cx.state.last.as_ref().filter(|d| overdue(d)) {
+        redriven.extend(d.pending_key());
     }
     if redriven.is_empty() {
         return Ignore(IgnoreCode::NothingOverdue, "no tick is overdue".into());
     }
-    for (id, t) in redriven {
-        cx.effects.push(Effect::ScheduleTick {
-            tick: TickKey {
-                deployment_id: id,
-                cursor: t.cursor,
-                attempt: t.attempt,
-            },
-            due: now,
-        });
+    for tick in redriven {
+        cx.effects.push(Effect::ScheduleTick { tick, due: now });
     }
     Applied
 }

@@ -310,6 +310,8 @@ pub enum IgnoreCode {
     Finished,
     /// The deployment is paused; the tick is re-sent on resume.
     Paused,
+    /// The tick arrived before it was due; the worker delays it again.
+    Early,
     /// An alarm state or alarm that does not trigger a rollback here.
     NotApplicable,
     /// The reconciler found nothing overdue.

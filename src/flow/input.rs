@@ -215,8 +215,11 @@ impl Observations {
 }
 
 /// Rollout state of the colour being deployed to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetHealth {
+    /// Task definition of the service's primary ECS deployment: healthy tasks of another
+    /// revision (say, the previous version still warm on that colour) do not count.
+    pub task_definition: Option<String>,
     /// The ECS deployment finished rolling out.
     pub rollout_completed: bool,
     /// Tasks running.
@@ -230,10 +233,13 @@ pub struct TargetHealth {
 }
 
 impl TargetHealth {
-    /// Steady and every registered target healthy (and there is at least one).
+    /// Running `revision`, steady, and every registered target healthy (and there is at
+    /// least one).
     #[must_use]
-    pub fn is_ready(&self) -> bool {
-        self.rollout_completed
+    pub fn is_ready(&self, revision: Option<&str>) -> bool {
+        revision.is_some()
+            && self.task_definition.as_deref() == revision
+            && self.rollout_completed
             && self.desired > 0
             && self.running == self.desired
             && self.registered_targets > 0

@@ -389,6 +389,16 @@ impl Deployment {
         self.paused_at.is_some()
     }
 
+    /// The identity of the tick the deployment waits for, if any.
+    #[must_use]
+    pub fn pending_key(&self) -> Option<super::input::TickKey> {
+        self.next_tick.map(|t| super::input::TickKey {
+            deployment_id: self.id.clone(),
+            cursor: t.cursor,
+            attempt: t.attempt,
+        })
+    }
+
     /// The current step, if shifting has begun.
     #[must_use]
     pub fn current_step(&self) -> Option<&Step> {

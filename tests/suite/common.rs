@@ -83,8 +83,10 @@ pub fn alarm(name: &str, at: &str) -> Input {
     )
 }
 
+/// Healthy; the world fills in the revision the colour really runs.
 pub fn healthy() -> TargetHealth {
     TargetHealth {
+        task_definition: None,
         rollout_completed: true,
         running: 2,
         desired: 2,
@@ -292,10 +294,23 @@ impl World {
         }
     }
 
+    /// What the worker would read: the alarm states, and the health of the colour being
+    /// deployed to, running whatever revision an `UpdateService` last gave it.
     pub fn observations(&self) -> Observations {
+        let target = self.state.active.as_ref().map(|d| d.target);
+        let running = self
+            .log
+            .updates
+            .iter()
+            .rev()
+            .find(|(c, _)| Some(*c) == target)
+            .map(|(_, td)| td.clone());
         Observations {
             alarms_firing: self.alarms_firing.clone(),
-            target_health: self.health,
+            target_health: self.health.clone().map(|h| TargetHealth {
+                task_definition: h.task_definition.or(running),
+                ..h
+            }),
         }
     }
 

@@ -109,14 +109,8 @@ fn provisioning_that_never_registers_rolls_back_at_its_timeout() {
     w.tick();
     assert_eq!(w.phase(), Some(Phase::Provisioning));
     // The watchdog tick itself was lost too; deliver it by hand at the deadline.
-    let d = w.active().clone();
-    let pending = d.next_tick.expect("watchdog");
-    w.now = pending.due;
-    let key = bluegreen::flow::TickKey {
-        deployment_id: d.id.clone(),
-        cursor: pending.cursor,
-        attempt: pending.attempt,
-    };
+    w.now = w.active().next_tick.expect("watchdog").due;
+    let key = w.active().pending_key().expect("watchdog");
     w.apply(Input::tick(key, Observations::alarms_ok()));
     assert_eq!(w.phase(), Some(Phase::RollingBack));
 }
@@ -142,6 +136,7 @@ fn waiting_for_green_polls_until_steady_and_healthy() {
         healthy_targets: 1,
         ..healthy()
     });
+    // (the world reports the revision the colour really runs)
     w.apply(push(1));
     w.tick();
     w.tick();
@@ -172,6 +167,45 @@ fn green_not_healthy_within_its_timeout_rolls_back_naming_what_was_seen() {
         .map(|r| r.reason.clone())
         .unwrap_or_default();
     assert!(reason.contains("1/2 tasks running"), "{reason}");
+}
+
+#[test]
+fn healthy_tasks_of_another_revision_do_not_count_as_green() {
+    let mut w = World::new(settings());
+    w.health = Some(TargetHealth {
+        task_definition: Some("arn:aws:ecs:us-east-1:123456789012:task-definition/web:41".into()),
+        ..healthy()
+    });
+    w.apply(push(1));
+    w.tick();
+    w.tick();
+    w.tick();
+    assert_eq!(
+        w.phase(),
+        Some(Phase::WaitingForGreen),
+        "the old revision is warm and healthy"
+    );
+    assert!(w.log.production.is_empty());
+    w.health = Some(healthy());
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::Shifting));
+}
+
+#[test]
+fn a_lost_final_weight_write_is_reasserted_when_promote_moves_on() {
+    let mut s = settings();
+    s.strategy = linear(50, 60);
+    let mut w = world_in(s, Phase::Shifting);
+    w.crash_next = true;
+    w.tick(); // decides 100 %, but the write and the tick are lost
+    assert_eq!(w.log.production.last(), Some(&wt(50, 50)));
+    w.apply(op("promote", Action::Promote { skip_bake: false }));
+    assert_eq!(w.phase(), Some(Phase::Baking));
+    assert_eq!(
+        w.log.production.last(),
+        Some(&wt(0, 100)),
+        "baking re-asserts 100 %"
+    );
 }
 
 #[test]
@@ -301,7 +335,15 @@ fn each_step_tick_moves_to_the_next_weight_and_ends_in_success() {
     w.settle();
     assert_eq!(
         w.log.production,
-        [wt(75, 25), wt(50, 50), wt(25, 75), wt(0, 100)]
+        [
+            wt(75, 25),
+            wt(50, 50),
+            wt(25, 75),
+            wt(0, 100),
+            wt(0, 100),
+            wt(0, 100)
+        ],
+        "baking and finalizing re-assert 100 % (idempotent)"
     );
     assert_eq!(w.last_phase(), Some(Phase::Succeeded));
     assert_eq!(w.state.live, Color::Green);
@@ -756,7 +798,10 @@ fn canary_shifts_its_percent_then_everything() {
     }));
     w.apply(push(1));
     w.settle();
-    assert_eq!(w.log.production, [wt(90, 10), wt(0, 100)]);
+    assert_eq!(
+        w.log.production,
+        [wt(90, 10), wt(0, 100), wt(0, 100), wt(0, 100)]
+    );
 }
 
 #[test]
@@ -764,7 +809,7 @@ fn all_at_once_shifts_in_one_step() {
     let mut w = World::new(ServiceSettings::with_strategy(Strategy::AllAtOnce));
     w.apply(push(1));
     w.settle();
-    assert_eq!(w.log.production, [wt(0, 100)]);
+    assert_eq!(w.log.production, [wt(0, 100); 3]);
     assert_eq!(w.last_phase(), Some(Phase::Succeeded));
 }
 
@@ -783,4 +828,66 @@ fn linear_ten_percent_per_minute_has_ten_steps_reaching_full_at_minute_nine() {
     );
     assert_eq!(plan.steps.last().map(|s| s.offset_seconds), Some(540));
     assert_eq!(plan.total_seconds, 540 + 300);
+}
+
+#[test]
+fn a_tick_that_arrives_early_does_not_cut_the_step_short() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    let t = w.active().next_tick.expect("pending");
+    assert!(w.now < t.due);
+    let key = w.active().pending_key().expect("pending");
+    let outcome = w.apply(Input::tick(key.clone(), Observations::alarms_ok()));
+    assert_eq!(ignored(&outcome), IgnoreCode::Early);
+    assert_eq!(w.active().step, 0);
+    w.now = t.due;
+    assert_eq!(
+        w.apply(Input::tick(key, Observations::alarms_ok())),
+        Outcome::Applied
+    );
+    assert_eq!(w.active().step, 1);
+}
+
+#[test]
+fn the_worker_is_told_what_to_read_before_each_tick() {
+    use bluegreen::flow::{Needs, needs};
+    let key = |w: &World| w.active().pending_key().expect("pending");
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    assert_eq!(
+        needs(&w.state, &key(&w)),
+        Needs {
+            alarms: true,
+            target_health: None
+        }
+    );
+    w.tick();
+    assert_eq!(
+        needs(&w.state, &key(&w)),
+        Needs {
+            alarms: true,
+            target_health: Some(Color::Green)
+        }
+    );
+    w.run_until(|w| w.phase() == Some(Phase::Shifting));
+    assert_eq!(
+        needs(&w.state, &key(&w)),
+        Needs {
+            alarms: true,
+            target_health: None
+        }
+    );
+    w.apply(op("abort", Action::Abort));
+    assert_eq!(
+        needs(&w.state, &key(&w)),
+        Needs::default(),
+        "a rollback reads nothing first"
+    );
+    let mut untimed = World::new(ServiceSettings::with_strategy(explicit()));
+    untimed.apply(push(1));
+    untimed.run_until(|w| w.state.active.as_ref().is_some_and(|d| d.step == 1));
+    assert_eq!(
+        needs(&untimed.state, &key(&untimed)),
+        Needs::default(),
+        "the promote watchdog needs no alarm read"
+    );
 }
