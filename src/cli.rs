@@ -19,6 +19,29 @@ pub const EXIT_INVALID: u8 = 1;
 /// Exit code: usage error.
 pub const EXIT_USAGE: u8 = 2;
 
+/// Environment variable naming the configuration file.
+pub const CONFIG_FILE_ENV: &str = "BLUEGREEN_CONFIG";
+/// Environment variable holding the configuration document as JSON (what infrastructure
+/// code injects into the task definition).
+pub const CONFIG_JSON_ENV: &str = "BLUEGREEN_CONFIG_JSON";
+
+/// Loads the configuration from `path`, else from the JSON in [`CONFIG_JSON_ENV`]. This
+/// is the one place the environment is read for configuration.
+///
+/// # Errors
+/// The loading error, or a message saying neither source is set.
+pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => match std::env::var(CONFIG_JSON_ENV) {
+            Ok(json) => Config::from_json_str(&json).map_err(|e| format!("{CONFIG_JSON_ENV}: {e}")),
+            Err(_) => Err(format!(
+                "no configuration: pass --config FILE, or set {CONFIG_FILE_ENV} or {CONFIG_JSON_ENV}"
+            )),
+        },
+    }
+}
+
 /// Zero-downtime blue-green, canary and linear deployments of ECS Fargate services.
 #[derive(Debug, Parser)]
 #[command(name = "bluegreen", version, about, long_about = None)]
@@ -33,9 +56,10 @@ pub struct Cli {
 pub enum Command {
     /// Print each service's traffic schedule and total duration.
     Plan {
-        /// Configuration file (TOML, or JSON when it ends in .json).
-        #[arg(long, short)]
-        config: PathBuf,
+        /// Configuration file (TOML, or JSON when it ends in .json); default: the JSON
+        /// document in the BLUEGREEN_CONFIG_JSON environment variable.
+        #[arg(long, short, env = CONFIG_FILE_ENV)]
+        config: Option<PathBuf>,
         /// Only this service.
         #[arg(long, short)]
         service: Option<String>,
@@ -86,7 +110,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             config,
             service,
             output,
-        } => cmd_plan(&config, service.as_deref(), output),
+        } => cmd_plan(config.as_deref(), service.as_deref(), output),
         Command::Validate {
             what: Validate::Config { file },
         } => Config::load(&file)

@@ -100,3 +100,25 @@ fn validate_exit_codes_are_0_valid_1_invalid_2_usage() {
     let missing = bluegreen(&["validate", "event", "tests/fixtures/none.json"]);
     assert_eq!(missing.status.code(), Some(1));
 }
+
+#[test]
+fn plan_reads_the_configuration_as_json_from_the_environment() {
+    let toml = std::fs::read_to_string("examples/bluegreen.toml").expect("example");
+    let value: serde_json::Value = toml::from_str(&toml).expect("toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+        .args(["plan", "--service", "api"])
+        .env_remove("BLUEGREEN_CONFIG")
+        .env("BLUEGREEN_CONFIG_JSON", value.to_string())
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("api: canary 10% for 5m"));
+    let none = Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+        .arg("plan")
+        .env_remove("BLUEGREEN_CONFIG")
+        .env_remove("BLUEGREEN_CONFIG_JSON")
+        .output()
+        .expect("run");
+    assert_eq!(none.status.code(), Some(1));
+    assert!(stderr(&none).contains("BLUEGREEN_CONFIG_JSON"));
+}
