@@ -142,8 +142,12 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-fn cmd_plan(config: &Path, service: Option<&str>, output: Output) -> Result<String, String> {
-    let config = Config::load(config).map_err(|e| e.to_string())?;
+fn cmd_plan(
+    config: Option<&Path>,
+    service: Option<&str>,
+    output: Output,
+) -> Result<String, String> {
+    let config = load_config(config)?;
     let services: Vec<_> = match service {
         Some(name) => vec![
             config
