@@ -67,6 +67,26 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Run the worker: consume the queue until SIGTERM (or Ctrl-C), then stop polling,
+    /// finish in-flight messages and exit.
+    Worker {
+        /// Configuration file; default: BLUEGREEN_CONFIG, else BLUEGREEN_CONFIG_JSON.
+        #[arg(long, short, env = CONFIG_FILE_ENV)]
+        config: Option<PathBuf>,
+        /// Messages worked on at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Long-poll wait (at most 20s).
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        /// Also run the reconciler every so often (production uses an EventBridge
+        /// schedule sending `Reconcile Requested`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        reconcile_every: Option<std::time::Duration>,
+        /// This worker's identity in service leases (default: host name and process id).
+        #[arg(long, env = "BLUEGREEN_WORKER_ID")]
+        id: Option<String>,
+    },
     /// Check a configuration or an event file against the schemas.
     Validate {
         /// What to validate.
@@ -126,6 +146,22 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Validate {
             what: Validate::Event { file, config },
         } => cmd_validate_event(&file, config.as_deref()),
+        Command::Worker {
+            config,
+            concurrency,
+            wait,
+            reconcile_every,
+            id,
+        } => load_config(config.as_deref()).and_then(|config| {
+            let options = crate::worker::Options {
+                concurrency,
+                wait,
+                worker_id: id.unwrap_or_else(default_worker_id),
+                reconcile_every: reconcile_every.unwrap_or_default(),
+                ..crate::worker::Options::default()
+            };
+            run_worker(config, options)
+        }),
     };
     match result {
         Ok(text) => {
@@ -183,4 +219,56 @@ fn cmd_validate_event(file: &Path, config: Option<&Path>) -> Result<String, Stri
         Some(why) => format!("valid: {kind} (the worker would ignore it: {why})"),
         None => format!("valid: {kind}"),
     })
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs the AWS worker until SIGTERM or Ctrl-C.
+fn run_worker(config: Config, options: crate::worker::Options) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let aws = crate::aws::Aws::from_env(&config).await;
+        let worker = crate::worker::Worker::new(
+            std::sync::Arc::new(aws),
+            config,
+            crate::worker::system_clock(),
+            options,
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested");
+            let _ = stop.send(true);
+        });
+        worker.run(stopped).await;
+    });
+    Ok("worker stopped".into())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -7,11 +7,17 @@
 //! * [`schema`] — the JSON Schemas in `schemas/`, compiled once, and validation;
 //! * [`config`] — the configuration document, parsed and validated once at start-up;
 //! * [`plan`] — the schedule a strategy produces, for `bluegreen plan`;
+//! * [`ports`] — what the worker needs from the world, as traits;
+//! * [`aws`] — the AWS adapters of the ports;
+//! * [`worker`] — the runtime: queue → decide → commit → effects, written against the ports;
 //! * [`cli`] — the command line.
 
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod flow;
 pub mod plan;
+pub mod ports;
 pub mod schema;
+pub mod worker;

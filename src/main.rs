@@ -5,13 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BLUEGREEN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = match bluegreen::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -23,6 +16,24 @@ fn main() -> ExitCode {
             });
         }
     };
+    // The worker logs JSON at info (one span per message); the other commands log
+    // plain text at warn. BLUEGREEN_LOG overrides the level.
+    let worker = matches!(cli.command, bluegreen::cli::Command::Worker { .. });
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("BLUEGREEN_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(if worker { "info" } else { "warn" })
+        });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if worker {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        logs.init();
+    }
     let code = bluegreen::cli::run(cli, &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }

@@ -1377,7 +1377,12 @@ fn ensure_effects(settings: &ServiceSettings, d: &Deployment) -> Vec<Effect> {
             deployment_id: id(),
             weights: d.weights,
         }],
-        Phase::Finalizing => test(d.target).into_iter().collect(),
+        Phase::Finalizing => std::iter::once(Effect::SetProductionWeights {
+            deployment_id: id(),
+            weights: d.weights,
+        })
+        .chain(test(d.target))
+        .collect(),
         Phase::RollingBack => std::iter::once(Effect::SetProductionWeights {
             deployment_id: id(),
             weights: Weights::all(d.stable),

@@ -5,13 +5,16 @@
 //! * `invariants` — property tests of SPEC §4, named after the invariants;
 //! * `contract` — AWS samples and every emitted event against `schemas/`;
 //! * `config` — the configuration document and its errors;
-//! * `cli` — the binary's commands and exit codes.
+//! * `cli` — the binary's commands and exit codes;
+//! * `aws_e2e` (with the `moto` harness) — the AWS worker end to end on moto server.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod aws_e2e;
 mod cli;
 mod common;
 mod config;
 mod contract;
 mod invariants;
+mod moto;
 mod sequences;
 mod transitions;

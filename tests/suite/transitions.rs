@@ -891,3 +891,29 @@ fn the_worker_is_told_what_to_read_before_each_tick() {
         "the promote watchdog needs no alarm read"
     );
 }
+
+#[test]
+fn a_lost_finalize_is_redriven_with_full_traffic() {
+    let mut w = world_in(settings(), Phase::Baking);
+    w.now = w.active().next_tick.expect("bake timer").due;
+    let key = w.active().pending_key().expect("bake timer");
+    w.crash_next = true; // Finalizing is decided, but its writes and its tick are lost
+    w.apply(Input::tick(key, Observations::alarms_ok()));
+    assert_eq!(w.phase(), Some(Phase::Finalizing));
+    let writes = w.log.production.len();
+    w.now = w
+        .active()
+        .next_tick
+        .expect("pending")
+        .due
+        .plus(Duration::from_secs(61));
+    assert_eq!(
+        w.apply(Input::new("reconcile", InputKind::Reconcile)),
+        Outcome::Applied
+    );
+    assert_eq!(
+        &w.log.production[writes..],
+        [wt(0, 100)],
+        "the re-drive re-asserts production"
+    );
+}

@@ -1,0 +1,318 @@
+//! The store: one DynamoDB table, string keys `pk` and `sk`, TTL on `expires_at`.
+//!
+//! | item | `pk` | `sk` | attributes |
+//! |---|---|---|---|
+//! | service state | `SERVICE#<name>` | `STATE` | `state` (JSON), `version` (N), `lease_owner`, `lease_until` (N, ms) |
+//! | outbox entry | `SERVICE#<name>` | `OUTBOX#<ms, 20 digits>#<eventId>` | `entry` (JSON) |
+//! | dedup key | `DEDUP#<name>#<key>` | `DEDUP` | `expires_at` (N, s) |
+//! | deployment record | `DEPLOYMENT#<id>` | `RECORD` | `record` (JSON), `service`, `phase` |
+//!
+//! A decision commits in one `TransactWriteItems`: the state (conditional on its version
+//! and on no other unexpired lease), its outbox entries, its dedup key (conditional on
+//! not existing) and the deployment records it touched.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+
+use super::{Aws, port_error};
+use crate::contract::Entry;
+use crate::flow::{Color, ServiceState, Timestamp};
+use crate::ports::{Commit, Fence, PortError, PortResult, Store, Stored};
+
+/// How long dedup keys are remembered beyond the state's own window.
+pub const DEDUP_TTL_SECS: u64 = 7 * 24 * 3600;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn state_key(service: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_string(), s(format!("SERVICE#{service}"))),
+        ("sk".to_string(), s("STATE")),
+    ])
+}
+
+fn dedup_key(service: &str, key: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_string(), s(format!("DEDUP#{service}#{key}"))),
+        ("sk".to_string(), s("DEDUP")),
+    ])
+}
+
+fn get_n(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn entry_json(e: &Entry) -> String {
+    serde_json::json!({
+        "source": e.source,
+        "detailType": e.detail_type,
+        "detail": e.detail,
+        "resources": e.resources,
+        "eventId": e.event_id,
+        "time": e.time,
+    })
+    .to_string()
+}
+
+fn entry_from_json(text: &str) -> Option<Entry> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let kind = crate::flow::EventKind::ALL
+        .into_iter()
+        .find(|k| Some(k.detail_type()) == v["detailType"].as_str())?;
+    Some(Entry {
+        source: v["source"].as_str()?.to_string(),
+        detail_type: kind.detail_type(),
+        detail: v["detail"].as_str()?.to_string(),
+        resources: v["resources"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        event_id: v["eventId"].as_str()?.to_string(),
+        time: v["time"].as_str()?.to_string(),
+    })
+}
+
+fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> PortResult<T> {
+    r.map_err(|e| PortError::Permanent(format!("building a DynamoDB request: {e}")))
+}
+
+impl Store for Aws {
+    async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
+        let out = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(state_key(service)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| port_error("GetItem", e))?;
+        let Some(item) = out.item() else {
+            return Ok(Stored {
+                state: ServiceState::new(service, initial),
+                version: 0,
+            });
+        };
+        let text = get_s(item, "state").unwrap_or_default();
+        let state: ServiceState = serde_json::from_str(text).map_err(|e| {
+            PortError::Permanent(format!("stored state of {service} is unreadable: {e}"))
+        })?;
+        Ok(Stored {
+            state,
+            version: get_n(item, "version"),
+        })
+    }
+
+    async fn commit(&self, service: &str, c: Commit<'_>) -> PortResult<u64> {
+        let version = c.expected_version + 1;
+        let state = serde_json::to_string(c.state)
+            .map_err(|e| PortError::Permanent(format!("serializing state: {e}")))?;
+        let mut item = state_key(service);
+        item.insert("state".into(), s(state));
+        item.insert("version".into(), n(version));
+        item.insert("lease_owner".into(), s(c.lease.owner));
+        item.insert("lease_until".into(), n(c.lease.until.millis()));
+        let condition = if c.expected_version == 0 {
+            "attribute_not_exists(pk)"
+        } else {
+            "version = :v AND (attribute_not_exists(lease_owner) OR lease_owner = :me OR lease_until < :now)"
+        };
+        let mut put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition);
+        if c.expected_version != 0 {
+            put = put
+                .expression_attribute_values(":v", n(c.expected_version))
+                .expression_attribute_values(":me", s(c.lease.owner))
+                .expression_attribute_values(":now", n(c.lease.now.millis()));
+        }
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(built(put.build())?)
+                .build(),
+        ];
+        for e in c.outbox {
+            let sk = format!("OUTBOX#{:020}#{}", c.lease.now.millis(), e.event_id);
+            let put = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(format!("SERVICE#{service}")))
+                .item("sk", s(sk))
+                .item("entry", s(entry_json(e)))
+                .build();
+            items.push(TransactWriteItem::builder().put(built(put)?).build());
+        }
+        if let Some(key) = c.dedup_key {
+            let mut item = dedup_key(service, key);
+            item.insert(
+                "expires_at".into(),
+                n(c.lease.now.millis() / 1000 + DEDUP_TTL_SECS),
+            );
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build();
+            items.push(TransactWriteItem::builder().put(built(put)?).build());
+        }
+        for d in c.deployments {
+            let record = serde_json::to_string(d)
+                .map_err(|e| PortError::Permanent(format!("serializing deployment: {e}")))?;
+            let put = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(format!("DEPLOYMENT#{}", d.id)))
+                .item("sk", s("RECORD"))
+                .item("service", s(service))
+                .item("phase", s(d.phase.as_str()))
+                .item("record", s(record))
+                .build();
+            items.push(TransactWriteItem::builder().put(built(put)?).build());
+        }
+        let result = self
+            .dynamodb
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(version),
+            Err(e) => {
+                let cancelled = e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_transaction_canceled_exception());
+                if cancelled {
+                    Err(PortError::Conflict)
+                } else {
+                    Err(port_error("TransactWriteItems", e))
+                }
+            }
+        }
+    }
+
+    async fn seen(&self, service: &str, key: &str) -> PortResult<bool> {
+        let out = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(dedup_key(service, key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| port_error("GetItem", e))?;
+        Ok(out.item().is_some())
+    }
+
+    async fn fence(&self, service: &str) -> PortResult<Fence> {
+        let out = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(state_key(service)))
+            .projection_expression("version, lease_owner, lease_until")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| port_error("GetItem", e))?;
+        let empty = HashMap::new();
+        let item = out.item().unwrap_or(&empty);
+        Ok(Fence {
+            version: get_n(item, "version"),
+            owner: get_s(item, "lease_owner").map(str::to_string),
+            until: Timestamp::from_millis(get_n(item, "lease_until")),
+        })
+    }
+
+    async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(state_key(service)))
+            .update_expression("REMOVE lease_owner, lease_until")
+            .condition_expression("lease_owner = :me")
+            .expression_attribute_values(":me", s(owner))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(port_error("UpdateItem", e)),
+        }
+    }
+
+    async fn outbox(&self, service: &str) -> PortResult<Vec<Entry>> {
+        let out = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(format!("SERVICE#{service}")))
+            .expression_attribute_values(":prefix", s("OUTBOX#"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| port_error("Query", e))?;
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(|i| get_s(i, "entry").and_then(entry_from_json))
+            .collect())
+    }
+
+    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
+        let out = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(format!("SERVICE#{service}")))
+            .expression_attribute_values(":prefix", s("OUTBOX#"))
+            .projection_expression("pk, sk")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| port_error("Query", e))?;
+        for item in out.items() {
+            let Some(sk) = get_s(item, "sk") else {
+                continue;
+            };
+            if !event_ids.iter().any(|id| sk.ends_with(&format!("#{id}"))) {
+                continue;
+            }
+            self.dynamodb
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(format!("SERVICE#{service}")))
+                .key("sk", s(sk))
+                .send()
+                .await
+                .map_err(|e| port_error("DeleteItem", e))?;
+        }
+        Ok(())
+    }
+}

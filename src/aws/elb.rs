@@ -1,0 +1,205 @@
+//! The traffic router: weights of the forward action of a listener rule, or of a
+//! listener's default actions.
+//!
+//! Only the two target groups' weights change: the action list, its order, every other
+//! action, the rule's conditions and the stickiness configuration are written back as
+//! read (SPEC §4 invariant 1). After each write the weights are read back; a mismatch is
+//! an error, which the core treats as a failed step.
+
+use aws_sdk_elasticloadbalancingv2::types::{
+    Action, ActionTypeEnum, ForwardActionConfig, TargetGroupTuple,
+};
+
+use super::{Aws, port_error};
+use crate::config::{ServiceConfig, TrafficTarget};
+use crate::flow::Weights;
+use crate::ports::{PortError, PortResult, Traffic};
+
+impl Aws {
+    async fn read_actions(&self, target: &TrafficTarget) -> PortResult<Vec<Action>> {
+        match target {
+            TrafficTarget::Rule(arn) => {
+                let out = self
+                    .elb
+                    .describe_rules()
+                    .rule_arns(arn)
+                    .send()
+                    .await
+                    .map_err(|e| port_error("DescribeRules", e))?;
+                let rule = out.rules().first().ok_or_else(|| {
+                    PortError::Permanent(format!("listener rule {arn} not found"))
+                })?;
+                Ok(rule.actions().to_vec())
+            }
+            TrafficTarget::Listener(arn) => {
+                let out = self
+                    .elb
+                    .describe_listeners()
+                    .listener_arns(arn)
+                    .send()
+                    .await
+                    .map_err(|e| port_error("DescribeListeners", e))?;
+                let listener = out
+                    .listeners()
+                    .first()
+                    .ok_or_else(|| PortError::Permanent(format!("listener {arn} not found")))?;
+                Ok(listener.default_actions().to_vec())
+            }
+        }
+    }
+
+    async fn write_actions(&self, target: &TrafficTarget, actions: Vec<Action>) -> PortResult<()> {
+        match target {
+            TrafficTarget::Rule(arn) => {
+                self.elb
+                    .modify_rule()
+                    .rule_arn(arn)
+                    .set_actions(Some(actions))
+                    .send()
+                    .await
+                    .map_err(|e| port_error("ModifyRule", e))?;
+            }
+            TrafficTarget::Listener(arn) => {
+                self.elb
+                    .modify_listener()
+                    .listener_arn(arn)
+                    .set_default_actions(Some(actions))
+                    .send()
+                    .await
+                    .map_err(|e| port_error("ModifyListener", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn weights_of(
+        &self,
+        service: &ServiceConfig,
+        target: &TrafficTarget,
+    ) -> PortResult<Weights> {
+        let actions = self.read_actions(target).await?;
+        weights_in(service, &actions)
+    }
+
+    async fn set_weights(
+        &self,
+        service: &ServiceConfig,
+        target: &TrafficTarget,
+        weights: Weights,
+    ) -> PortResult<()> {
+        let actions = self.read_actions(target).await?;
+        let updated = with_weights(service, &actions, weights)?;
+        self.write_actions(target, updated).await?;
+        let seen = self.weights_of(service, target).await?;
+        if seen != weights {
+            return Err(PortError::Permanent(format!(
+                "weights read back as {seen} after writing {weights}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The forward action: the one of type `forward`.
+fn forward_index(actions: &[Action]) -> PortResult<usize> {
+    actions
+        .iter()
+        .position(|a| a.r#type() == Some(&ActionTypeEnum::Forward))
+        .ok_or_else(|| PortError::Permanent("the rule has no forward action".into()))
+}
+
+/// Reads the two target groups' weights. Any other target group in the forward action
+/// is an error: the rule must reference exactly the service's two groups.
+pub fn weights_in(service: &ServiceConfig, actions: &[Action]) -> PortResult<Weights> {
+    let action = &actions[forward_index(actions)?];
+    let tuples: Vec<(String, i32)> = match action.forward_config() {
+        Some(f) if !f.target_groups().is_empty() => f
+            .target_groups()
+            .iter()
+            .map(|t| {
+                (
+                    t.target_group_arn().unwrap_or_default().to_string(),
+                    t.weight().unwrap_or(1),
+                )
+            })
+            .collect(),
+        _ => vec![(action.target_group_arn().unwrap_or_default().to_string(), 1)],
+    };
+    let (mut blue, mut green) = (0i32, 0i32);
+    for (arn, weight) in &tuples {
+        if *arn == service.blue_target_group_arn {
+            blue += weight;
+        } else if *arn == service.green_target_group_arn {
+            green += weight;
+        } else {
+            return Err(PortError::Permanent(format!(
+                "the forward action also routes to {arn}, which is not {}'s blue or green target group",
+                service.name
+            )));
+        }
+    }
+    let total = blue + green;
+    if total <= 0 {
+        return Ok(Weights {
+            blue: 100,
+            green: 0,
+        });
+    }
+    // Normalise to percent (ALB weights are relative, 0..=999).
+    let blue_pct = u8::try_from((blue * 100 + total / 2) / total).unwrap_or(100);
+    Ok(Weights::split(crate::flow::Color::Blue, blue_pct))
+}
+
+/// The same actions with only the forward action's weights replaced.
+pub fn with_weights(
+    service: &ServiceConfig,
+    actions: &[Action],
+    weights: Weights,
+) -> PortResult<Vec<Action>> {
+    weights_in(service, actions)?;
+    let index = forward_index(actions)?;
+    let mut updated = actions.to_vec();
+    let action = &mut updated[index];
+    let stickiness = action
+        .forward_config()
+        .and_then(|f| f.target_group_stickiness_config())
+        .cloned();
+    let tuple = |arn: &str, weight: u8| {
+        TargetGroupTuple::builder()
+            .target_group_arn(arn)
+            .weight(i32::from(weight))
+            .build()
+    };
+    let forward = ForwardActionConfig::builder()
+        .target_groups(tuple(&service.blue_target_group_arn, weights.blue))
+        .target_groups(tuple(&service.green_target_group_arn, weights.green))
+        .set_target_group_stickiness_config(stickiness)
+        .build();
+    action.forward_config = Some(forward);
+    // A forward action names its groups either by TargetGroupArn or by ForwardConfig.
+    action.target_group_arn = None;
+    Ok(updated)
+}
+
+impl Traffic for Aws {
+    async fn production(&self, service: &ServiceConfig) -> PortResult<Weights> {
+        let target = service
+            .production()
+            .ok_or_else(|| PortError::Permanent("no production listener configured".into()))?;
+        self.weights_of(service, &target).await
+    }
+
+    async fn set_production(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+        let target = service
+            .production()
+            .ok_or_else(|| PortError::Permanent("no production listener configured".into()))?;
+        self.set_weights(service, &target, weights).await
+    }
+
+    async fn set_test(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+        match service.test() {
+            Some(target) => self.set_weights(service, &target, weights).await,
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The AWS adapters (official SDK crates): one [`Aws`] value implements every port.
+//!
+//! * [`sqs`] — the inbox (long poll, visibility, delayed self-addressed ticks);
+//! * [`dynamodb`] — the store (one table; key design in the README);
+//! * [`elb`] — the traffic router (listener rule / default action weights, read back);
+//! * [`ecs`] — the platform (task definition revision, service updates, health);
+//! * [`events`] — the bus (`PutEvents` in batches of 10);
+//! * [`cloudwatch`] — rollback alarm states;
+//! * [`http`] — HTTP validation checks.
+//!
+//! Clients come from `aws_config`'s default chain, so `AWS_REGION`, `AWS_ENDPOINT_URL`
+//! (and `AWS_ENDPOINT_URL_<SERVICE>`) and the usual credential sources apply.
+
+pub mod cloudwatch;
+pub mod dynamodb;
+pub mod ecs;
+pub mod elb;
+pub mod events;
+pub mod http;
+pub mod sqs;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::config::Config;
+use crate::ports::PortError;
+
+/// Every AWS client the worker uses, plus the names of its own resources.
+#[derive(Debug, Clone)]
+pub struct Aws {
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) dynamodb: aws_sdk_dynamodb::Client,
+    pub(crate) elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub(crate) ecs: aws_sdk_ecs::Client,
+    pub(crate) events: aws_sdk_eventbridge::Client,
+    pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
+    pub(crate) queue_url: String,
+    pub(crate) table: String,
+    pub(crate) bus: String,
+    pub(crate) http: http::HttpChecks,
+}
+
+impl Aws {
+    /// Clients from the default chain with the SDK's `standard` retry mode (exponential
+    /// back-off with jitter).
+    pub async fn from_env(config: &Config) -> Aws {
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(4))
+            .load()
+            .await;
+        Aws::new(&sdk, config)
+    }
+
+    /// Clients from an explicit SDK configuration (tests point it at the emulator).
+    #[must_use]
+    pub fn new(sdk: &SdkConfig, config: &Config) -> Aws {
+        Aws {
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
+            ecs: aws_sdk_ecs::Client::new(sdk),
+            events: aws_sdk_eventbridge::Client::new(sdk),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
+            queue_url: config.worker.queue_url.clone(),
+            table: config.worker.table.clone(),
+            bus: config.worker.event_bus.clone(),
+            http: http::HttpChecks::new(),
+        }
+    }
+}
+
+/// Error codes worth retrying whatever the HTTP status says.
+const RETRYABLE_CODES: [&str; 6] = [
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+];
+
+/// Maps an SDK error to the caller's reaction: throttling, 5xx and transport failures
+/// are retryable; other service errors are permanent.
+pub(crate) fn port_error<E>(operation: &str, e: SdkError<E, HttpResponse>) -> PortError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let text = format!("{operation}: {}", DisplayErrorContext(&e));
+    match &e {
+        SdkError::ServiceError(s) => {
+            let code = s.err().code().unwrap_or_default();
+            let status = s.raw().status().as_u16();
+            if status >= 500 || RETRYABLE_CODES.contains(&code) {
+                PortError::Retryable(text)
+            } else {
+                PortError::Permanent(text)
+            }
+        }
+        _ => PortError::Retryable(text),
+    }
+}

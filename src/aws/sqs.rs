@@ -1,0 +1,84 @@
+//! The inbox: an SQS standard queue with a redrive policy to a dead-letter queue.
+//!
+//! Long polls in batches, asks for `ApproximateReceiveCount`, and caps delays at the
+//! queue maximum of 15 minutes: a tick due later arrives early and is re-delayed by the
+//! worker (the core refuses early ticks), which chains long waits.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+
+use super::{Aws, port_error};
+use crate::ports::{Inbox, PortResult, Received};
+
+/// SQS's maximum `DelaySeconds`.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+
+impl Inbox for Aws {
+    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
+            .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| port_error("ReceiveMessage", e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| Received {
+                message_id: m.message_id().unwrap_or_default().to_string(),
+                receipt: m.receipt_handle().unwrap_or_default().to_string(),
+                body: m.body().unwrap_or_default().to_string(),
+                receive_count: m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1),
+            })
+            .collect())
+    }
+
+    async fn delete(&self, receipt: &str) -> PortResult<()> {
+        self.sqs
+            .delete_message()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| port_error("DeleteMessage", e))?;
+        Ok(())
+    }
+
+    async fn set_visibility(&self, receipt: &str, timeout: Duration) -> PortResult<()> {
+        self.sqs
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(i32::try_from(timeout.as_secs().min(43_200)).unwrap_or(0))
+            .send()
+            .await
+            .map_err(|e| port_error("ChangeMessageVisibility", e))?;
+        Ok(())
+    }
+
+    async fn send(&self, body: String, delay: Duration) -> PortResult<()> {
+        // Round up so a tick never arrives before it is due because of truncation.
+        let secs = delay
+            .as_millis()
+            .div_ceil(1000)
+            .min(u128::from(MAX_DELAY.as_secs()));
+        self.sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(i32::try_from(secs).unwrap_or(0))
+            .send()
+            .await
+            .map_err(|e| port_error("SendMessage", e))?;
+        Ok(())
+    }
+}

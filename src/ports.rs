@@ -1,0 +1,223 @@
+//! What the worker needs from the world (SPEC §2), as traits the adapters implement:
+//! inbox, store, traffic, platform, bus, alarms.
+//!
+//! Errors are typed by what the caller should do ([`PortError`]): retry later, give up on
+//! the message, reload after a conflict, or stop because a newer decision fenced us out.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::config::ServiceConfig;
+use crate::contract::Entry;
+use crate::flow::{Color, Deployment, ServiceState, TargetHealth, Timestamp, Weights};
+
+/// Why a port call failed, grouped by the caller's reaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// Worth retrying (throttling, network, 5xx). The message goes back to the queue.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// Will not succeed by retrying (missing resource, access denied, bad shape).
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// The conditional write lost: someone committed first. Reload and decide again.
+    #[error("conflict: the stored version changed")]
+    Conflict,
+    /// A newer decision was committed since ours: our effects must not run.
+    #[error("fenced: a newer decision superseded this one")]
+    Fenced,
+}
+
+/// Result of a port call.
+pub type PortResult<T> = Result<T, PortError>;
+
+/// One message taken from the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Queue message id.
+    pub message_id: String,
+    /// Handle for delete / visibility calls.
+    pub receipt: String,
+    /// Body text.
+    pub body: String,
+    /// How many times it has been received (1 on first delivery).
+    pub receive_count: u32,
+}
+
+/// The queue.
+pub trait Inbox: Send + Sync {
+    /// Long-polls for up to `max` messages, waiting at most `wait`.
+    fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+    ) -> impl Future<Output = PortResult<Vec<Received>>> + Send;
+    /// Deletes a handled message.
+    fn delete(&self, receipt: &str) -> impl Future<Output = PortResult<()>> + Send;
+    /// Sets the message's visibility timeout (0 = visible again now).
+    fn set_visibility(
+        &self,
+        receipt: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Sends `body`, delivered after `delay` (the adapter caps it at the queue's maximum;
+    /// ticks carry their due time and are re-delayed when they arrive early).
+    fn send(&self, body: String, delay: Duration) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// A service's state as stored, with its version for compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The state.
+    pub state: ServiceState,
+    /// Version; 0 when nothing was stored yet.
+    pub version: u64,
+}
+
+/// One decision to commit atomically.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    /// The new state.
+    pub state: &'a ServiceState,
+    /// The version the decision was made on; the write fails with `Conflict` otherwise.
+    pub expected_version: u64,
+    /// Outbound events written in the same transaction (the outbox).
+    pub outbox: &'a [Entry],
+    /// The input's dedup key, remembered with a TTL beyond the state's own window.
+    pub dedup_key: Option<&'a str>,
+    /// Deployment records to write alongside (history, `status`).
+    pub deployments: &'a [&'a Deployment],
+    /// The service lease this commit takes or renews. The write fails with `Conflict`
+    /// while another owner holds an unexpired lease.
+    pub lease: Lease<'a>,
+}
+
+/// A service lease: who holds it and until when.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    /// The worker taking the lease.
+    pub owner: &'a str,
+    /// Expiry.
+    pub until: Timestamp,
+    /// The caller's clock, to judge whether another owner's lease has expired.
+    pub now: Timestamp,
+}
+
+/// What the effect runner re-checks right before every effect: the stored version is the
+/// fencing token, and the lease must still be ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// Current version.
+    pub version: u64,
+    /// Current lease holder.
+    pub owner: Option<String>,
+    /// Lease expiry.
+    pub until: Timestamp,
+}
+
+/// The deployment store.
+pub trait Store: Send + Sync {
+    /// Loads `service`'s state (a fresh one, live on `initial`, when none is stored).
+    fn load(
+        &self,
+        service: &str,
+        initial: Color,
+    ) -> impl Future<Output = PortResult<Stored>> + Send;
+    /// Commits a decision; returns the new version.
+    ///
+    /// Fails with [`PortError::Conflict`] when the version moved or the dedup key was
+    /// already recorded.
+    fn commit(
+        &self,
+        service: &str,
+        commit: Commit<'_>,
+    ) -> impl Future<Output = PortResult<u64>> + Send;
+    /// Whether `key` was applied to `service` within the dedup TTL.
+    fn seen(&self, service: &str, key: &str) -> impl Future<Output = PortResult<bool>> + Send;
+    /// Version and lease, read strongly consistently: the fencing check before effects.
+    fn fence(&self, service: &str) -> impl Future<Output = PortResult<Fence>> + Send;
+    /// Gives the lease up if `owner` holds it.
+    fn release(&self, service: &str, owner: &str) -> impl Future<Output = PortResult<()>> + Send;
+    /// Outbox entries not yet published, oldest first.
+    fn outbox(&self, service: &str) -> impl Future<Output = PortResult<Vec<Entry>>> + Send;
+    /// Removes published entries from the outbox.
+    fn outbox_done(
+        &self,
+        service: &str,
+        event_ids: &[String],
+    ) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// The load balancer.
+pub trait Traffic: Send + Sync {
+    /// Current production weights of the service.
+    fn production(
+        &self,
+        service: &ServiceConfig,
+    ) -> impl Future<Output = PortResult<Weights>> + Send;
+    /// Writes production weights, preserving everything else on the rule, then reads them
+    /// back; a mismatch is an error.
+    fn set_production(
+        &self,
+        service: &ServiceConfig,
+        weights: Weights,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Same for the test listener rule (a no-op without one).
+    fn set_test(
+        &self,
+        service: &ServiceConfig,
+        weights: Weights,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// ECS.
+pub trait Platform: Send + Sync {
+    /// Registers the deployment's task definition: `template`'s current one with only the
+    /// configured container's image replaced. Finds an earlier registration of the same
+    /// deployment instead of registering twice. Returns its ARN.
+    fn register_revision(
+        &self,
+        service: &ServiceConfig,
+        deployment_id: &str,
+        template: Color,
+        image: &str,
+    ) -> impl Future<Output = PortResult<String>> + Send;
+    /// Points `color`'s service at `task_definition` with `match_count_of`'s desired count.
+    fn update_service(
+        &self,
+        service: &ServiceConfig,
+        color: Color,
+        task_definition: &str,
+        match_count_of: Color,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Scales `color`'s service to zero.
+    fn scale_to_zero(
+        &self,
+        service: &ServiceConfig,
+        color: Color,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Rollout state and target health of `color`.
+    fn health(
+        &self,
+        service: &ServiceConfig,
+        color: Color,
+    ) -> impl Future<Output = PortResult<TargetHealth>> + Send;
+}
+
+/// EventBridge.
+pub trait Bus: Send + Sync {
+    /// Publishes entries; returns the event ids that failed (to stay in the outbox).
+    fn publish(&self, entries: &[Entry]) -> impl Future<Output = PortResult<Vec<String>>> + Send;
+}
+
+/// CloudWatch alarms.
+pub trait Alarms: Send + Sync {
+    /// Which of `names` are in ALARM now.
+    fn firing(&self, names: &[String]) -> impl Future<Output = PortResult<Vec<String>>> + Send;
+}
+
+/// HTTP validation checks run against the test listener.
+pub trait Checks: Send + Sync {
+    /// GETs `url` and reports the status code (or the error as text).
+    fn get(&self, url: &str) -> impl Future<Output = Result<u16, String>> + Send;
+}

@@ -1,0 +1,922 @@
+//! The end-to-end harness: real AWS resources created through the SDK on moto server
+//! (started by `scripts/test` on loopback; its URL in `BLUEGREEN_MOTO_ENDPOINT`).
+//!
+//! Every test builds its own resources under a unique prefix, so tests run in parallel
+//! against one server. SDK retries are off: moto answers unimplemented calls with 500.
+//!
+//! moto stores ECS shapes but never rolls a deployment out or registers targets. The
+//! [`MotoWorld`] wrapper delegates every port to the real [`Aws`] adapter except one
+//! clearly named place, [`MotoWorld::plays_ecs_rollout`], which does ECS's part: it
+//! registers the colour's tasks as targets and reports the rollout of the service's task
+//! definition as complete. Target health itself is read from moto's ELBv2.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, ContainerDefinition, NetworkConfiguration,
+};
+use aws_sdk_elasticloadbalancingv2::types::{
+    Action, ActionTypeEnum, FixedResponseActionConfig, ForwardActionConfig, RuleCondition,
+    TargetDescription, TargetGroupStickinessConfig, TargetGroupTuple, TargetTypeEnum,
+};
+use aws_sdk_eventbridge::types::{PutEventsRequestEntry, Target};
+use aws_sdk_sqs::types::QueueAttributeName;
+use bluegreen::aws::Aws;
+use bluegreen::config::{Config, ServiceConfig};
+use bluegreen::contract::Entry;
+use bluegreen::flow::{Color, ServiceState, TargetHealth, Weights};
+use bluegreen::ports::{
+    Alarms, Bus, Checks, Commit, Fence, Inbox, Platform, PortResult, Received, Store, Stored,
+    Traffic,
+};
+use bluegreen::worker::{Options, Worker, system_clock};
+
+pub fn endpoint() -> String {
+    std::env::var("BLUEGREEN_MOTO_ENDPOINT").expect(
+        "BLUEGREEN_MOTO_ENDPOINT is not set: run the tests with scripts/test, which starts moto",
+    )
+}
+
+pub async fn sdk() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "moto",
+        ))
+        .retry_config(RetryConfig::disabled())
+        .load()
+        .await
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique prefix for one test's resources.
+pub fn prefix(name: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{name}{}x{n}", std::process::id() % 10_000)
+}
+
+/// One test's resources.
+pub struct Env {
+    pub sdk: SdkConfig,
+    pub prefix: String,
+    pub config: Config,
+    pub queue_url: String,
+    pub dlq_url: String,
+    pub audit_url: String,
+    pub bus: String,
+    pub cluster: String,
+    pub alarm: String,
+}
+
+pub struct Shape {
+    pub strategy: &'static str,
+    pub bake: &'static str,
+    pub termination_wait: &'static str,
+    pub concurrency: &'static str,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            strategy: r#"{ kind = "linear", step_percent = 50, interval = "1s" }"#,
+            bake: "1s",
+            termination_wait: "1s",
+            concurrency: "queue",
+        }
+    }
+}
+
+impl Env {
+    pub async fn create(name: &str, shape: Shape) -> Env {
+        let sdk = sdk().await;
+        let p = prefix(name);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let queue = |n: String| {
+            let sqs = sqs.clone();
+            async move {
+                sqs.create_queue()
+                    .queue_name(n)
+                    .send()
+                    .await
+                    .expect("queue")
+                    .queue_url()
+                    .expect("url")
+                    .to_string()
+            }
+        };
+        let dlq_url = queue(format!("{p}-dlq")).await;
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("dlq attrs")
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .expect("dlq arn");
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(format!("{p}-events"))
+            .attributes(QueueAttributeName::VisibilityTimeout, "30")
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3" })
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("queue")
+            .queue_url()
+            .expect("url")
+            .to_string();
+        let audit_url = queue(format!("{p}-audit")).await;
+        let arn_of = |url: String| {
+            let sqs = sqs.clone();
+            async move {
+                sqs.get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(QueueAttributeName::QueueArn)
+                    .send()
+                    .await
+                    .expect("attrs")
+                    .attributes()
+                    .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+                    .expect("arn")
+            }
+        };
+        let queue_arn = arn_of(queue_url.clone()).await;
+        let audit_arn = arn_of(audit_url.clone()).await;
+
+        let table = format!("{p}-deployments");
+        aws_sdk_dynamodb::Client::new(&sdk)
+            .create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("attr"),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("sk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("attr"),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .expect("key"),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("sk")
+                    .key_type(KeyType::Range)
+                    .build()
+                    .expect("key"),
+            )
+            .send()
+            .await
+            .expect("table");
+
+        let events = aws_sdk_eventbridge::Client::new(&sdk);
+        let bus = format!("{p}-bus");
+        events
+            .create_event_bus()
+            .name(&bus)
+            .send()
+            .await
+            .expect("bus");
+        let rule = |name: String, pattern: serde_json::Value, target: String| {
+            let events = events.clone();
+            let bus = bus.clone();
+            async move {
+                events
+                    .put_rule()
+                    .name(&name)
+                    .event_bus_name(&bus)
+                    .event_pattern(pattern.to_string())
+                    .send()
+                    .await
+                    .expect("rule");
+                events
+                    .put_targets()
+                    .rule(&name)
+                    .event_bus_name(&bus)
+                    .targets(
+                        Target::builder()
+                            .id("queue")
+                            .arn(target)
+                            .build()
+                            .expect("target"),
+                    )
+                    .send()
+                    .await
+                    .expect("targets");
+            }
+        };
+        rule(
+            format!("{p}-inbound"),
+            serde_json::json!({ "source": ["aws.ecr", "aws.cloudwatch", "bluegreen.manual"] }),
+            queue_arn,
+        )
+        .await;
+        rule(
+            format!("{p}-audit"),
+            serde_json::json!({ "source": ["bluegreen"] }),
+            audit_arn,
+        )
+        .await;
+
+        let (vpc, subnet_a, subnet_b, sg) = network().await;
+        let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sdk);
+        let lb = elb
+            .create_load_balancer()
+            .name(format!("{p}-alb"))
+            .subnets(&subnet_a)
+            .subnets(&subnet_b)
+            .send()
+            .await
+            .expect("alb")
+            .load_balancers()[0]
+            .load_balancer_arn()
+            .expect("arn")
+            .to_string();
+        let tg = |n: String| {
+            let elb = elb.clone();
+            let vpc = vpc.clone();
+            async move {
+                elb.create_target_group()
+                    .name(n)
+                    .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
+                    .port(8080)
+                    .vpc_id(vpc)
+                    .target_type(TargetTypeEnum::Ip)
+                    .send()
+                    .await
+                    .expect("tg")
+                    .target_groups()[0]
+                    .target_group_arn()
+                    .expect("arn")
+                    .to_string()
+            }
+        };
+        let blue_tg = tg(format!("{p}-b")).await;
+        let green_tg = tg(format!("{p}-g")).await;
+        let listener = elb
+            .create_listener()
+            .load_balancer_arn(&lb)
+            .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
+            .port(80)
+            .default_actions(
+                Action::builder()
+                    .r#type(ActionTypeEnum::FixedResponse)
+                    .fixed_response_config(
+                        FixedResponseActionConfig::builder()
+                            .status_code("404")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("listener")
+            .listeners()[0]
+            .listener_arn()
+            .expect("arn")
+            .to_string();
+        let forward = ForwardActionConfig::builder()
+            .target_groups(
+                TargetGroupTuple::builder()
+                    .target_group_arn(&blue_tg)
+                    .weight(100)
+                    .build(),
+            )
+            .target_groups(
+                TargetGroupTuple::builder()
+                    .target_group_arn(&green_tg)
+                    .weight(0)
+                    .build(),
+            )
+            .target_group_stickiness_config(
+                TargetGroupStickinessConfig::builder()
+                    .enabled(true)
+                    .duration_seconds(300)
+                    .build(),
+            )
+            .build();
+        let rule_arn = elb
+            .create_rule()
+            .listener_arn(&listener)
+            .priority(10)
+            .conditions(
+                RuleCondition::builder()
+                    .field("path-pattern")
+                    .values("/*")
+                    .build(),
+            )
+            .actions(
+                Action::builder()
+                    .r#type(ActionTypeEnum::Forward)
+                    .forward_config(forward)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("rule")
+            .rules()[0]
+            .rule_arn()
+            .expect("arn")
+            .to_string();
+
+        let ecs = aws_sdk_ecs::Client::new(&sdk);
+        let cluster = format!("{p}-cluster");
+        ecs.create_cluster()
+            .cluster_name(&cluster)
+            .send()
+            .await
+            .expect("cluster");
+        let td = ecs
+            .register_task_definition()
+            .family(format!("{p}-web"))
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("app")
+                    .image("public.ecr.aws/nginx/nginx:1.27")
+                    .memory(512)
+                    .build(),
+            )
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("log-router")
+                    .image("public.ecr.aws/aws-observability/aws-for-fluent-bit:stable")
+                    .memory(128)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("td")
+            .task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .expect("td arn")
+            .to_string();
+        let network = NetworkConfiguration::builder()
+            .awsvpc_configuration(
+                AwsVpcConfiguration::builder()
+                    .subnets(&subnet_a)
+                    .security_groups(&sg)
+                    .assign_public_ip(AssignPublicIp::Disabled)
+                    .build()
+                    .expect("vpc config"),
+            )
+            .build();
+        for (name, count) in [("blue", 2), ("green", 0)] {
+            ecs.create_service()
+                .cluster(&cluster)
+                .service_name(format!("{p}-{name}"))
+                .task_definition(&td)
+                .desired_count(count)
+                .network_configuration(network.clone())
+                .send()
+                .await
+                .expect("service");
+        }
+        let alarm = format!("{p}-green-5xx");
+        aws_sdk_cloudwatch::Client::new(&sdk)
+            .put_metric_alarm()
+            .alarm_name(&alarm)
+            .namespace("AWS/ApplicationELB")
+            .metric_name("HTTPCode_Target_5XX_Count")
+            .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
+            .period(60)
+            .evaluation_periods(1)
+            .threshold(5.0)
+            .comparison_operator(
+                aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold,
+            )
+            .send()
+            .await
+            .expect("alarm");
+        set_alarm(&sdk, &alarm, "OK").await;
+
+        let toml = format!(
+            r#"
+[worker]
+queue_url = "{queue_url}"
+table = "{table}"
+event_bus = "{bus}"
+region = "us-east-1"
+account_id = "123456789012"
+
+[[services]]
+name = "web"
+cluster = "{cluster}"
+blue_service = "{p}-blue"
+green_service = "{p}-green"
+blue_target_group_arn = "{blue_tg}"
+green_target_group_arn = "{green_tg}"
+production_listener_rule_arn = "{rule_arn}"
+container_name = "app"
+ecr_repository = "web"
+strategy = {strategy}
+bake = "{bake}"
+termination_wait = "{termination_wait}"
+rollback_alarms = ["{alarm}"]
+concurrency = "{concurrency}"
+timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "2s" }}
+"#,
+            strategy = shape.strategy,
+            bake = shape.bake,
+            termination_wait = shape.termination_wait,
+            concurrency = shape.concurrency,
+        );
+        let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        Env {
+            sdk,
+            prefix: p,
+            config,
+            queue_url,
+            dlq_url,
+            audit_url,
+            bus,
+            cluster,
+            alarm,
+        }
+    }
+
+    pub fn service(&self) -> ServiceConfig {
+        self.config.services[0].clone()
+    }
+
+    pub fn world(&self) -> MotoWorld {
+        MotoWorld {
+            aws: Aws::new(&self.sdk, &self.config),
+            ecs: aws_sdk_ecs::Client::new(&self.sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk),
+            applied: Mutex::new(Vec::new()),
+            crash_after_next_commit: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A worker over a fresh [`MotoWorld`], and that world (to read what it recorded).
+    pub fn worker(&self, id: &str) -> (Worker<MotoWorld>, std::sync::Arc<MotoWorld>) {
+        self.worker_with(id, Duration::ZERO)
+    }
+
+    /// A worker that also runs the reconciler every `reconcile_every` (0 = never).
+    pub fn worker_with(
+        &self,
+        id: &str,
+        reconcile_every: Duration,
+    ) -> (Worker<MotoWorld>, std::sync::Arc<MotoWorld>) {
+        let options = Options {
+            concurrency: 4,
+            wait: Duration::from_secs(1),
+            visibility: Duration::from_secs(30),
+            lease: Duration::from_secs(15),
+            worker_id: id.into(),
+            reconcile_every,
+        };
+        let world = std::sync::Arc::new(self.world());
+        (
+            Worker::new(world.clone(), self.config.clone(), system_clock(), options),
+            world,
+        )
+    }
+
+    /// Puts an event on the bus exactly as AWS would emit it.
+    pub async fn put_event(&self, source: &str, detail_type: &str, detail: serde_json::Value) {
+        let out = aws_sdk_eventbridge::Client::new(&self.sdk)
+            .put_events()
+            .entries(
+                PutEventsRequestEntry::builder()
+                    .event_bus_name(&self.bus)
+                    .source(source)
+                    .detail_type(detail_type)
+                    .detail(detail.to_string())
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("put events");
+        assert_eq!(out.failed_entry_count(), 0);
+    }
+
+    pub async fn push(&self, digest: &str, tag: &str) {
+        self.put_event(
+            "aws.ecr",
+            "ECR Image Action",
+            serde_json::json!({
+                "result": "SUCCESS", "repository-name": "web", "image-digest": digest,
+                "action-type": "PUSH", "image-tag": tag
+            }),
+        )
+        .await;
+    }
+
+    pub async fn alarm_fires(&self) {
+        set_alarm(&self.sdk, &self.alarm, "ALARM").await;
+        self.put_event(
+            "aws.cloudwatch",
+            "CloudWatch Alarm State Change",
+            serde_json::json!({
+                "alarmName": self.alarm,
+                "state": { "value": "ALARM", "reason": "Threshold Crossed", "timestamp": "2026-11-26T10:00:00.000+0000" },
+                "previousState": { "value": "OK", "reason": "Threshold not crossed", "timestamp": "2026-11-26T09:00:00.000+0000" },
+                "configuration": { "metrics": [] }
+            }),
+        )
+        .await;
+    }
+
+    /// The stored state of the service.
+    pub async fn state(&self) -> ServiceState {
+        Aws::new(&self.sdk, &self.config)
+            .load("web", Color::Blue)
+            .await
+            .expect("load")
+            .state
+    }
+
+    /// Polls the stored state until `done` holds (at most `secs`).
+    pub async fn wait_for(
+        &self,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&ServiceState) -> bool,
+    ) -> ServiceState {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let state = self.state().await;
+            if done(&state) {
+                return state;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}; state: {state:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every message of a queue, drained.
+    pub async fn drain(&self, url: &str) -> Vec<String> {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let mut bodies = Vec::new();
+        loop {
+            let out = sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .expect("receive");
+            if out.messages().is_empty() {
+                return bodies;
+            }
+            for m in out.messages() {
+                bodies.push(m.body().unwrap_or_default().to_string());
+                sqs.delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await
+                    .expect("delete");
+            }
+        }
+    }
+
+    /// Current production weights on the listener rule.
+    pub async fn production(&self) -> Weights {
+        Aws::new(&self.sdk, &self.config)
+            .production(&self.service())
+            .await
+            .expect("weights")
+    }
+
+    pub async fn ecs_service(&self, color: &str) -> aws_sdk_ecs::types::Service {
+        aws_sdk_ecs::Client::new(&self.sdk)
+            .describe_services()
+            .cluster(&self.cluster)
+            .services(format!("{}-{color}", self.prefix))
+            .send()
+            .await
+            .expect("describe")
+            .services()[0]
+            .clone()
+    }
+}
+
+pub async fn set_alarm(sdk: &SdkConfig, name: &str, state: &str) {
+    aws_sdk_cloudwatch::Client::new(sdk)
+        .set_alarm_state()
+        .alarm_name(name)
+        .state_value(aws_sdk_cloudwatch::types::StateValue::from(state))
+        .state_reason("set by the test")
+        .send()
+        .await
+        .expect("set alarm state");
+}
+
+/// VPC, two subnets and a security group (moto needs security groups in awsvpc).
+///
+/// The EC2 SDK crate is not a dependency of the product, and these four calls are all the
+/// tests need from EC2, so they go to moto as plain EC2 query requests.
+async fn network() -> (String, String, String, String) {
+    let ec2 = Ec2Query {
+        client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http(),
+    };
+    let vpc = ec2
+        .call(&[("Action", "CreateVpc"), ("CidrBlock", "10.0.0.0/16")])
+        .await;
+    let vpc = between(&vpc, "<vpcId>", "</vpcId>");
+    let mut subnets = Vec::new();
+    for (cidr, az) in [("10.0.1.0/24", "us-east-1a"), ("10.0.2.0/24", "us-east-1b")] {
+        let out = ec2
+            .call(&[
+                ("Action", "CreateSubnet"),
+                ("VpcId", &vpc),
+                ("CidrBlock", cidr),
+                ("AvailabilityZone", az),
+            ])
+            .await;
+        subnets.push(between(&out, "<subnetId>", "</subnetId>"));
+    }
+    let name = format!("sg-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+    let sg = ec2
+        .call(&[
+            ("Action", "CreateSecurityGroup"),
+            ("GroupName", &name),
+            ("GroupDescription", "bluegreen"),
+            ("VpcId", &vpc),
+        ])
+        .await;
+    let b = subnets.pop().expect("subnet");
+    let a = subnets.pop().expect("subnet");
+    (vpc, a, b, between(&sg, "<groupId>", "</groupId>"))
+}
+
+fn between(text: &str, start: &str, end: &str) -> String {
+    let from = text
+        .find(start)
+        .map(|i| i + start.len())
+        .unwrap_or_else(|| panic!("{start} not in {text}"));
+    let to = text[from..].find(end).map(|i| from + i).expect("end");
+    text[from..to].to_string()
+}
+
+struct Ec2Query {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+}
+
+impl Ec2Query {
+    async fn call(&self, params: &[(&str, &str)]) -> String {
+        use http_body_util::BodyExt;
+        let mut body: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.replace('/', "%2F")))
+            .collect();
+        body.push("Version=2016-11-15".into());
+        let request = hyper::Request::post(endpoint())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20261126/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.join("&"))))
+            .expect("request");
+        let response = self.client.request(request).await.expect("ec2 call");
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// The real AWS adapter, with ECS's rollout played where moto cannot.
+pub struct MotoWorld {
+    pub aws: Aws,
+    ecs: aws_sdk_ecs::Client,
+    elb: aws_sdk_elasticloadbalancingv2::Client,
+    /// Production weights as written and read back, in order.
+    pub applied: Mutex<Vec<Weights>>,
+    /// When set, the next fencing read fails: the worker dies between committing a
+    /// decision and running its effects.
+    pub crash_after_next_commit: std::sync::atomic::AtomicBool,
+}
+
+impl MotoWorld {
+    /// Does ECS's part for `color`: once its service has tasks, they are registered in
+    /// the colour's target group, and the rollout of the service's task definition is
+    /// reported complete. Target health is then what moto's ELBv2 says.
+    async fn plays_ecs_rollout(
+        &self,
+        svc: &ServiceConfig,
+        color: Color,
+    ) -> PortResult<TargetHealth> {
+        let (name, tg) = match color {
+            Color::Blue => (&svc.blue_service, &svc.blue_target_group_arn),
+            Color::Green => (&svc.green_service, &svc.green_target_group_arn),
+        };
+        let service = self
+            .ecs
+            .describe_services()
+            .cluster(&svc.cluster)
+            .services(name)
+            .send()
+            .await
+            .expect("describe")
+            .services()[0]
+            .clone();
+        let desired = u32::try_from(service.desired_count()).unwrap_or(0);
+        let registered = self
+            .elb
+            .describe_target_health()
+            .target_group_arn(tg)
+            .send()
+            .await
+            .expect("health");
+        if desired > 0 && registered.target_health_descriptions().is_empty() {
+            let mut request = self.elb.register_targets().target_group_arn(tg);
+            for i in 0..desired {
+                request = request.targets(
+                    TargetDescription::builder()
+                        .id(format!("10.0.1.{}", 10 + i))
+                        .port(8080)
+                        .build(),
+                );
+            }
+            request.send().await.expect("register targets");
+        }
+        let mut health = self.aws.health(svc, color).await?;
+        health.task_definition = service.task_definition().map(str::to_string);
+        health.rollout_completed = desired > 0;
+        health.running = desired;
+        health.desired = desired;
+        Ok(health)
+    }
+}
+
+impl Inbox for MotoWorld {
+    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
+        self.aws.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> PortResult<()> {
+        self.aws.delete(receipt).await
+    }
+    async fn set_visibility(&self, receipt: &str, timeout: Duration) -> PortResult<()> {
+        self.aws.set_visibility(receipt, timeout).await
+    }
+    async fn send(&self, body: String, delay: Duration) -> PortResult<()> {
+        self.aws.send(body, delay).await
+    }
+}
+
+impl Store for MotoWorld {
+    async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
+        self.aws.load(service, initial).await
+    }
+    async fn commit(&self, service: &str, commit: Commit<'_>) -> PortResult<u64> {
+        self.aws.commit(service, commit).await
+    }
+    async fn seen(&self, service: &str, key: &str) -> PortResult<bool> {
+        self.aws.seen(service, key).await
+    }
+    async fn fence(&self, service: &str) -> PortResult<Fence> {
+        if self.crash_after_next_commit.swap(false, Ordering::SeqCst) {
+            return Err(bluegreen::ports::PortError::Retryable(
+                "the worker died after committing".into(),
+            ));
+        }
+        self.aws.fence(service).await
+    }
+    async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
+        self.aws.release(service, owner).await
+    }
+    async fn outbox(&self, service: &str) -> PortResult<Vec<Entry>> {
+        self.aws.outbox(service).await
+    }
+    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
+        self.aws.outbox_done(service, event_ids).await
+    }
+}
+
+impl Traffic for MotoWorld {
+    async fn production(&self, service: &ServiceConfig) -> PortResult<Weights> {
+        self.aws.production(service).await
+    }
+    async fn set_production(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+        self.aws.set_production(service, weights).await?;
+        self.applied.lock().expect("lock").push(weights);
+        Ok(())
+    }
+    async fn set_test(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+        self.aws.set_test(service, weights).await
+    }
+}
+
+impl Platform for MotoWorld {
+    async fn register_revision(
+        &self,
+        service: &ServiceConfig,
+        deployment_id: &str,
+        template: Color,
+        image: &str,
+    ) -> PortResult<String> {
+        self.aws
+            .register_revision(service, deployment_id, template, image)
+            .await
+    }
+    async fn update_service(
+        &self,
+        service: &ServiceConfig,
+        color: Color,
+        task_definition: &str,
+        match_count_of: Color,
+    ) -> PortResult<()> {
+        self.aws
+            .update_service(service, color, task_definition, match_count_of)
+            .await
+    }
+    async fn scale_to_zero(&self, service: &ServiceConfig, color: Color) -> PortResult<()> {
+        self.aws.scale_to_zero(service, color).await
+    }
+    async fn health(&self, service: &ServiceConfig, color: Color) -> PortResult<TargetHealth> {
+        self.plays_ecs_rollout(service, color).await
+    }
+}
+
+impl Bus for MotoWorld {
+    async fn publish(&self, entries: &[Entry]) -> PortResult<Vec<String>> {
+        self.aws.publish(entries).await
+    }
+}
+
+impl Alarms for MotoWorld {
+    async fn firing(&self, names: &[String]) -> PortResult<Vec<String>> {
+        self.aws.firing(names).await
+    }
+}
+
+impl Checks for MotoWorld {
+    async fn get(&self, url: &str) -> Result<u16, String> {
+        self.aws.get(url).await
+    }
+}
+
+impl Env {
+    /// Sends a raw body straight to the worker's queue (a duplicate delivery, a hostile
+    /// message).
+    pub async fn send_raw(&self, body: &str) {
+        aws_sdk_sqs::Client::new(&self.sdk)
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send");
+    }
+
+    /// Task definition revisions of the test's family tagged for `deployment_id`.
+    pub async fn registrations(&self, deployment_id: &str) -> usize {
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk);
+        let list = ecs
+            .list_task_definitions()
+            .family_prefix(format!("{}-web", self.prefix))
+            .send()
+            .await
+            .expect("list");
+        let mut n = 0;
+        for arn in list.task_definition_arns() {
+            let tags = ecs
+                .list_tags_for_resource()
+                .resource_arn(arn)
+                .send()
+                .await
+                .expect("tags");
+            if tags.tags().iter().any(|t| t.value() == Some(deployment_id)) {
+                n += 1;
+            }
+        }
+        n
+    }
+}
