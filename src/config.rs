@@ -75,11 +75,11 @@ pub struct WorkerConfig {
     #[serde(default = "default_manual_source")]
     pub manual_source: String,
     /// When set, events from another region are rejected.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// When set, events from another account are rejected; also the registry account of
     /// pushed images when the event lacks `account`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
 }
 
@@ -108,23 +108,23 @@ pub struct ServiceConfig {
     /// Target group of the green colour.
     pub green_target_group_arn: String,
     /// Production listener rule whose weights are shifted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production_listener_rule_arn: Option<String>,
     /// Or: production listener whose default action is shifted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production_listener_arn: Option<String>,
     /// Optional test listener rule routed to the new colour during testing.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_listener_rule_arn: Option<String>,
     /// Or: a test listener's default action.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_listener_arn: Option<String>,
     /// Container whose image is replaced.
     pub container_name: String,
     /// ECR repository name that triggers deployments.
     pub ecr_repository: String,
     /// Glob over pushed tags; default: any tag.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag_pattern: Option<String>,
     /// Shifting strategy.
     pub strategy: Strategy,
@@ -171,16 +171,16 @@ fn default_rollback_attempts() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct ValidationConfig {
     /// Name of a URL check in events (default: the URL); hooks are named by `hook`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// URL requested through the test listener.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Expected HTTP status (default 200).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_status: Option<u16>,
     /// Hook name answered by a `Validation Reported` event.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<String>,
 }
 
@@ -189,25 +189,53 @@ pub struct ValidationConfig {
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
     /// Start checks and registration.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub provision: Option<Duration>,
     /// New colour steady and healthy.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub green: Option<Duration>,
     /// Validations.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub testing: Option<Duration>,
     /// Approval gate.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub approval: Option<Duration>,
     /// Untimed pause.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub promote: Option<Duration>,
     /// Poll interval.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub poll: Option<Duration>,
     /// Reconciler grace.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reconcile_grace: Option<Duration>,
 }
 

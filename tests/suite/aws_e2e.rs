@@ -319,3 +319,296 @@ async fn duplicates_and_a_crash_between_commit_and_effects_change_nothing() {
     );
     assert_eq!(env.production().await, wt(0, 100));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_deploy_several_services_without_conflicting_writes() {
+    let env = Env::create(
+        "two",
+        Shape {
+            services: 3,
+            ..Shape::default()
+        },
+    )
+    .await;
+    let (first, first_world) = env.worker("w1");
+    let (second, second_world) = env.worker("w2");
+    let (stop, stopped) = watch::channel(false);
+    let runs = [
+        tokio::spawn(first.clone().run(stopped.clone())),
+        tokio::spawn(second.clone().run(stopped)),
+    ];
+    env.push(&digest(4), "release-4").await;
+    for name in ["web", "web1", "web2"] {
+        env.wait_for_service(name, 120, "every service to succeed", |s| {
+            s.last
+                .as_ref()
+                .is_some_and(|d| d.phase == Phase::Succeeded && d.warm_until.is_none())
+        })
+        .await;
+    }
+    stop.send(true).expect("stop");
+    for run in runs {
+        run.await.expect("worker stops");
+    }
+    let mut writes: Vec<_> = first_world.applied_at.lock().expect("lock").clone();
+    writes.extend(
+        second_world
+            .applied_at
+            .lock()
+            .expect("lock")
+            .iter()
+            .cloned(),
+    );
+    writes.sort_by_key(|(at, _, _)| *at);
+    for name in ["web", "web1", "web2"] {
+        let seen: Vec<Weights> = writes
+            .iter()
+            .filter(|(_, s, _)| s == name)
+            .map(|(_, _, w)| *w)
+            .collect();
+        assert_eq!(
+            seen,
+            [wt(50, 50), wt(0, 100), wt(0, 100), wt(0, 100)],
+            "{name}: writes by both workers, in time order"
+        );
+    }
+    let events = audited(&env).await;
+    let mut per_deployment: std::collections::HashMap<String, Vec<u64>> =
+        std::collections::HashMap::new();
+    for (_, d) in &events {
+        per_deployment
+            .entry(format!("{}/{}", d["service"], d["deploymentId"]))
+            .or_default()
+            .push(d["sequence"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(per_deployment.len(), 3);
+    for (deployment, mut sequences) in per_deployment {
+        sequences.sort_unstable();
+        let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+        assert_eq!(
+            sequences, expected,
+            "{deployment}: every transition published once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_during_the_bake_rolls_back_from_full_traffic() {
+    let env = Env::create(
+        "bake",
+        Shape {
+            bake: "1h",
+            ..Shape::default()
+        },
+    )
+    .await;
+    let (worker, world) = env.worker("w1");
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(worker.clone().run(stopped));
+    env.push(&digest(5), "release-5").await;
+    env.wait_for(60, "the bake", |s| {
+        s.active.as_ref().is_some_and(|d| d.phase == Phase::Baking)
+    })
+    .await;
+    assert_eq!(env.production().await, wt(0, 100));
+    env.send_raw(&env.alarm_message("2026-11-26T11:00:00.000+0000"))
+        .await;
+    let state = env
+        .wait_for(60, "the rollback", |s| {
+            s.last
+                .as_ref()
+                .is_some_and(|d| d.phase == Phase::RolledBack)
+        })
+        .await;
+    stop.send(true).expect("stop");
+    running.await.expect("stops");
+    assert_eq!(state.live, Color::Blue);
+    assert_eq!(env.production().await, wt(100, 0));
+    let from = state.last.and_then(|d| d.rollback).map(|r| r.from_phase);
+    assert_eq!(from, Some(Phase::Baking));
+    assert_eq!(
+        world.applied.lock().expect("lock").last(),
+        Some(&wt(100, 0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_approve_pause_resume_promote_roll_back_after_success_retry_and_abort() {
+    let env = Env::create(
+        "ops",
+        Shape {
+            strategy: r#"{ kind = "linear", step_percent = 50, interval = "1h" }"#,
+            bake: "1h",
+            termination_wait: "1h",
+            extra: "approval = true",
+            ..Shape::default()
+        },
+    )
+    .await;
+    let (worker, _) = env.worker("w1");
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(worker.clone().run(stopped));
+    let phase = |p: Phase| {
+        move |s: &bluegreen::flow::ServiceState| s.active.as_ref().is_some_and(|d| d.phase == p)
+    };
+
+    env.push(&digest(6), "release-6").await;
+    env.wait_for(60, "the approval gate", phase(Phase::AwaitingApproval))
+        .await;
+    assert_eq!(
+        env.production().await,
+        wt(100, 0),
+        "nothing moves before approval"
+    );
+    env.operator("Approve Requested", serde_json::json!({}))
+        .await;
+    env.wait_for(60, "the first step", phase(Phase::Shifting))
+        .await;
+    assert_eq!(env.production().await, wt(50, 50));
+    env.operator(
+        "Pause Requested",
+        serde_json::json!({ "reason": "checking a dashboard" }),
+    )
+    .await;
+    env.wait_for(30, "the pause", |s| {
+        s.active.as_ref().is_some_and(|d| d.is_paused())
+    })
+    .await;
+    env.operator("Resume Requested", serde_json::json!({}))
+        .await;
+    env.wait_for(30, "the resume", |s| {
+        s.active.as_ref().is_some_and(|d| !d.is_paused())
+    })
+    .await;
+    env.operator("Promote Requested", serde_json::json!({ "skipBake": true }))
+        .await;
+    let succeeded = env
+        .wait_for(60, "success", |s| {
+            s.last.as_ref().is_some_and(|d| d.phase == Phase::Succeeded)
+        })
+        .await;
+    assert_eq!(succeeded.live, Color::Green);
+    assert_eq!(env.production().await, wt(0, 100));
+    assert_eq!(
+        env.ecs_service("blue").await.desired_count(),
+        2,
+        "blue stays warm"
+    );
+
+    env.operator(
+        "Rollback Requested",
+        serde_json::json!({ "reason": "customer reports" }),
+    )
+    .await;
+    let rolled = env
+        .wait_for(60, "rollback after success", |s| {
+            s.last
+                .as_ref()
+                .is_some_and(|d| d.phase == Phase::RolledBack)
+        })
+        .await;
+    assert_eq!(rolled.live, Color::Blue);
+    assert_eq!(env.production().await, wt(100, 0));
+    assert_eq!(env.ecs_service("green").await.desired_count(), 0);
+
+    env.operator("Retry Requested", serde_json::json!({})).await;
+    env.wait_for(60, "the retry at the gate", |s| {
+        s.active
+            .as_ref()
+            .is_some_and(|d| d.id == "web-2" && d.phase == Phase::AwaitingApproval)
+    })
+    .await;
+    env.operator(
+        "Abort Requested",
+        serde_json::json!({ "reason": "wrong day" }),
+    )
+    .await;
+    let aborted = env
+        .wait_for(60, "the abort", |s| {
+            s.last
+                .as_ref()
+                .is_some_and(|d| d.id == "web-2" && d.phase == Phase::RolledBack)
+        })
+        .await;
+    stop.send(true).expect("stop");
+    running.await.expect("stops");
+
+    let reason = aborted
+        .last
+        .and_then(|d| d.rollback)
+        .map(|r| r.reason)
+        .unwrap_or_default();
+    assert!(
+        reason.contains("aborted by alice@example.com: wrong day"),
+        "{reason}"
+    );
+    let events = audited(&env).await;
+    let by_alice = events
+        .iter()
+        .filter(|(_, d)| d["requestedBy"] == "alice@example.com")
+        .count();
+    assert!(
+        by_alice >= 6,
+        "operator-driven transitions name who asked ({by_alice})"
+    );
+    assert!(
+        events.iter().all(|(k, _)| k != "Event Rejected"),
+        "no action was refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_binary_consumes_the_queue_and_stops_cleanly_on_sigterm() {
+    let env = Env::create("binary", Shape::default()).await;
+    let config = serde_json::to_string(&env.config).expect("config as JSON");
+    let log_path = std::env::temp_dir().join(format!("{}-worker.log", env.prefix));
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+        .args(["worker", "--wait", "1s", "--id", "binary-test"])
+        .env("BLUEGREEN_CONFIG_JSON", config)
+        .env_remove("BLUEGREEN_CONFIG")
+        .env("AWS_ENDPOINT_URL", crate::moto::endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker");
+    env.push(&digest(7), "release-7").await;
+    env.wait_for(60, "the binary to take the push", |s| {
+        s.active.is_some() || s.last.is_some()
+    })
+    .await;
+    let pid = child.id().expect("pid").to_string();
+    let signalled = tokio::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut child = child;
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(25), child.wait())
+        .await
+        .expect("the worker exits within the ECS stop timeout")
+        .expect("exit status");
+    assert_eq!(exit.code(), Some(0));
+    assert!(signalled.elapsed() < std::time::Duration::from_secs(25));
+    let logs = std::fs::read_to_string(&log_path).expect("logs");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "shutdown requested"),
+        "{logs}"
+    );
+    assert!(
+        lines.iter().any(|l| l["span"]["name"] == "message"
+            || l["spans"].as_array().is_some_and(|s| !s.is_empty())),
+        "messages are logged inside their span: {logs}"
+    );
+}

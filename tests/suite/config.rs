@@ -189,3 +189,11 @@ fn malformed_documents_report_where() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_configuration_round_trips_through_its_json_form() {
+    let config = Config::from_toml_str(EXAMPLE).expect("toml");
+    let json = serde_json::to_string(&config).expect("serialize");
+    let back = Config::from_json_str(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
+    assert_eq!(back, config);
+}

@@ -82,6 +82,10 @@ pub struct Shape {
     pub bake: &'static str,
     pub termination_wait: &'static str,
     pub concurrency: &'static str,
+    /// How many services (`web`, `web1`, …), all deploying repository `web`.
+    pub services: u8,
+    /// More TOML lines for every service.
+    pub extra: &'static str,
 }
 
 impl Default for Shape {
@@ -91,6 +95,8 @@ impl Default for Shape {
             bake: "1s",
             termination_wait: "1s",
             concurrency: "queue",
+            services: 1,
+            extra: "",
         }
     }
 }
@@ -276,8 +282,6 @@ impl Env {
                     .to_string()
             }
         };
-        let blue_tg = tg(format!("{p}-b")).await;
-        let green_tg = tg(format!("{p}-g")).await;
         let listener = elb
             .create_listener()
             .load_balancer_arn(&lb)
@@ -300,50 +304,6 @@ impl Env {
             .listener_arn()
             .expect("arn")
             .to_string();
-        let forward = ForwardActionConfig::builder()
-            .target_groups(
-                TargetGroupTuple::builder()
-                    .target_group_arn(&blue_tg)
-                    .weight(100)
-                    .build(),
-            )
-            .target_groups(
-                TargetGroupTuple::builder()
-                    .target_group_arn(&green_tg)
-                    .weight(0)
-                    .build(),
-            )
-            .target_group_stickiness_config(
-                TargetGroupStickinessConfig::builder()
-                    .enabled(true)
-                    .duration_seconds(300)
-                    .build(),
-            )
-            .build();
-        let rule_arn = elb
-            .create_rule()
-            .listener_arn(&listener)
-            .priority(10)
-            .conditions(
-                RuleCondition::builder()
-                    .field("path-pattern")
-                    .values("/*")
-                    .build(),
-            )
-            .actions(
-                Action::builder()
-                    .r#type(ActionTypeEnum::Forward)
-                    .forward_config(forward)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("rule")
-            .rules()[0]
-            .rule_arn()
-            .expect("arn")
-            .to_string();
-
         let ecs = aws_sdk_ecs::Client::new(&sdk);
         let cluster = format!("{p}-cluster");
         ecs.create_cluster()
@@ -351,52 +311,132 @@ impl Env {
             .send()
             .await
             .expect("cluster");
-        let td = ecs
-            .register_task_definition()
-            .family(format!("{p}-web"))
-            .container_definitions(
-                ContainerDefinition::builder()
-                    .name("app")
-                    .image("public.ecr.aws/nginx/nginx:1.27")
-                    .memory(512)
-                    .build(),
-            )
-            .container_definitions(
-                ContainerDefinition::builder()
-                    .name("log-router")
-                    .image("public.ecr.aws/aws-observability/aws-for-fluent-bit:stable")
-                    .memory(128)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("td")
-            .task_definition()
-            .and_then(|t| t.task_definition_arn())
-            .expect("td arn")
-            .to_string();
-        let network = NetworkConfiguration::builder()
-            .awsvpc_configuration(
-                AwsVpcConfiguration::builder()
-                    .subnets(&subnet_a)
-                    .security_groups(&sg)
-                    .assign_public_ip(AssignPublicIp::Disabled)
-                    .build()
-                    .expect("vpc config"),
-            )
-            .build();
-        for (name, count) in [("blue", 2), ("green", 0)] {
-            ecs.create_service()
-                .cluster(&cluster)
-                .service_name(format!("{p}-{name}"))
-                .task_definition(&td)
-                .desired_count(count)
-                .network_configuration(network.clone())
+        let alarm = format!("{p}-green-5xx");
+        let mut services = String::new();
+        for k in 0..shape.services {
+            let suffix = if k == 0 { String::new() } else { k.to_string() };
+            let blue_tg = tg(format!("{p}-b{suffix}")).await;
+            let green_tg = tg(format!("{p}-g{suffix}")).await;
+            let forward = ForwardActionConfig::builder()
+                .target_groups(
+                    TargetGroupTuple::builder()
+                        .target_group_arn(&blue_tg)
+                        .weight(100)
+                        .build(),
+                )
+                .target_groups(
+                    TargetGroupTuple::builder()
+                        .target_group_arn(&green_tg)
+                        .weight(0)
+                        .build(),
+                )
+                .target_group_stickiness_config(
+                    TargetGroupStickinessConfig::builder()
+                        .enabled(true)
+                        .duration_seconds(300)
+                        .build(),
+                )
+                .build();
+            let rule_arn = elb
+                .create_rule()
+                .listener_arn(&listener)
+                .priority(10 + i32::from(k))
+                .conditions(
+                    RuleCondition::builder()
+                        .field("path-pattern")
+                        .values(if k == 0 {
+                            "/*".to_string()
+                        } else {
+                            format!("/s{k}/*")
+                        })
+                        .build(),
+                )
+                .actions(
+                    Action::builder()
+                        .r#type(ActionTypeEnum::Forward)
+                        .forward_config(forward)
+                        .build(),
+                )
                 .send()
                 .await
-                .expect("service");
+                .expect("rule")
+                .rules()[0]
+                .rule_arn()
+                .expect("arn")
+                .to_string();
+
+            let td = ecs
+                .register_task_definition()
+                .family(format!("{p}-web{suffix}"))
+                .container_definitions(
+                    ContainerDefinition::builder()
+                        .name("app")
+                        .image("public.ecr.aws/nginx/nginx:1.27")
+                        .memory(512)
+                        .build(),
+                )
+                .container_definitions(
+                    ContainerDefinition::builder()
+                        .name("log-router")
+                        .image("public.ecr.aws/aws-observability/aws-for-fluent-bit:stable")
+                        .memory(128)
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("td")
+                .task_definition()
+                .and_then(|t| t.task_definition_arn())
+                .expect("td arn")
+                .to_string();
+            let network = NetworkConfiguration::builder()
+                .awsvpc_configuration(
+                    AwsVpcConfiguration::builder()
+                        .subnets(&subnet_a)
+                        .security_groups(&sg)
+                        .assign_public_ip(AssignPublicIp::Disabled)
+                        .build()
+                        .expect("vpc config"),
+                )
+                .build();
+            for (name, count) in [("blue", 2), ("green", 0)] {
+                ecs.create_service()
+                    .cluster(&cluster)
+                    .service_name(format!("{p}-{name}{suffix}"))
+                    .task_definition(&td)
+                    .desired_count(count)
+                    .network_configuration(network.clone())
+                    .send()
+                    .await
+                    .expect("service");
+            }
+            services.push_str(&format!(
+                r#"
+[[services]]
+name = "web{suffix}"
+cluster = "{cluster}"
+blue_service = "{p}-blue{suffix}"
+green_service = "{p}-green{suffix}"
+blue_target_group_arn = "{blue_tg}"
+green_target_group_arn = "{green_tg}"
+production_listener_rule_arn = "{rule_arn}"
+container_name = "app"
+ecr_repository = "web"
+strategy = {strategy}
+bake = "{bake}"
+termination_wait = "{termination_wait}"
+rollback_alarms = ["{alarm}"]
+concurrency = "{concurrency}"
+timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "2s" }}
+{extra}
+"#,
+                extra = shape.extra,
+                strategy = shape.strategy,
+                bake = shape.bake,
+                termination_wait = shape.termination_wait,
+                concurrency = shape.concurrency,
+            ));
         }
-        let alarm = format!("{p}-green-5xx");
         aws_sdk_cloudwatch::Client::new(&sdk)
             .put_metric_alarm()
             .alarm_name(&alarm)
@@ -422,28 +462,7 @@ table = "{table}"
 event_bus = "{bus}"
 region = "us-east-1"
 account_id = "123456789012"
-
-[[services]]
-name = "web"
-cluster = "{cluster}"
-blue_service = "{p}-blue"
-green_service = "{p}-green"
-blue_target_group_arn = "{blue_tg}"
-green_target_group_arn = "{green_tg}"
-production_listener_rule_arn = "{rule_arn}"
-container_name = "app"
-ecr_repository = "web"
-strategy = {strategy}
-bake = "{bake}"
-termination_wait = "{termination_wait}"
-rollback_alarms = ["{alarm}"]
-concurrency = "{concurrency}"
-timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "2s" }}
-"#,
-            strategy = shape.strategy,
-            bake = shape.bake,
-            termination_wait = shape.termination_wait,
-            concurrency = shape.concurrency,
+{services}"#
         );
         let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         Env {
@@ -469,6 +488,7 @@ timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "2s" }}
             ecs: aws_sdk_ecs::Client::new(&self.sdk),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk),
             applied: Mutex::new(Vec::new()),
+            applied_at: Mutex::new(Vec::new()),
             crash_after_next_commit: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -546,8 +566,13 @@ timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "2s" }}
 
     /// The stored state of the service.
     pub async fn state(&self) -> ServiceState {
+        self.state_of("web").await
+    }
+
+    /// The stored state of service `name`.
+    pub async fn state_of(&self, name: &str) -> ServiceState {
         Aws::new(&self.sdk, &self.config)
-            .load("web", Color::Blue)
+            .load(name, Color::Blue)
             .await
             .expect("load")
             .state
@@ -560,9 +585,20 @@ timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "2s" }}
         what: &str,
         done: impl Fn(&ServiceState) -> bool,
     ) -> ServiceState {
+        self.wait_for_service("web", secs, what, done).await
+    }
+
+    /// Polls service `name`'s stored state until `done` holds (at most `secs`).
+    pub async fn wait_for_service(
+        &self,
+        name: &str,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&ServiceState) -> bool,
+    ) -> ServiceState {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
-            let state = self.state().await;
+            let state = self.state_of(name).await;
             if done(&state) {
                 return state;
             }
@@ -719,6 +755,8 @@ pub struct MotoWorld {
     elb: aws_sdk_elasticloadbalancingv2::Client,
     /// Production weights as written and read back, in order.
     pub applied: Mutex<Vec<Weights>>,
+    /// When each production write was confirmed by the read-back, for which service.
+    pub applied_at: Mutex<Vec<(tokio::time::Instant, String, Weights)>>,
     /// When set, the next fencing read fails: the worker dies between committing a
     /// decision and running its effects.
     pub crash_after_next_commit: std::sync::atomic::AtomicBool,
@@ -827,6 +865,11 @@ impl Traffic for MotoWorld {
     async fn set_production(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
         self.aws.set_production(service, weights).await?;
         self.applied.lock().expect("lock").push(weights);
+        self.applied_at.lock().expect("lock").push((
+            tokio::time::Instant::now(),
+            service.name.clone(),
+            weights,
+        ));
         Ok(())
     }
     async fn set_test(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
@@ -918,5 +961,35 @@ impl Env {
             }
         }
         n
+    }
+}
+
+impl Env {
+    /// The `CloudWatch Alarm State Change` envelope for the service's rollback alarm
+    /// entering ALARM at `timestamp` (as EventBridge delivers it to the queue).
+    pub fn alarm_message(&self, timestamp: &str) -> String {
+        serde_json::json!({
+            "version": "0", "id": format!("alarm-{timestamp}"), "detail-type": "CloudWatch Alarm State Change",
+            "source": "aws.cloudwatch", "time": "2026-11-26T10:00:00Z", "region": "us-east-1",
+            "resources": [format!("arn:aws:cloudwatch:us-east-1:123456789012:alarm:{}", self.alarm)],
+            "detail": {
+                "alarmName": self.alarm,
+                "state": { "value": "ALARM", "reason": "Threshold Crossed", "timestamp": timestamp },
+                "previousState": { "value": "OK", "reason": "Threshold not crossed", "timestamp": "2026-11-26T09:00:00.000+0000" },
+                "configuration": { "metrics": [] }
+            }
+        })
+        .to_string()
+    }
+}
+
+impl Env {
+    /// An operator event on the bus (as `bluegreen <action>` or `aws events put-events`).
+    pub async fn operator(&self, detail_type: &str, detail: serde_json::Value) {
+        let mut detail = detail;
+        detail["service"] = "web".into();
+        detail["requestedBy"] = "alice@example.com".into();
+        self.put_event("bluegreen.manual", detail_type, detail)
+            .await;
     }
 }
