@@ -440,7 +440,7 @@ async fn operators_approve_pause_resume_promote_roll_back_after_success_retry_an
             strategy: r#"{ kind = "linear", step_percent = 50, interval = "1h" }"#,
             bake: "1h",
             termination_wait: "1h",
-            extra: "approval = true",
+            extra: "approval = true".into(),
             ..Shape::default()
         },
     )
@@ -611,4 +611,100 @@ async fn the_worker_binary_consumes_the_queue_and_stops_cleanly_on_sigterm() {
             || l["spans"].as_array().is_some_and(|s| !s.is_empty())),
         "messages are logged inside their span: {logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validations_through_the_test_listener_gate_the_shift() {
+    for (status, passes) in [(200, true), (503, false)] {
+        let (url, hits) = crate::moto::http_stub(status).await;
+        let env = Env::create(
+            "checks",
+            Shape {
+                test_listener: true,
+                extra: format!("validations = [ {{ url = \"{url}\", expect_status = 200 }} ]"),
+                ..Shape::default()
+            },
+        )
+        .await;
+        let (worker, world) = env.worker("w1");
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(worker.clone().run(stopped));
+        env.push(&digest(8), "release-8").await;
+        let want = if passes {
+            Phase::Succeeded
+        } else {
+            Phase::RolledBack
+        };
+        let state = env
+            .wait_for(60, "the end of the deployment", |s| {
+                s.last.as_ref().is_some_and(|d| d.phase == want)
+            })
+            .await;
+        stop.send(true).expect("stop");
+        running.await.expect("stops");
+        assert!(
+            hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+            "the check was run"
+        );
+        let applied = world.applied.lock().expect("lock").clone();
+        if passes {
+            assert_eq!(
+                env.test_weights().await,
+                wt(0, 100),
+                "the test rule follows the new live colour"
+            );
+            assert_eq!(applied.first(), Some(&wt(50, 50)));
+        } else {
+            assert_eq!(
+                env.test_weights().await,
+                wt(100, 0),
+                "the test rule is restored"
+            );
+            assert!(
+                applied.iter().all(|w| *w == wt(100, 0)),
+                "production never moved: {applied:?}"
+            );
+            let reason = state
+                .last
+                .and_then(|d| d.rollback)
+                .map(|r| r.reason)
+                .unwrap_or_default();
+            assert!(reason.contains("HTTP 503"), "{reason}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_already_in_alarm_blocks_the_start() {
+    let env = Env::create("blocked", Shape::default()).await;
+    crate::moto::set_alarm(&env.sdk, &env.alarm, "ALARM").await;
+    let (worker, _) = env.worker("w1");
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(worker.clone().run(stopped));
+    env.push(&digest(9), "release-9").await;
+    let state = env
+        .wait_for(60, "the blocked start", |s| {
+            s.last
+                .as_ref()
+                .is_some_and(|d| d.phase == Phase::RolledBack)
+        })
+        .await;
+    stop.send(true).expect("stop");
+    running.await.expect("stops");
+    let reason = state
+        .last
+        .as_ref()
+        .and_then(|d| d.rollback.clone())
+        .map(|r| r.reason)
+        .unwrap_or_default();
+    assert!(
+        reason.contains("blocked") && reason.contains(&env.alarm),
+        "{reason}"
+    );
+    assert_eq!(
+        state.last.and_then(|d| d.revision),
+        None,
+        "nothing was registered"
+    );
+    assert_eq!(env.production().await, wt(100, 0));
 }

@@ -85,7 +85,9 @@ pub struct Shape {
     /// How many services (`web`, `web1`, …), all deploying repository `web`.
     pub services: u8,
     /// More TOML lines for every service.
-    pub extra: &'static str,
+    pub extra: String,
+    /// Give every service a test listener rule.
+    pub test_listener: bool,
 }
 
 impl Default for Shape {
@@ -96,7 +98,8 @@ impl Default for Shape {
             termination_wait: "1s",
             concurrency: "queue",
             services: 1,
-            extra: "",
+            extra: String::new(),
+            test_listener: false,
         }
     }
 }
@@ -410,6 +413,48 @@ impl Env {
                     .await
                     .expect("service");
             }
+            let test_rule = if shape.test_listener {
+                let rule = elb
+                    .create_rule()
+                    .listener_arn(&listener)
+                    .priority(50 + i32::from(k))
+                    .conditions(
+                        RuleCondition::builder()
+                            .field("path-pattern")
+                            .values(format!("/test{k}/*"))
+                            .build(),
+                    )
+                    .actions(
+                        Action::builder()
+                            .r#type(ActionTypeEnum::Forward)
+                            .forward_config(
+                                ForwardActionConfig::builder()
+                                    .target_groups(
+                                        TargetGroupTuple::builder()
+                                            .target_group_arn(&blue_tg)
+                                            .weight(100)
+                                            .build(),
+                                    )
+                                    .target_groups(
+                                        TargetGroupTuple::builder()
+                                            .target_group_arn(&green_tg)
+                                            .weight(0)
+                                            .build(),
+                                    )
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .expect("test rule");
+                format!(
+                    "test_listener_rule_arn = \"{}\"",
+                    rule.rules()[0].rule_arn().expect("arn")
+                )
+            } else {
+                String::new()
+            };
             services.push_str(&format!(
                 r#"
 [[services]]
@@ -428,6 +473,7 @@ termination_wait = "{termination_wait}"
 rollback_alarms = ["{alarm}"]
 concurrency = "{concurrency}"
 timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "2s" }}
+{test_rule}
 {extra}
 "#,
                 extra = shape.extra,
@@ -992,4 +1038,47 @@ impl Env {
         self.put_event("bluegreen.manual", detail_type, detail)
             .await;
     }
+}
+
+impl Env {
+    /// Current test listener rule weights of the service.
+    pub async fn test_weights(&self) -> Weights {
+        let svc = self.service();
+        let arn = svc
+            .test_listener_rule_arn
+            .clone()
+            .expect("a test listener rule");
+        let rule = aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk)
+            .describe_rules()
+            .rule_arns(arn)
+            .send()
+            .await
+            .expect("rule")
+            .rules()[0]
+            .clone();
+        bluegreen::aws::elb::weights_in(&svc, rule.actions()).expect("weights")
+    }
+}
+
+/// A stand-in for the new colour behind the test listener: answers every request with
+/// `status` and counts the requests.
+pub async fn http_stub(status: u16) -> (String, std::sync::Arc<AtomicU32>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/healthz", listener.local_addr().expect("addr"));
+    let hits = std::sync::Arc::new(AtomicU32::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let response =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    (url, hits)
 }
