@@ -9,6 +9,7 @@
 //! * [`plan`] — the schedule a strategy produces, for `bluegreen plan`;
 //! * [`ports`] — what the worker needs from the world, as traits;
 //! * [`aws`] — the AWS adapters of the ports;
+//! * [`local`] — the embedded adapters (store and inbox on SQLite so far);
 //! * [`worker`] — the runtime: queue → decide → commit → effects, written against the ports;
 //! * [`cli`] — the command line.
 
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod flow;
+pub mod local;
 pub mod plan;
 pub mod ports;
 pub mod schema;

@@ -58,40 +58,6 @@ fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'
         .map(String::as_str)
 }
 
-fn entry_json(e: &Entry) -> String {
-    serde_json::json!({
-        "source": e.source,
-        "detailType": e.detail_type,
-        "detail": e.detail,
-        "resources": e.resources,
-        "eventId": e.event_id,
-        "time": e.time,
-    })
-    .to_string()
-}
-
-fn entry_from_json(text: &str) -> Option<Entry> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    let kind = crate::flow::EventKind::ALL
-        .into_iter()
-        .find(|k| Some(k.detail_type()) == v["detailType"].as_str())?;
-    Some(Entry {
-        source: v["source"].as_str()?.to_string(),
-        detail_type: kind.detail_type(),
-        detail: v["detail"].as_str()?.to_string(),
-        resources: v["resources"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        event_id: v["eventId"].as_str()?.to_string(),
-        time: v["time"].as_str()?.to_string(),
-    })
-}
-
 fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> PortResult<T> {
     r.map_err(|e| PortError::Permanent(format!("building a DynamoDB request: {e}")))
 }
@@ -158,7 +124,7 @@ impl Store for Aws {
                 .table_name(&self.table)
                 .item("pk", s(format!("SERVICE#{service}")))
                 .item("sk", s(sk))
-                .item("entry", s(entry_json(e)))
+                .item("entry", s(e.to_json()))
                 .build();
             items.push(TransactWriteItem::builder().put(built(put)?).build());
         }
@@ -280,7 +246,7 @@ impl Store for Aws {
         Ok(out
             .items()
             .iter()
-            .filter_map(|i| get_s(i, "entry").and_then(entry_from_json))
+            .filter_map(|i| get_s(i, "entry").and_then(Entry::from_json))
             .collect())
     }
 

@@ -39,6 +39,44 @@ impl Entry {
         }
     }
 
+    /// The entry as stored in an outbox (JSON).
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        json!({
+            "source": self.source,
+            "detailType": self.detail_type,
+            "detail": self.detail,
+            "resources": self.resources,
+            "eventId": self.event_id,
+            "time": self.time,
+        })
+        .to_string()
+    }
+
+    /// Reads an entry stored by [`Entry::to_json`]; `None` when the text is not one.
+    #[must_use]
+    pub fn from_json(text: &str) -> Option<Entry> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let kind = crate::flow::EventKind::ALL
+            .into_iter()
+            .find(|k| Some(k.detail_type()) == v["detailType"].as_str())?;
+        Some(Entry {
+            source: v["source"].as_str()?.to_string(),
+            detail_type: kind.detail_type(),
+            detail: v["detail"].as_str()?.to_string(),
+            resources: v["resources"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            event_id: v["eventId"].as_str()?.to_string(),
+            time: v["time"].as_str()?.to_string(),
+        })
+    }
+
     /// The envelope as delivered to a consumer (EventBridge adds `id`, `account` and
     /// `region`; here `id` is the stable event id).
     #[must_use]

@@ -5,6 +5,7 @@
 //! * `invariants` — property tests of SPEC §4, named after the invariants;
 //! * `contract` — AWS samples and every emitted event against `schemas/`;
 //! * `config` — the configuration document and its errors;
+//! * `local_db` — the embedded store and inbox;
 //! * `cli` — the binary's commands and exit codes;
 //! * `aws_e2e` (with the `moto` harness) — the AWS worker end to end on moto server.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -15,6 +16,7 @@ mod common;
 mod config;
 mod contract;
 mod invariants;
+mod local_db;
 mod moto;
 mod sequences;
 mod transitions;

@@ -1,0 +1,484 @@
+//! The embedded store and inbox: one SQLite file with the semantics the worker relies on
+//! from DynamoDB and SQS.
+//!
+//! * Queue: `send` with a delay; `receive` hands out visible messages, hides them for the
+//!   visibility timeout and counts receipts; a message received more than
+//!   `max_receives` times moves to the dead-letter table instead (the redrive policy);
+//!   `delete` and `set_visibility` take the receipt of the latest receive only.
+//! * Store: the service state with a version (compare-and-swap) and a lease, the outbox,
+//!   dedup keys with an expiry and the deployment records, committed in one transaction.
+//!
+//! Durable across restarts (WAL journal). Time comes from an injected clock, so tests
+//! drive delays and visibility expiry without sleeping.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::contract::Entry;
+use crate::flow::model::duration_ms;
+use crate::flow::{Color, ServiceState, Timestamp};
+use crate::ports::{Commit, Fence, Inbox, PortError, PortResult, Received, Store, Stored};
+use crate::worker::Clock;
+
+/// Queue behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// How long a received message stays hidden.
+    pub visibility: Duration,
+    /// Receipts after which a message is dead-lettered (the redrive policy).
+    pub max_receives: u32,
+    /// How often `receive` looks again while long-polling.
+    pub poll_every: Duration,
+}
+
+impl Default for QueueOptions {
+    fn default() -> QueueOptions {
+        QueueOptions {
+            visibility: Duration::from_secs(30),
+            max_receives: 3,
+            poll_every: Duration::from_millis(20),
+        }
+    }
+}
+
+/// A message that was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Original message id.
+    pub message_id: String,
+    /// Body.
+    pub body: String,
+    /// Receipts before it was moved.
+    pub receive_count: u32,
+}
+
+/// The embedded database.
+#[derive(Clone)]
+pub struct LocalDb {
+    conn: Arc<Mutex<Connection>>,
+    clock: Clock,
+    options: QueueOptions,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_visible ON messages (visible_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    body TEXT NOT NULL,
+    receive_count INTEGER NOT NULL,
+    moved_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    service TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dedup (
+    service TEXT NOT NULL,
+    key TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (service, key)
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY,
+    service TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+";
+
+/// Dedup keys are remembered this long (as in the DynamoDB store).
+const DEDUP_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn db_error(e: &rusqlite::Error) -> PortError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            PortError::Retryable(format!("embedded database busy: {e}"))
+        }
+        _ => PortError::Permanent(format!("embedded database: {e}")),
+    }
+}
+
+fn receipt(id: i64, count: u32) -> String {
+    format!("{id}:{count}")
+}
+
+fn parse_receipt(receipt: &str) -> Option<(i64, u32)> {
+    let (id, count) = receipt.split_once(':')?;
+    Some((id.parse().ok()?, count.parse().ok()?))
+}
+
+fn to_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl LocalDb {
+    /// Opens (or creates) the database file at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or the schema not created.
+    pub fn open(path: &Path, clock: Clock, options: QueueOptions) -> PortResult<LocalDb> {
+        let conn = Connection::open(path).map_err(|e| db_error(&e))?;
+        LocalDb::with(conn, clock, options)
+    }
+
+    /// An in-memory database (tests, throw-away demos).
+    ///
+    /// # Errors
+    /// When the schema cannot be created.
+    pub fn in_memory(clock: Clock, options: QueueOptions) -> PortResult<LocalDb> {
+        let conn = Connection::open_in_memory().map_err(|e| db_error(&e))?;
+        LocalDb::with(conn, clock, options)
+    }
+
+    fn with(conn: Connection, clock: Clock, options: QueueOptions) -> PortResult<LocalDb> {
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| db_error(&e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| db_error(&e))?;
+        Ok(LocalDb {
+            conn: Arc::new(Mutex::new(conn)),
+            clock,
+            options,
+        })
+    }
+
+    fn now(&self) -> i64 {
+        to_i64((self.clock)().millis())
+    }
+
+    fn lock(&self) -> PortResult<std::sync::MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| PortError::Permanent("embedded database lock poisoned".into()))
+    }
+
+    /// Takes up to `max` visible messages now (no waiting).
+    fn take(&self, max: u32) -> PortResult<Vec<Received>> {
+        let now = self.now();
+        let hide = to_i64(duration_ms(self.options.visibility));
+        let mut conn = self.lock()?;
+        let tx = conn.transaction().map_err(|e| db_error(&e))?;
+        let candidates: Vec<(i64, String, u32)> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT id, body, receive_count FROM messages WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?2")
+                .map_err(|e| db_error(&e))?;
+            let rows = stmt
+                .query_map(params![now, i64::from(max)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(|e| db_error(&e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| db_error(&e))?
+        };
+        let mut out = Vec::new();
+        for (id, body, count) in candidates {
+            let count = count + 1;
+            if count > self.options.max_receives {
+                tx.execute(
+                    "INSERT OR REPLACE INTO dead_letters (id, body, receive_count, moved_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, body, count - 1, now],
+                )
+                .map_err(|e| db_error(&e))?;
+                tx.execute("DELETE FROM messages WHERE id = ?1", params![id])
+                    .map_err(|e| db_error(&e))?;
+                continue;
+            }
+            tx.execute(
+                "UPDATE messages SET receive_count = ?2, visible_at = ?3 WHERE id = ?1",
+                params![id, count, now.saturating_add(hide)],
+            )
+            .map_err(|e| db_error(&e))?;
+            out.push(Received {
+                message_id: id.to_string(),
+                receipt: receipt(id, count),
+                body,
+                receive_count: count,
+            });
+        }
+        tx.commit().map_err(|e| db_error(&e))?;
+        Ok(out)
+    }
+
+    /// The dead-lettered messages, oldest first.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn dead_letters(&self) -> PortResult<Vec<DeadLetter>> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare("SELECT id, body, receive_count FROM dead_letters ORDER BY moved_at, id")
+            .map_err(|e| db_error(&e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DeadLetter {
+                    message_id: r.get::<_, i64>(0)?.to_string(),
+                    body: r.get(1)?,
+                    receive_count: r.get(2)?,
+                })
+            })
+            .map_err(|e| db_error(&e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| db_error(&e))
+    }
+
+    /// Messages waiting in the queue (visible or not).
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn depth(&self) -> PortResult<u64> {
+        let conn = self.lock()?;
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .map_err(|e| db_error(&e))?;
+        Ok(to_u64(n))
+    }
+
+    /// Deployment records of a service (JSON), newest first.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn deployments(&self, service: &str) -> PortResult<Vec<String>> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare("SELECT record FROM deployments WHERE service = ?1 ORDER BY rowid DESC")
+            .map_err(|e| db_error(&e))?;
+        let rows = stmt
+            .query_map(params![service], |r| r.get(0))
+            .map_err(|e| db_error(&e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| db_error(&e))
+    }
+}
+
+impl Inbox for LocalDb {
+    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let got = self.take(max.clamp(1, 10))?;
+            if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
+            }
+            tokio::time::sleep(self.options.poll_every).await;
+        }
+    }
+
+    async fn delete(&self, receipt: &str) -> PortResult<()> {
+        let Some((id, count)) = parse_receipt(receipt) else {
+            return Err(PortError::Permanent(format!("bad receipt {receipt:?}")));
+        };
+        let conn = self.lock()?;
+        conn.execute(
+            "DELETE FROM messages WHERE id = ?1 AND receive_count = ?2",
+            params![id, count],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(())
+    }
+
+    async fn set_visibility(&self, receipt: &str, timeout: Duration) -> PortResult<()> {
+        let Some((id, count)) = parse_receipt(receipt) else {
+            return Err(PortError::Permanent(format!("bad receipt {receipt:?}")));
+        };
+        let visible_at = self.now().saturating_add(to_i64(duration_ms(timeout)));
+        let conn = self.lock()?;
+        conn.execute(
+            "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND receive_count = ?2",
+            params![id, count, visible_at],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(())
+    }
+
+    async fn send(&self, body: String, delay: Duration) -> PortResult<()> {
+        let visible_at = self.now().saturating_add(to_i64(duration_ms(delay)));
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO messages (body, visible_at) VALUES (?1, ?2)",
+            params![body, visible_at],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(())
+    }
+}
+
+impl Store for LocalDb {
+    async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
+        let conn = self.lock()?;
+        let row: Option<(String, i64)> = conn
+            .query_row(
+                "SELECT state, version FROM services WHERE name = ?1",
+                params![service],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| db_error(&e))?;
+        match row {
+            None => Ok(Stored {
+                state: ServiceState::new(service, initial),
+                version: 0,
+            }),
+            Some((text, version)) => Ok(Stored {
+                state: serde_json::from_str(&text).map_err(|e| {
+                    PortError::Permanent(format!("stored state of {service} is unreadable: {e}"))
+                })?,
+                version: to_u64(version),
+            }),
+        }
+    }
+
+    async fn commit(&self, service: &str, c: Commit<'_>) -> PortResult<u64> {
+        let state = serde_json::to_string(c.state)
+            .map_err(|e| PortError::Permanent(format!("serializing state: {e}")))?;
+        let now = to_i64(c.lease.now.millis());
+        let mut conn = self.lock()?;
+        let tx = conn.transaction().map_err(|e| db_error(&e))?;
+        let current: Option<(i64, Option<String>, i64)> = tx
+            .query_row(
+                "SELECT version, lease_owner, lease_until FROM services WHERE name = ?1",
+                params![service],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| db_error(&e))?;
+        let version_now = current.as_ref().map_or(0, |(v, _, _)| to_u64(*v));
+        let leased_by_other = current.as_ref().is_some_and(|(_, owner, until)| {
+            owner.as_deref().is_some_and(|o| o != c.lease.owner) && *until >= now
+        });
+        if version_now != c.expected_version || leased_by_other {
+            return Err(PortError::Conflict);
+        }
+        if let Some(key) = c.dedup_key {
+            let expires = now.saturating_add(to_i64(duration_ms(DEDUP_TTL)));
+            let inserted = tx
+                .execute(
+                    "INSERT INTO dedup (service, key, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (service, key) DO UPDATE SET expires_at = excluded.expires_at
+                     WHERE dedup.expires_at < ?4",
+                    params![service, key, expires, now],
+                )
+                .map_err(|e| db_error(&e))?;
+            if inserted == 0 {
+                return Err(PortError::Conflict);
+            }
+        }
+        let version = c.expected_version + 1;
+        tx.execute(
+            "INSERT INTO services (name, state, version, lease_owner, lease_until) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (name) DO UPDATE SET state = ?2, version = ?3, lease_owner = ?4, lease_until = ?5",
+            params![service, state, to_i64(version), c.lease.owner, to_i64(c.lease.until.millis())],
+        )
+        .map_err(|e| db_error(&e))?;
+        for e in c.outbox {
+            tx.execute(
+                "INSERT INTO outbox (service, event_id, entry) VALUES (?1, ?2, ?3)",
+                params![service, e.event_id, e.to_json()],
+            )
+            .map_err(|e| db_error(&e))?;
+        }
+        for d in c.deployments {
+            let record = serde_json::to_string(d)
+                .map_err(|e| PortError::Permanent(format!("serializing deployment: {e}")))?;
+            tx.execute(
+                "INSERT INTO deployments (id, service, phase, record) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET phase = ?3, record = ?4",
+                params![d.id, service, d.phase.as_str(), record],
+            )
+            .map_err(|e| db_error(&e))?;
+        }
+        tx.commit().map_err(|e| db_error(&e))?;
+        Ok(version)
+    }
+
+    async fn seen(&self, service: &str, key: &str) -> PortResult<bool> {
+        let now = self.now();
+        let conn = self.lock()?;
+        let found: Option<i64> = conn
+            .query_row(
+                "SELECT expires_at FROM dedup WHERE service = ?1 AND key = ?2 AND expires_at >= ?3",
+                params![service, key, now],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| db_error(&e))?;
+        Ok(found.is_some())
+    }
+
+    async fn fence(&self, service: &str) -> PortResult<Fence> {
+        let conn = self.lock()?;
+        let row: Option<(i64, Option<String>, i64)> = conn
+            .query_row(
+                "SELECT version, lease_owner, lease_until FROM services WHERE name = ?1",
+                params![service],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| db_error(&e))?;
+        let (version, owner, until) = row.unwrap_or((0, None, 0));
+        Ok(Fence {
+            version: to_u64(version),
+            owner,
+            until: Timestamp::from_millis(to_u64(until)),
+        })
+    }
+
+    async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
+        let conn = self.lock()?;
+        conn.execute(
+            "UPDATE services SET lease_owner = NULL, lease_until = 0 WHERE name = ?1 AND lease_owner = ?2",
+            params![service, owner],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(())
+    }
+
+    async fn outbox(&self, service: &str) -> PortResult<Vec<Entry>> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT entry FROM outbox WHERE service = ?1 ORDER BY seq")
+            .map_err(|e| db_error(&e))?;
+        let rows = stmt
+            .query_map(params![service], |r| r.get::<_, String>(0))
+            .map_err(|e| db_error(&e))?;
+        let texts: Vec<String> = rows.collect::<Result<_, _>>().map_err(|e| db_error(&e))?;
+        Ok(texts.iter().filter_map(|t| Entry::from_json(t)).collect())
+    }
+
+    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction().map_err(|e| db_error(&e))?;
+        for id in event_ids {
+            tx.execute(
+                "DELETE FROM outbox WHERE service = ?1 AND event_id = ?2",
+                params![service, id],
+            )
+            .map_err(|e| db_error(&e))?;
+        }
+        tx.commit().map_err(|e| db_error(&e))?;
+        Ok(())
+    }
+}
