@@ -2,9 +2,9 @@
 //!
 //! For each message: parse → route → for each service: observe what the core needs,
 //! `decide`, commit the decision with its outbox and dedup key (compare-and-swap on the
-//! version, under the service lease), publish the outbox, run the effects in order with a
-//! fencing check before each one, and feed effect results back as inputs. The message is
-//! deleted only after all of that succeeded.
+//! version, under the service lease), run the effects in order with a fencing check
+//! before each one (feeding effect results back as inputs), then publish the outbox. The
+//! message is deleted only after all of that succeeded.
 //!
 //! Message dispositions (documented in the README):
 //! * applied, or deliberately ignored (a failed push, an alarm back to OK, a duplicate, an
@@ -255,12 +255,18 @@ impl<W: World> Worker<W> {
             .get(&svc.name)
             .ok_or_else(|| PortError::Permanent(format!("unknown service {}", svc.name)))?;
         let keyed = !matches!(input.kind, InputKind::Tick { .. } | InputKind::Reconcile);
-        let mut attempt: u64 = 0;
         let started = tokio::time::Instant::now();
         let (decision, version) = loop {
-            attempt += 1;
-            let stored = self.world.load(&svc.name, flow::Color::Blue).await?;
-            if keyed && self.world.seen(&svc.name, &input.key).await? {
+            let (stored, seen) =
+                tokio::join!(self.world.load(&svc.name, flow::Color::Blue), async {
+                    if keyed {
+                        self.world.seen(&svc.name, &input.key).await
+                    } else {
+                        Ok(false)
+                    }
+                });
+            let stored = stored?;
+            if seen? {
                 return Ok(Outcome::Ignored {
                     code: IgnoreCode::Duplicate,
                     reason: format!("input {} was already applied", input.key),
@@ -306,7 +312,8 @@ impl<W: World> Worker<W> {
             match self.world.commit(&svc.name, commit).await {
                 Ok(version) => break (decision, version),
                 Err(PortError::Conflict) if started.elapsed() < CONFLICT_PATIENCE => {
-                    tokio::time::sleep(Duration::from_millis((10 * attempt).min(200))).await;
+                    // Another task holds the lease for the duration of a few API calls.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -317,9 +324,13 @@ impl<W: World> Worker<W> {
             events = decision.events.len(),
             "decided"
         );
+        // Effects first: a rollback's production write must not wait behind publishing.
+        // The events are committed in the outbox already, so publishing after is safe.
+        let ran = self
+            .run_effects(svc, &decision.effects, version, owner)
+            .await;
         self.flush_outbox(&svc.name).await;
-        self.run_effects(svc, &decision.effects, version, owner)
-            .await?;
+        ran?;
         Ok(decision.outcome)
     }
 
@@ -453,21 +464,12 @@ impl<W: World> Worker<W> {
                 Err(PortError::Fenced) => return Ok(()),
                 Err(e) => {
                     warn!(effect = effect.name(), error = %e, "effect failed");
-                    let Some(deployment_id) = deployment_of(effect) else {
-                        return Err(e);
-                    };
-                    let failure = Input::new(
-                        format!(
-                            "failed:{deployment_id}:{cursor}:{}:{}",
-                            effect.name(),
-                            now.millis()
-                        ),
-                        InputKind::EffectFailed {
-                            deployment_id,
-                            cursor,
-                            effect: effect.name().into(),
-                            reason: e.to_string(),
-                        },
+                    let failure = Input::effect_failed(
+                        effect.deployment_id(),
+                        cursor,
+                        effect.name(),
+                        e.to_string(),
+                        now.millis(),
                     );
                     Box::pin(self.apply_as(svc, failure, owner)).await?;
                     return Ok(());
@@ -502,13 +504,7 @@ impl<W: World> Worker<W> {
                     .world
                     .register_revision(svc, deployment_id, *template, image)
                     .await?;
-                Ok(Some(Input::new(
-                    format!("registered:{deployment_id}"),
-                    InputKind::RevisionRegistered {
-                        deployment_id: deployment_id.clone(),
-                        task_definition_arn: arn,
-                    },
-                )))
+                Ok(Some(Input::revision_registered(deployment_id, arn)))
             }
             Effect::UpdateService {
                 color,
@@ -557,13 +553,10 @@ impl<W: World> Worker<W> {
                         });
                     }
                 }
-                Ok(Some(Input::new(
-                    format!("validated:{deployment_id}:{cursor}"),
-                    InputKind::ValidationsCompleted {
-                        deployment_id: deployment_id.clone(),
-                        cursor: *cursor,
-                        outcomes,
-                    },
+                Ok(Some(Input::validations_completed(
+                    deployment_id,
+                    *cursor,
+                    outcomes,
                 )))
             }
             Effect::ScheduleTick { tick, due } => {
@@ -674,18 +667,6 @@ impl<W: World> Worker<W> {
         }
         .instrument(span)
         .await;
-    }
-}
-
-fn deployment_of(effect: &Effect) -> Option<String> {
-    match effect {
-        Effect::RegisterRevision { deployment_id, .. }
-        | Effect::UpdateService { deployment_id, .. }
-        | Effect::ScaleToZero { deployment_id, .. }
-        | Effect::SetProductionWeights { deployment_id, .. }
-        | Effect::SetTestWeights { deployment_id, .. }
-        | Effect::RunValidations { deployment_id, .. } => Some(deployment_id.clone()),
-        Effect::ScheduleTick { tick, .. } => Some(tick.deployment_id.clone()),
     }
 }
 

@@ -96,6 +96,20 @@ impl Effect {
         }
     }
 
+    /// The deployment the effect acts for.
+    #[must_use]
+    pub fn deployment_id(&self) -> &str {
+        match self {
+            Effect::RegisterRevision { deployment_id, .. }
+            | Effect::UpdateService { deployment_id, .. }
+            | Effect::ScaleToZero { deployment_id, .. }
+            | Effect::SetProductionWeights { deployment_id, .. }
+            | Effect::SetTestWeights { deployment_id, .. }
+            | Effect::RunValidations { deployment_id, .. } => deployment_id,
+            Effect::ScheduleTick { tick, .. } => &tick.deployment_id,
+        }
+    }
+
     /// Whether this effect changes traffic (the lease must be re-checked before it).
     #[must_use]
     pub fn changes_traffic(&self) -> bool {

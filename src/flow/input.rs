@@ -27,6 +27,56 @@ impl Input {
         }
     }
 
+    /// The result of a `RegisterRevision` effect, keyed by deployment: a deployment has
+    /// one revision.
+    #[must_use]
+    pub fn revision_registered(deployment_id: &str, task_definition_arn: String) -> Input {
+        Input {
+            key: format!("registered:{deployment_id}"),
+            kind: InputKind::RevisionRegistered {
+                deployment_id: deployment_id.to_string(),
+                task_definition_arn,
+            },
+        }
+    }
+
+    /// The results of a `RunValidations` effect, keyed by deployment and cursor.
+    #[must_use]
+    pub fn validations_completed(
+        deployment_id: &str,
+        cursor: u32,
+        outcomes: Vec<CheckOutcome>,
+    ) -> Input {
+        Input {
+            key: format!("validated:{deployment_id}:{cursor}"),
+            kind: InputKind::ValidationsCompleted {
+                deployment_id: deployment_id.to_string(),
+                cursor,
+                outcomes,
+            },
+        }
+    }
+
+    /// A failed effect; `attempt` tells repeated failures of the same effect apart.
+    #[must_use]
+    pub fn effect_failed(
+        deployment_id: &str,
+        cursor: u32,
+        effect: &str,
+        reason: String,
+        attempt: u64,
+    ) -> Input {
+        Input {
+            key: format!("failed:{deployment_id}:{cursor}:{effect}:{attempt}"),
+            kind: InputKind::EffectFailed {
+                deployment_id: deployment_id.to_string(),
+                cursor,
+                effect: effect.to_string(),
+                reason,
+            },
+        }
+    }
+
     /// A tick for `tick`, keyed by deployment, cursor and attempt.
     #[must_use]
     pub fn tick(tick: TickKey, observed: Observations) -> Input {

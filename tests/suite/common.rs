@@ -205,27 +205,17 @@ impl World {
     fn run(&mut self, effect: &Effect, cursor: u32) -> Option<Input> {
         self.log.effects.push(effect.clone());
         if self.failing_effect == Some(effect.name()) {
-            let deployment_id = match effect {
-                Effect::RegisterRevision { deployment_id, .. }
-                | Effect::UpdateService { deployment_id, .. }
-                | Effect::ScaleToZero { deployment_id, .. }
-                | Effect::SetProductionWeights { deployment_id, .. }
-                | Effect::SetTestWeights { deployment_id, .. }
-                | Effect::RunValidations { deployment_id, .. } => deployment_id.clone(),
-                Effect::ScheduleTick { tick, .. } => tick.deployment_id.clone(),
-            };
+            let deployment_id = effect.deployment_id();
             let cursor = self
                 .state
-                .deployment(&deployment_id)
+                .deployment(deployment_id)
                 .map_or(cursor, |d| d.cursor);
-            return Some(Input::new(
-                format!("failed:{deployment_id}:{cursor}:{}", self.log.effects.len()),
-                InputKind::EffectFailed {
-                    deployment_id,
-                    cursor,
-                    effect: effect.name().into(),
-                    reason: "injected failure".into(),
-                },
+            return Some(Input::effect_failed(
+                deployment_id,
+                cursor,
+                effect.name(),
+                "injected failure".into(),
+                self.log.effects.len() as u64,
             ));
         }
         match effect {
@@ -236,13 +226,7 @@ impl World {
                 if !self.log.registrations.contains(&arn) {
                     self.log.registrations.push(arn.clone());
                 }
-                Some(Input::new(
-                    format!("registered:{deployment_id}"),
-                    InputKind::RevisionRegistered {
-                        deployment_id: deployment_id.clone(),
-                        task_definition_arn: arn,
-                    },
-                ))
+                Some(Input::revision_registered(deployment_id, arn))
             }
             Effect::UpdateService {
                 color,
@@ -268,24 +252,21 @@ impl World {
                 deployment_id,
                 cursor,
                 checks,
-            } => Some(Input::new(
-                format!("validated:{deployment_id}:{cursor}"),
-                InputKind::ValidationsCompleted {
-                    deployment_id: deployment_id.clone(),
-                    cursor: *cursor,
-                    outcomes: checks
-                        .iter()
-                        .map(|c: &Check| CheckOutcome {
-                            name: c.name().into(),
-                            passed: self.validations_pass,
-                            detail: if self.validations_pass {
-                                "200".into()
-                            } else {
-                                "503".into()
-                            },
-                        })
-                        .collect(),
-                },
+            } => Some(Input::validations_completed(
+                deployment_id,
+                *cursor,
+                checks
+                    .iter()
+                    .map(|c: &Check| CheckOutcome {
+                        name: c.name().into(),
+                        passed: self.validations_pass,
+                        detail: if self.validations_pass {
+                            "200".into()
+                        } else {
+                            "503".into()
+                        },
+                    })
+                    .collect(),
             )),
             Effect::ScheduleTick { tick, due } => {
                 self.ticks.push((tick.clone(), *due));

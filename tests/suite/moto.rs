@@ -1082,3 +1082,22 @@ pub async fn http_stub(status: u16) -> (String, std::sync::Arc<AtomicU32>) {
     });
     (url, hits)
 }
+
+impl Env {
+    /// Polls the production rule until it carries `weights` (at most `secs`): state is
+    /// committed before the effects that carry it out run.
+    pub async fn wait_for_weights(&self, weights: Weights, secs: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let seen = self.production().await;
+            if seen == weights {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "production stayed at {seen}, expected {weights}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
