@@ -83,6 +83,34 @@ async fn an_ecr_push_deploys_linearly_and_releases_the_old_colour() {
 
     let d = state.last.expect("deployment");
     assert_eq!(d.id, "web-1");
+    let record = aws_sdk_dynamodb::Client::new(&env.sdk)
+        .get_item()
+        .table_name(&env.config.worker.table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("DEPLOYMENT#web-1".into()),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("RECORD".into()),
+        )
+        .send()
+        .await
+        .expect("record");
+    let item = record.item().expect("the deployment record exists");
+    assert_eq!(
+        item.get("phase")
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str),
+        Some("Succeeded")
+    );
+    let stored: bluegreen::flow::Deployment = serde_json::from_str(
+        item.get("record")
+            .and_then(|v| v.as_s().ok())
+            .expect("record"),
+    )
+    .expect("record JSON");
+    assert_eq!(stored, d, "the record matches the state");
     assert_eq!(state.live, Color::Green);
     assert_eq!(env.production().await, wt(0, 100));
     let applied = world.applied.lock().expect("lock").clone();
