@@ -5,9 +5,8 @@
 
 use bluegreen::flow::{Color, Phase, Weights};
 use bluegreen::schema::{self, SchemaId};
-use tokio::sync::watch;
 
-use crate::moto::{Env, Shape};
+use crate::moto::{Env, Running, Shape};
 
 fn digest(n: u8) -> String {
     format!("sha256:{}", format!("{n:02x}").repeat(32))
@@ -67,8 +66,7 @@ async fn audited(env: &Env) -> Vec<(String, serde_json::Value)> {
 async fn an_ecr_push_deploys_linearly_and_releases_the_old_colour() {
     let env = Env::create("push", Shape::default()).await;
     let (worker, world) = env.worker("w1");
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(worker.clone().run(stopped));
+    let running = Running::start(&worker);
 
     env.push(&digest(1), "release-1").await;
     let state = env
@@ -78,8 +76,7 @@ async fn an_ecr_push_deploys_linearly_and_releases_the_old_colour() {
                 .is_some_and(|d| d.phase == Phase::Succeeded && d.warm_until.is_none())
         })
         .await;
-    stop.send(true).expect("stop");
-    running.await.expect("worker stops");
+    running.stop().await;
 
     let d = state.last.expect("deployment");
     assert_eq!(d.id, "web-1");
@@ -203,8 +200,7 @@ async fn an_alarm_mid_shift_restores_the_old_colour_first() {
     )
     .await;
     let (worker, world) = env.worker("w1");
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(worker.clone().run(stopped));
+    let running = Running::start(&worker);
 
     env.push(&digest(2), "release-2").await;
     env.wait_for(60, "the second step", |s| {
@@ -221,8 +217,7 @@ async fn an_alarm_mid_shift_restores_the_old_colour_first() {
                 .is_some_and(|d| d.phase == Phase::RolledBack)
         })
         .await;
-    stop.send(true).expect("stop");
-    running.await.expect("worker stops");
+    running.stop().await;
 
     assert_eq!(state.live, Color::Blue);
     assert_eq!(env.production().await, wt(100, 0));
@@ -254,8 +249,7 @@ async fn an_alarm_mid_shift_restores_the_old_colour_first() {
 async fn malformed_and_hostile_messages_are_rejected_and_dead_lettered() {
     let env = Env::create("poison", Shape::default()).await;
     let (worker, _) = env.worker("w1");
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(worker.clone().run(stopped));
+    let running = Running::start(&worker);
 
     env.send_raw("{ this is not json").await;
     env.send_raw(r#"{"version":"0","id":"x1","detail-type":"Launch Missiles","source":"bluegreen.manual","detail":{}}"#).await;
@@ -271,8 +265,7 @@ async fn malformed_and_hostile_messages_are_rejected_and_dead_lettered() {
     while dead.len() < 4 && tokio::time::Instant::now() < deadline {
         dead.extend(env.drain(&env.dlq_url).await);
     }
-    stop.send(true).expect("stop");
-    running.await.expect("the worker survived every message");
+    running.stop().await;
     assert_eq!(
         dead.len(),
         4,
@@ -306,15 +299,13 @@ async fn duplicates_and_a_crash_between_commit_and_effects_change_nothing() {
     first_world
         .crash_after_next_commit
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(first.clone().run(stopped));
+    let running = Running::start(&first);
     env.push(&digest(3), "release-3").await;
     env.push(&digest(3), "release-3").await; // the same image pushed twice
     env.wait_for(30, "the deployment to be committed", |s| s.active.is_some())
         .await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    stop.send(true).expect("stop");
-    running.await.expect("stops");
+    running.stop().await;
     let stalled = env.state().await;
     assert_eq!(
         stalled.active.as_ref().map(|d| d.phase),
@@ -325,8 +316,7 @@ async fn duplicates_and_a_crash_between_commit_and_effects_change_nothing() {
     // A restarted worker (with the reconciler) picks the deployment up again; every
     // operator message is delivered twice.
     let (second, _) = env.worker_with("w2", std::time::Duration::from_secs(2));
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(second.clone().run(stopped));
+    let running = Running::start(&second);
     let state = env
         .wait_for(90, "success after the restart", |s| {
             s.last
@@ -343,8 +333,7 @@ async fn duplicates_and_a_crash_between_commit_and_effects_change_nothing() {
     env.send_raw(&pause).await;
     env.send_raw(&pause).await;
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    stop.send(true).expect("stop");
-    running.await.expect("stops");
+    running.stop().await;
 
     assert_eq!(
         state.deployments_started, 1,
@@ -380,11 +369,7 @@ async fn two_workers_deploy_several_services_without_conflicting_writes() {
     .await;
     let (first, first_world) = env.worker("w1");
     let (second, second_world) = env.worker("w2");
-    let (stop, stopped) = watch::channel(false);
-    let runs = [
-        tokio::spawn(first.clone().run(stopped.clone())),
-        tokio::spawn(second.clone().run(stopped)),
-    ];
+    let runs = [Running::start(&first), Running::start(&second)];
     env.push(&digest(4), "release-4").await;
     for name in ["web", "web1", "web2"] {
         env.wait_for_service(name, 120, "every service to succeed", |s| {
@@ -394,9 +379,8 @@ async fn two_workers_deploy_several_services_without_conflicting_writes() {
         })
         .await;
     }
-    stop.send(true).expect("stop");
     for run in runs {
-        run.await.expect("worker stops");
+        run.stop().await;
     }
     let mut writes: Vec<_> = first_world.applied_at.lock().expect("lock").clone();
     writes.extend(
@@ -451,8 +435,7 @@ async fn an_alarm_during_the_bake_rolls_back_from_full_traffic() {
     )
     .await;
     let (worker, world) = env.worker("w1");
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(worker.clone().run(stopped));
+    let running = Running::start(&worker);
     env.push(&digest(5), "release-5").await;
     env.wait_for(60, "the bake", |s| {
         s.active.as_ref().is_some_and(|d| d.phase == Phase::Baking)
@@ -468,8 +451,7 @@ async fn an_alarm_during_the_bake_rolls_back_from_full_traffic() {
                 .is_some_and(|d| d.phase == Phase::RolledBack)
         })
         .await;
-    stop.send(true).expect("stop");
-    running.await.expect("stops");
+    running.stop().await;
     assert_eq!(state.live, Color::Blue);
     assert_eq!(env.production().await, wt(100, 0));
     let from = state.last.and_then(|d| d.rollback).map(|r| r.from_phase);
@@ -494,8 +476,7 @@ async fn operators_approve_pause_resume_promote_roll_back_after_success_retry_an
     )
     .await;
     let (worker, _) = env.worker("w1");
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(worker.clone().run(stopped));
+    let running = Running::start(&worker);
     let phase = |p: Phase| {
         move |s: &bluegreen::flow::ServiceState| s.active.as_ref().is_some_and(|d| d.phase == p)
     };
@@ -578,8 +559,7 @@ async fn operators_approve_pause_resume_promote_roll_back_after_success_retry_an
                 .is_some_and(|d| d.id == "web-2" && d.phase == Phase::RolledBack)
         })
         .await;
-    stop.send(true).expect("stop");
-    running.await.expect("stops");
+    running.stop().await;
 
     let reason = aborted
         .last
@@ -675,8 +655,7 @@ async fn validations_through_the_test_listener_gate_the_shift() {
         )
         .await;
         let (worker, world) = env.worker("w1");
-        let (stop, stopped) = watch::channel(false);
-        let running = tokio::spawn(worker.clone().run(stopped));
+        let running = Running::start(&worker);
         env.push(&digest(8), "release-8").await;
         let want = if passes {
             Phase::Succeeded
@@ -688,8 +667,7 @@ async fn validations_through_the_test_listener_gate_the_shift() {
                 s.last.as_ref().is_some_and(|d| d.phase == want)
             })
             .await;
-        stop.send(true).expect("stop");
-        running.await.expect("stops");
+        running.stop().await;
         assert!(
             hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
             "the check was run"
@@ -727,8 +705,7 @@ async fn an_alarm_already_in_alarm_blocks_the_start() {
     let env = Env::create("blocked", Shape::default()).await;
     crate::moto::set_alarm(&env.sdk, &env.alarm, "ALARM").await;
     let (worker, _) = env.worker("w1");
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(worker.clone().run(stopped));
+    let running = Running::start(&worker);
     env.push(&digest(9), "release-9").await;
     let state = env
         .wait_for(60, "the blocked start", |s| {
@@ -737,8 +714,7 @@ async fn an_alarm_already_in_alarm_blocks_the_start() {
                 .is_some_and(|d| d.phase == Phase::RolledBack)
         })
         .await;
-    stop.send(true).expect("stop");
-    running.await.expect("stops");
+    running.stop().await;
     let reason = state
         .last
         .as_ref()

@@ -1101,3 +1101,26 @@ impl Env {
         }
     }
 }
+
+/// A worker running in the background until [`Running::stop`].
+pub struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts `worker`'s receive loop.
+    pub fn start(worker: &Worker<MotoWorld>) -> Running {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        Running {
+            stop,
+            task: tokio::spawn(worker.clone().run(stopped)),
+        }
+    }
+
+    /// Asks the worker to stop and waits until it has finished its in-flight messages.
+    pub async fn stop(self) {
+        self.stop.send(true).expect("stop");
+        self.task.await.expect("the worker stops without panicking");
+    }
+}
