@@ -326,6 +326,17 @@ impl Inbox for LocalDb {
     }
 }
 
+/// A service's version, lease owner and lease expiry, if it is stored.
+fn lease_row(conn: &Connection, service: &str) -> PortResult<Option<(i64, Option<String>, i64)>> {
+    conn.query_row(
+        "SELECT version, lease_owner, lease_until FROM services WHERE name = ?1",
+        params![service],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+    .map_err(|e| db_error(&e))
+}
+
 impl Store for LocalDb {
     async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
         let conn = self.lock()?;
@@ -357,14 +368,7 @@ impl Store for LocalDb {
         let now = to_i64(c.lease.now.millis());
         let mut conn = self.lock()?;
         let tx = conn.transaction().map_err(|e| db_error(&e))?;
-        let current: Option<(i64, Option<String>, i64)> = tx
-            .query_row(
-                "SELECT version, lease_owner, lease_until FROM services WHERE name = ?1",
-                params![service],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| db_error(&e))?;
+        let current = lease_row(&tx, service)?;
         let version_now = current.as_ref().map_or(0, |(v, _, _)| to_u64(*v));
         let leased_by_other = current.as_ref().is_some_and(|(_, owner, until)| {
             owner.as_deref().is_some_and(|o| o != c.lease.owner) && *until >= now
@@ -430,15 +434,7 @@ impl Store for LocalDb {
 
     async fn fence(&self, service: &str) -> PortResult<Fence> {
         let conn = self.lock()?;
-        let row: Option<(i64, Option<String>, i64)> = conn
-            .query_row(
-                "SELECT version, lease_owner, lease_until FROM services WHERE name = ?1",
-                params![service],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| db_error(&e))?;
-        let (version, owner, until) = row.unwrap_or((0, None, 0));
+        let (version, owner, until) = lease_row(&conn, service)?.unwrap_or((0, None, 0));
         Ok(Fence {
             version: to_u64(version),
             owner,

@@ -210,13 +210,7 @@ async fn an_alarm_mid_shift_restores_the_old_colour_first() {
     })
     .await;
     env.alarm_fires().await;
-    let state = env
-        .wait_for(60, "the rollback", |s| {
-            s.last
-                .as_ref()
-                .is_some_and(|d| d.phase == Phase::RolledBack)
-        })
-        .await;
+    let state = env.wait_for_last(Phase::RolledBack, 60).await;
     running.stop().await;
 
     assert_eq!(state.live, Color::Blue);
@@ -444,13 +438,7 @@ async fn an_alarm_during_the_bake_rolls_back_from_full_traffic() {
     assert_eq!(env.production().await, wt(0, 100));
     env.send_raw(&env.alarm_message("2026-11-26T11:00:00.000+0000"))
         .await;
-    let state = env
-        .wait_for(60, "the rollback", |s| {
-            s.last
-                .as_ref()
-                .is_some_and(|d| d.phase == Phase::RolledBack)
-        })
-        .await;
+    let state = env.wait_for_last(Phase::RolledBack, 60).await;
     running.stop().await;
     assert_eq!(state.live, Color::Blue);
     assert_eq!(env.production().await, wt(100, 0));
@@ -511,11 +499,7 @@ async fn operators_approve_pause_resume_promote_roll_back_after_success_retry_an
     .await;
     env.operator("Promote Requested", serde_json::json!({ "skipBake": true }))
         .await;
-    let succeeded = env
-        .wait_for(60, "success", |s| {
-            s.last.as_ref().is_some_and(|d| d.phase == Phase::Succeeded)
-        })
-        .await;
+    let succeeded = env.wait_for_last(Phase::Succeeded, 60).await;
     assert_eq!(succeeded.live, Color::Green);
     assert_eq!(env.production().await, wt(0, 100));
     assert_eq!(

@@ -1124,3 +1124,13 @@ impl Running {
         self.task.await.expect("the worker stops without panicking");
     }
 }
+
+impl Env {
+    /// Waits until the service's last deployment is in `phase` (at most `secs`).
+    pub async fn wait_for_last(&self, phase: bluegreen::flow::Phase, secs: u64) -> ServiceState {
+        self.wait_for(secs, phase.as_str(), |s| {
+            s.last.as_ref().is_some_and(|d| d.phase == phase)
+        })
+        .await
+    }
+}
