@@ -327,7 +327,7 @@ impl<W: World> Worker<W> {
         // Effects first: a rollback's production write must not wait behind publishing.
         // The events are committed in the outbox already, so publishing after is safe.
         let ran = self
-            .run_effects(svc, &decision.effects, version, owner)
+            .run_effects(svc, &decision.state, &decision.effects, version, owner)
             .await;
         self.flush_outbox(&svc.name).await;
         ran?;
@@ -439,6 +439,7 @@ impl<W: World> Worker<W> {
     async fn run_effects(
         &self,
         svc: &ServiceConfig,
+        decided: &flow::ServiceState,
         effects: &[Effect],
         version: u64,
         owner: &str,
@@ -457,13 +458,16 @@ impl<W: World> Worker<W> {
                 return Ok(());
             }
             let result = self.execute(svc, effect, now).await;
-            let cursor = self.cursor(svc).await;
             let followup = match result {
                 Ok(Some(followup)) => followup,
                 Ok(None) => continue,
                 Err(PortError::Fenced) => return Ok(()),
                 Err(e) => {
                     warn!(effect = effect.name(), error = %e, "effect failed");
+                    // The failure belongs to the step that decided the effect.
+                    let cursor = decided
+                        .deployment(effect.deployment_id())
+                        .map_or(0, |d| d.cursor);
                     let failure = Input::effect_failed(
                         effect.deployment_id(),
                         cursor,
@@ -478,13 +482,6 @@ impl<W: World> Worker<W> {
             Box::pin(self.apply_as(svc, followup, owner)).await?;
         }
         Ok(())
-    }
-
-    async fn cursor(&self, svc: &ServiceConfig) -> u32 {
-        match self.world.load(&svc.name, flow::Color::Blue).await {
-            Ok(s) => s.state.active.as_ref().map_or(0, |d| d.cursor),
-            Err(_) => 0,
-        }
     }
 
     /// Carries out one effect; some produce an input to apply next.

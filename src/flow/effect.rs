@@ -109,15 +109,6 @@ impl Effect {
             Effect::ScheduleTick { tick, .. } => &tick.deployment_id,
         }
     }
-
-    /// Whether this effect changes traffic (the lease must be re-checked before it).
-    #[must_use]
-    pub fn changes_traffic(&self) -> bool {
-        matches!(
-            self,
-            Effect::SetProductionWeights { .. } | Effect::SetTestWeights { .. }
-        )
-    }
 }
 
 /// Outbound event kinds, one EventBridge `detail-type` each (SPEC §5).
