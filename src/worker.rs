@@ -202,11 +202,13 @@ impl<W: World> Worker<W> {
         let detail = json!({
             "eventId": format!("rejected:message:{message_id}"),
             "deploymentId": null,
-            "service": "-",
+            // A message the worker cannot read names no service and says nothing of
+            // any rule's weights: those fields are null rather than invented.
+            "service": null,
             "phase": null,
             "previousPhase": null,
-            "liveColor": "blue",
-            "weights": { "blue": 100, "green": 0 },
+            "liveColor": null,
+            "weights": null,
             "fromImage": null,
             "toImage": null,
             "sequence": 0,

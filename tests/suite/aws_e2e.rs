@@ -282,6 +282,16 @@ async fn malformed_and_hostile_messages_are_rejected_and_dead_lettered() {
         ],
         "one rejection per message, on first receipt"
     );
+    for (_, d) in events.iter().filter(|(k, _)| k == "Event Rejected") {
+        assert!(
+            d["service"].is_null() && d["weights"].is_null() && d["liveColor"].is_null(),
+            "nothing invented: {d}"
+        );
+        assert!(
+            d["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "a reason: {d}"
+        );
+    }
     assert!(env.state().await.active.is_none(), "nothing was deployed");
 }
 

@@ -281,6 +281,14 @@ fn the_outbound_schema_rejects_weights_out_of_range_and_missing_fields() {
     let mut delivered = Entry::new(e, "bluegreen").as_delivered("123456789012", "us-east-1");
     delivered["detail"]["weights"]["green"] = 101.into();
     assert!(schema::validate(SchemaId::OutboundEvent, &delivered).is_err());
+    for field in ["weights", "liveColor", "service"] {
+        let mut delivered = Entry::new(e, "bluegreen").as_delivered("123456789012", "us-east-1");
+        delivered["detail"][field] = serde_json::Value::Null;
+        assert!(
+            schema::validate(SchemaId::OutboundEvent, &delivered).is_err(),
+            "a transition event may not have a null {field}"
+        );
+    }
     let mut delivered = Entry::new(e, "bluegreen").as_delivered("123456789012", "us-east-1");
     delivered["detail"]
         .as_object_mut()
