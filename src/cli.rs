@@ -87,6 +87,57 @@ pub enum Command {
         #[arg(long, env = "BLUEGREEN_WORKER_ID")]
         id: Option<String>,
     },
+    /// Run the whole product on this machine, no AWS account: blue v1 under HTTP load
+    /// through the embedded proxy, a clean v2 deployment, then a faulty v3 that the
+    /// alarm rolls back; prints a report and exits 0 only if v2 succeeded with zero
+    /// failed requests and v3 was rolled back.
+    Demo {
+        /// Which part to run.
+        #[arg(long, value_enum, default_value_t = crate::local::demo::Scenario::Both)]
+        scenario: crate::local::demo::Scenario,
+        /// Expose the proxy on this address (point your own load tool at it).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Keep the embedded database and logs in this directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics on this address (`/metrics`).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// The small HTTP app the demo deploys (`/healthz`, `POST /echo`, anything else
+    /// answers `<version> <color>`).
+    DemoApp {
+        /// Port on 127.0.0.1.
+        #[arg(long, env = "PORT")]
+        port: u16,
+        /// Version it reports.
+        #[arg(long, env = "BLUEGREEN_VERSION", default_value = "v1")]
+        version: String,
+        /// Colour it reports.
+        #[arg(long, env = "BLUEGREEN_COLOR", default_value = "blue")]
+        color: String,
+        /// Share of requests answered with 500.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Apply the error rate only when running one of these versions.
+        #[arg(long, value_delimiter = ',')]
+        faulty_versions: Vec<String>,
+        /// Added latency per request.
+        #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+        latency: std::time::Duration,
+    },
+    /// The embedded worker for your own app: proxy, processes, alarms and worker on this
+    /// machine, state in the configured directory. Without a subcommand it runs until
+    /// SIGTERM or Ctrl-C.
+    Local {
+        /// Local configuration file (TOML).
+        #[arg(long, short, global = true, default_value = "bluegreen.local.toml")]
+        config: PathBuf,
+        /// What to do (default: run).
+        #[command(subcommand)]
+        action: Option<LocalAction>,
+    },
     /// Check a configuration or an event file against the schemas.
     Validate {
         /// What to validate.
@@ -110,6 +161,27 @@ pub enum Validate {
         /// Take the operator and worker `source` names from this configuration.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+/// `local` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LocalAction {
+    /// Run the embedded worker (the default).
+    Run,
+    /// Deploy a version of a service (the running `local` picks it up).
+    Deploy {
+        /// The service.
+        #[arg(long, short)]
+        service: String,
+        /// The version label (passed to the app as `BLUEGREEN_VERSION` / `{version}`).
+        #[arg(long, short)]
+        version: String,
+    },
+    /// Put an event file (an operator event such as `Rollback Requested`) in the inbox.
+    Send {
+        /// The event file (one EventBridge envelope).
+        file: PathBuf,
     },
 }
 
@@ -162,6 +234,39 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             };
             run_worker(config, options)
         }),
+        Command::Demo {
+            scenario,
+            listen,
+            state_dir,
+            metrics,
+        } => {
+            let options = crate::local::demo::DemoOptions {
+                scenario,
+                listen,
+                state_dir,
+                metrics,
+                ..crate::local::demo::DemoOptions::default()
+            };
+            return cmd_demo(options, out, err);
+        }
+        Command::DemoApp {
+            port,
+            version,
+            color,
+            error_rate,
+            faulty_versions,
+            latency,
+        } => {
+            let faulty = faulty_versions.is_empty() || faulty_versions.contains(&version);
+            let app = crate::local::demo_app::DemoApp {
+                version,
+                color,
+                error_rate: if faulty { error_rate } else { 0.0 },
+                latency,
+            };
+            run_demo_app(app, port)
+        }
+        Command::Local { config, action } => cmd_local(&config, action),
     };
     match result {
         Ok(text) => {
@@ -221,6 +326,119 @@ fn cmd_validate_event(file: &Path, config: Option<&Path>) -> Result<String, Stri
     })
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn cmd_demo(
+    options: crate::local::demo::DemoOptions,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let scenario = options.scenario;
+    let result = match runtime() {
+        Ok(rt) => rt.block_on(async {
+            tokio::select! {
+                r = crate::local::demo::run(options, crate::worker::system_clock(), out) => r.map(Some),
+                () = shutdown_signal() => Ok(None),
+            }
+        }),
+        Err(e) => Err(anyhow::anyhow!(e)),
+    };
+    match result {
+        Ok(Some(report)) => {
+            let _ = write!(out, "{}", report.render(scenario));
+            if report.passed(scenario) {
+                EXIT_OK
+            } else {
+                EXIT_INVALID
+            }
+        }
+        Ok(None) => {
+            let _ = writeln!(err, "interrupted");
+            EXIT_INVALID
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            EXIT_INVALID
+        }
+    }
+}
+
+fn run_demo_app(app: crate::local::demo_app::DemoApp, port: u16) -> Result<String, String> {
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        crate::local::demo_app::run(app, listener, stopped).await;
+        Ok(String::new())
+    })
+}
+
+fn cmd_local(path: &Path, action: Option<LocalAction>) -> Result<String, String> {
+    use crate::local::{LocalConfig, LocalDb, runtime as rt};
+    let config = LocalConfig::load(path).map_err(|e| e.to_string())?;
+    let clock = crate::worker::system_clock();
+    let open = |config: &LocalConfig| {
+        std::fs::create_dir_all(&config.local.state_dir)
+            .map_err(|e| format!("cannot create {}: {e}", config.local.state_dir.display()))?;
+        LocalDb::open(
+            &rt::db_path(&config.local.state_dir),
+            clock.clone(),
+            rt::queue_options(),
+        )
+        .map_err(|e| e.to_string())
+    };
+    match action.unwrap_or(LocalAction::Run) {
+        LocalAction::Run => runtime()?.block_on(async {
+            let runtime = rt::Runtime::start(&config, clock.clone())
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            for s in &config.services {
+                if let Some(addr) = runtime.proxy_addr(&s.name) {
+                    tracing::info!(service = %s.name, %addr, "serving");
+                }
+            }
+            shutdown_signal().await;
+            tracing::info!("shutdown requested");
+            runtime.shutdown().await;
+            Ok("stopped".into())
+        }),
+        LocalAction::Deploy { service, version } => {
+            if config.service(&service).is_none() {
+                return Err(format!("service {service:?} is not in {}", path.display()));
+            }
+            let db = open(&config)?;
+            let who = std::env::var("USER").unwrap_or_else(|_| "local".into());
+            let image = runtime()?
+                .block_on(rt::enqueue_deploy(&db, &clock, &service, &version, &who))
+                .map_err(|e| e.to_string())?;
+            Ok(format!("queued: deploy {service} {version} ({image})"))
+        }
+        LocalAction::Send { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let db = open(&config)?;
+            runtime()?
+                .block_on(crate::ports::Inbox::send(
+                    &db,
+                    text,
+                    std::time::Duration::ZERO,
+                ))
+                .map_err(|e| e.to_string())?;
+            Ok(format!("queued: {}", file.display()))
+        }
+    }
+}
+
 fn default_worker_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
     format!("{host}-{}", std::process::id())
@@ -228,11 +446,7 @@ fn default_worker_id() -> String {
 
 /// Runs the AWS worker until SIGTERM or Ctrl-C.
 fn run_worker(config: Config, options: crate::worker::Options) -> Result<String, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let aws = crate::aws::Aws::from_env(&config).await;
         let worker = crate::worker::Worker::new(
             std::sync::Arc::new(aws),

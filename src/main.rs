@@ -18,10 +18,12 @@ fn main() -> ExitCode {
     };
     // The worker logs JSON at info (one span per message); the other commands log
     // plain text at warn. BLUEGREEN_LOG overrides the level.
+    // `local` logs plain text at info for the person running it.
     let worker = matches!(cli.command, bluegreen::cli::Command::Worker { .. });
+    let local = matches!(cli.command, bluegreen::cli::Command::Local { .. });
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("BLUEGREEN_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(if worker { "info" } else { "warn" })
+            tracing_subscriber::EnvFilter::new(if worker || local { "info" } else { "warn" })
         });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

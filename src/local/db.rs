@@ -98,6 +98,10 @@ CREATE TABLE IF NOT EXISTS dedup (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (service, key)
 );
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS deployments (
     id TEXT PRIMARY KEY,
     service TEXT NOT NULL,
@@ -138,6 +142,14 @@ fn to_i64(ms: u64) -> i64 {
 
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+impl std::fmt::Debug for LocalDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalDb")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalDb {
@@ -257,6 +269,53 @@ impl LocalDb {
             .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
             .map_err(|e| db_error(&e))?;
         Ok(to_u64(n))
+    }
+
+    /// The value stored under `key` (the embedded platform's, router's and image
+    /// registry's own small records).
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn get(&self, key: &str) -> PortResult<Option<String>> {
+        let conn = self.lock()?;
+        conn.query_row("SELECT value FROM kv WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| db_error(&e))
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn put(&self, key: &str, value: &str) -> PortResult<()> {
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(())
+    }
+
+    /// How many of a service's deployments are in each phase.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn phase_counts(&self, service: &str) -> PortResult<Vec<(String, u64)>> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT phase, COUNT(*) FROM deployments WHERE service = ?1 GROUP BY phase ORDER BY phase",
+            )
+            .map_err(|e| db_error(&e))?;
+        let rows = stmt
+            .query_map(params![service], |r| {
+                Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?)))
+            })
+            .map_err(|e| db_error(&e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| db_error(&e))
     }
 
     /// Deployment records of a service (JSON), newest first.

@@ -1,0 +1,200 @@
+//! [`Local`]: the embedded adapters behind the worker's ports, one object like
+//! [`Aws`](crate::aws::Aws).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::alarms::AlarmBoard;
+use super::bus::JsonlBus;
+use super::db::LocalDb;
+use super::platform::LocalPlatform;
+use super::proxy::Route;
+use crate::aws::http::HttpChecks;
+use crate::config::ServiceConfig;
+use crate::contract::Entry;
+use crate::flow::{Color, TargetHealth, Weights};
+use crate::ports::{
+    Alarms, Bus, Checks, Commit, Fence, Inbox, Platform, PortError, PortResult, Received, Store,
+    Stored, Traffic,
+};
+
+/// The embedded world.
+#[derive(Debug)]
+pub struct Local {
+    /// Store and inbox.
+    pub db: LocalDb,
+    /// Routers by service.
+    pub routes: HashMap<String, Arc<Route>>,
+    /// Colours as processes.
+    pub platform: LocalPlatform,
+    /// Alarm states.
+    pub alarms: Arc<AlarmBoard>,
+    /// The event log.
+    pub bus: Arc<JsonlBus>,
+    checks: HttpChecks,
+    processed: AtomicU64,
+}
+
+impl Local {
+    /// Wires the adapters together.
+    #[must_use]
+    pub fn new(
+        db: LocalDb,
+        routes: HashMap<String, Arc<Route>>,
+        platform: LocalPlatform,
+        alarms: Arc<AlarmBoard>,
+        bus: Arc<JsonlBus>,
+    ) -> Local {
+        Local {
+            db,
+            routes,
+            platform,
+            alarms,
+            bus,
+            checks: HttpChecks::new(),
+            processed: AtomicU64::new(0),
+        }
+    }
+
+    /// Messages handled and deleted so far.
+    #[must_use]
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    fn route(&self, service: &str) -> PortResult<&Arc<Route>> {
+        self.routes
+            .get(service)
+            .ok_or_else(|| PortError::Permanent(format!("no router for service {service}")))
+    }
+}
+
+/// The router's weights are also written to the database, so that a restart serves
+/// the split the store's state expects.
+pub fn weights_key(service: &str) -> String {
+    format!("weights:{service}")
+}
+
+impl Inbox for Local {
+    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
+        self.db.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> PortResult<()> {
+        self.db.delete(receipt).await?;
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    async fn set_visibility(&self, receipt: &str, timeout: Duration) -> PortResult<()> {
+        self.db.set_visibility(receipt, timeout).await
+    }
+    async fn send(&self, body: String, delay: Duration) -> PortResult<()> {
+        self.db.send(body, delay).await
+    }
+}
+
+impl Store for Local {
+    async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
+        self.db.load(service, initial).await
+    }
+    async fn commit(&self, service: &str, commit: Commit<'_>) -> PortResult<u64> {
+        self.db.commit(service, commit).await
+    }
+    async fn seen(&self, service: &str, key: &str) -> PortResult<bool> {
+        self.db.seen(service, key).await
+    }
+    async fn fence(&self, service: &str) -> PortResult<Fence> {
+        self.db.fence(service).await
+    }
+    async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
+        self.db.release(service, owner).await
+    }
+    async fn outbox(&self, service: &str) -> PortResult<Vec<Entry>> {
+        self.db.outbox(service).await
+    }
+    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
+        self.db.outbox_done(service, event_ids).await
+    }
+}
+
+impl Traffic for Local {
+    async fn production(&self, service: &ServiceConfig) -> PortResult<Weights> {
+        Ok(self.route(&service.name)?.weights())
+    }
+
+    async fn set_production(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+        let route = self.route(&service.name)?;
+        // Persist first: a crash after switching but before persisting would otherwise
+        // come back on the old split.
+        let text = serde_json::to_string(&weights)
+            .map_err(|e| PortError::Permanent(format!("cannot encode weights: {e}")))?;
+        self.db.put(&weights_key(&service.name), &text)?;
+        route.set_weights(weights);
+        let read = route.weights();
+        if read == weights {
+            Ok(())
+        } else {
+            Err(PortError::Retryable(format!(
+                "router reads {}/{} after writing {}/{}",
+                read.blue, read.green, weights.blue, weights.green
+            )))
+        }
+    }
+
+    async fn set_test(&self, _service: &ServiceConfig, _weights: Weights) -> PortResult<()> {
+        // The embedded router has no test listener; validations are not configurable
+        // locally, so nothing routes test traffic.
+        Ok(())
+    }
+}
+
+impl Platform for Local {
+    async fn register_revision(
+        &self,
+        service: &ServiceConfig,
+        deployment_id: &str,
+        _template: Color,
+        image: &str,
+    ) -> PortResult<String> {
+        self.platform.register(&service.name, deployment_id, image)
+    }
+
+    async fn update_service(
+        &self,
+        service: &ServiceConfig,
+        color: Color,
+        task_definition: &str,
+        match_count_of: Color,
+    ) -> PortResult<()> {
+        self.platform
+            .update(&service.name, color, task_definition, match_count_of)
+    }
+
+    async fn scale_to_zero(&self, service: &ServiceConfig, color: Color) -> PortResult<()> {
+        self.platform.scale_to_zero(&service.name, color)
+    }
+
+    async fn health(&self, service: &ServiceConfig, color: Color) -> PortResult<TargetHealth> {
+        self.platform.health(&service.name, color)
+    }
+}
+
+impl Bus for Local {
+    async fn publish(&self, entries: &[Entry]) -> PortResult<Vec<String>> {
+        self.bus.append(entries)?;
+        Ok(Vec::new())
+    }
+}
+
+impl Alarms for Local {
+    async fn firing(&self, names: &[String]) -> PortResult<Vec<String>> {
+        Ok(self.alarms.firing(names))
+    }
+}
+
+impl Checks for Local {
+    async fn get(&self, url: &str) -> Result<u16, String> {
+        self.checks.get(url).await
+    }
+}
