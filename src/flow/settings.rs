@@ -45,7 +45,11 @@ pub struct ExplicitStep {
     /// Percent on the new colour.
     pub weight: u8,
     /// How long to hold; absent = wait for `promote` (ignored on the final 100 % step).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pause: Option<Duration>,
 }
 

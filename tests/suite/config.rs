@@ -197,3 +197,16 @@ fn a_configuration_round_trips_through_its_json_form() {
     let back = Config::from_json_str(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
     assert_eq!(back, config);
 }
+
+#[test]
+fn explicit_steps_without_a_pause_round_trip_through_json() {
+    let text = EXAMPLE.replace(
+        r#"strategy = { kind = "canary", percent = 10, bake = "5m" }"#,
+        r#"strategy = { kind = "steps", steps = [ { weight = 30 }, { weight = 60, pause = "1m" }, { weight = 100 } ] }"#,
+    );
+    assert_ne!(text, EXAMPLE, "the example still has the canary line");
+    let config = Config::from_toml_str(&text).expect("toml");
+    let json = serde_json::to_string(&config).expect("serialize");
+    let back = Config::from_json_str(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
+    assert_eq!(back, config);
+}
