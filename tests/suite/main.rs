@@ -6,6 +6,7 @@
 //! * `contract` — AWS samples and every emitted event against `schemas/`;
 //! * `config` — the configuration document and its errors;
 //! * `local_db` — the embedded store and inbox;
+//! * `local_e2e` — the embedded mode end to end: proxy, processes, alarms, worker;
 //! * `cli` — the binary's commands and exit codes;
 //! * `aws_e2e` (with the `moto` harness) — the AWS worker end to end on moto server.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -17,6 +18,7 @@ mod config;
 mod contract;
 mod invariants;
 mod local_db;
+mod local_e2e;
 mod moto;
 mod sequences;
 mod transitions;
