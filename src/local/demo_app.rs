@@ -3,6 +3,7 @@
 //!
 //! * `GET /healthz` → 200 (the health check);
 //! * `POST /echo` → the request body streamed back;
+//! * `GET /headers` → the request headers as received, one `name: value` per line;
 //! * anything else → 200 with `<version> <color>`, or 500 for a share of requests when
 //!   the version is faulty. Errors are spread evenly and deterministically: request `n`
 //!   fails when `⌊(n+1)·rate⌋ > ⌊n·rate⌋`.
@@ -58,6 +59,16 @@ pub async fn run(app: DemoApp, listener: TcpListener, shutdown: watch::Receiver<
         async move {
             match (request.method(), request.uri().path()) {
                 (_, "/healthz") => text(StatusCode::OK, "ok\n"),
+                (_, "/headers") => {
+                    let mut lines = String::new();
+                    for (name, value) in request.headers() {
+                        lines.push_str(&format!(
+                            "{name}: {}\n",
+                            String::from_utf8_lossy(value.as_bytes())
+                        ));
+                    }
+                    text(StatusCode::OK, lines)
+                }
                 (&Method::POST, "/echo") => {
                     let body: Body = request.into_body().boxed();
                     Response::new(body)

@@ -227,6 +227,18 @@ fn events(dir: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+async fn scrape(addr: SocketAddr) -> String {
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let response = client
+        .get(format!("http://{addr}/metrics").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 fn pid_alive(pid: u32) -> bool {
     // A zombie is gone for our purposes: it no longer runs.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -280,6 +292,38 @@ async fn a_good_deployment_under_continuous_load_fails_no_request() {
             .as_deref(),
         Some("v2")
     );
+
+    // The Prometheus endpoint tells the same story.
+    let metrics = scrape(runtime.metrics_addr().unwrap()).await;
+    assert!(
+        metrics.contains("bluegreen_weight_percent{service=\"shop\",color=\"green\"} 100\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bluegreen_deployments{service=\"shop\",phase=\"Succeeded\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bluegreen_request_errors_total{service=\"shop\",color=\"green\"} 0\n"),
+        "{metrics}"
+    );
+    let value = |line_start: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
+    };
+    let green_requests = value("bluegreen_requests_total{service=\"shop\",color=\"green\"}");
+    assert!(green_requests > 0);
+    assert_eq!(
+        value(
+            "bluegreen_request_duration_seconds_bucket{service=\"shop\",color=\"green\",le=\"+Inf\"}"
+        ),
+        green_requests
+    );
+    assert!(value("bluegreen_messages_processed_total") >= 1);
 
     // Every published event is a schema-valid deployment event.
     let published = events(&dir);

@@ -7,6 +7,7 @@
 //! * `config` — the configuration document and its errors;
 //! * `local_db` — the embedded store and inbox;
 //! * `local_e2e` — the embedded mode end to end: proxy, processes, alarms, worker;
+//! * `local_proxy` — the embedded proxy alone: split, headers, streaming, draining;
 //! * `cli` — the binary's commands and exit codes;
 //! * `aws_e2e` (with the `moto` harness) — the AWS worker end to end on moto server.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -19,6 +20,7 @@ mod contract;
 mod invariants;
 mod local_db;
 mod local_e2e;
+mod local_proxy;
 mod moto;
 mod sequences;
 mod transitions;
