@@ -104,6 +104,10 @@ pub enum Command {
         /// Serve Prometheus metrics on this address (`/metrics`).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Keep the proxy serving this long after the scenario ends (for an external
+        /// load tool pointed at `--listen`).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        linger: std::time::Duration,
     },
     /// The small HTTP app the demo deploys (`/healthz`, `POST /echo`, anything else
     /// answers `<version> <color>`).
@@ -239,12 +243,14 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             listen,
             state_dir,
             metrics,
+            linger,
         } => {
             let options = crate::local::demo::DemoOptions {
                 scenario,
                 listen,
                 state_dir,
                 metrics,
+                linger,
                 ..crate::local::demo::DemoOptions::default()
             };
             return cmd_demo(options, out, err);

@@ -61,6 +61,8 @@ pub struct DemoOptions {
     pub clients: usize,
     /// Pause between one client's requests.
     pub pace: Duration,
+    /// Keep the proxy serving this long after the scenario (for an external load tool).
+    pub linger: Duration,
 }
 
 impl Default for DemoOptions {
@@ -73,6 +75,7 @@ impl Default for DemoOptions {
             app_command: None,
             clients: 8,
             pace: Duration::from_millis(20),
+            linger: Duration::ZERO,
         }
     }
 }
@@ -468,6 +471,15 @@ pub async fn run(
     let config = demo_config(&options, state_dir.clone())?;
     let runtime = Runtime::start(&config, clock).await?;
     let result = run_scenarios(&runtime, &options, started, out).await;
+    if !options.linger.is_zero() {
+        let _ = writeln!(
+            out,
+            "[{:>5.1}s] scenario done; serving {:?} more",
+            started.elapsed().as_secs_f64(),
+            options.linger
+        );
+        tokio::time::sleep(options.linger).await;
+    }
     runtime.shutdown().await;
     if temporary {
         let _ = std::fs::remove_dir_all(&state_dir);

@@ -122,3 +122,164 @@ fn plan_reads_the_configuration_as_json_from_the_environment() {
     assert_eq!(none.status.code(), Some(1));
     assert!(stderr(&none).contains("BLUEGREEN_CONFIG_JSON"));
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bluegreen-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn the_demo_runs_both_scenarios_to_a_passing_report() {
+    let dir = temp_dir("demo");
+    let o = bluegreen(&["demo", "--state-dir", dir.to_str().unwrap()]);
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}\n{}", stderr(&o));
+    assert!(
+        text.contains("v2: Succeeded with 0 failed requests"),
+        "{text}"
+    );
+    assert!(text.contains("v3: RolledBack"), "{text}");
+    assert!(text.contains("alarm to weights restored:"), "{text}");
+    assert!(text.contains("PASSED"), "{text}");
+    for phase in [
+        "baseline (v1)",
+        "deploy v2",
+        "deploy v3 (faulty)",
+        "after rollback",
+    ] {
+        assert!(
+            text.contains(phase),
+            "{phase} missing from the report:\n{text}"
+        );
+    }
+    // --state-dir keeps the database and the event log.
+    assert!(dir.join("bluegreen.db").exists());
+    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    assert!(events.contains("\"detail-type\":\"Deployment Rolled Back\""));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_example_local_configuration_is_valid_and_mistakes_name_their_field() {
+    use bluegreen::local::LocalConfig;
+    let config = LocalConfig::load(std::path::Path::new("examples/bluegreen.local.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.services[0].alarms.len(), 2);
+    let text = std::fs::read_to_string("examples/bluegreen.local.toml").unwrap();
+    let broken = text
+        .replace("--port {port}", "--port 8081")
+        .replace("step_percent = 20", "step_percent = 0");
+    let e = LocalConfig::from_toml_str(&broken).unwrap_err().to_string();
+    assert!(
+        e.contains("services[0].command: must contain {port}"),
+        "{e}"
+    );
+    let e = LocalConfig::from_toml_str(&text.replace("step_percent = 20", "step_percent = 0"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("services[0].strategy"), "{e}");
+    let e = LocalConfig::from_toml_str(&text.replace(
+        "min_requests = 20 },\n  { name = \"web-p99\"",
+        "min_requests = 20, p99_above = \"1s\" },\n  { name = \"web-p99\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("services[0].alarms[0]: needs exactly one"),
+        "{e}"
+    );
+    let e = LocalConfig::from_toml_str(&text.replace("sticky = true", "stiky = true"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("stiky"), "{e}");
+}
+
+#[test]
+fn local_deploys_a_version_and_stops_cleanly_on_sigterm() {
+    let dir = temp_dir("local");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.join("local.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[local]
+state_dir = "{dir}"
+
+[[services]]
+name = "web"
+listen = "127.0.0.1:{port}"
+command = "'{exe}' demo-app --port {{port}}"
+strategy = {{ kind = "all-at-once" }}
+bake = "100ms"
+termination_wait = "100ms"
+timeouts = {{ poll = "100ms" }}
+"#,
+            dir = dir.display(),
+            exe = env!("CARGO_BIN_EXE_bluegreen")
+        ),
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let local = Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+        .args(["local", "--config", config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = bluegreen(&[
+        "local",
+        "--config",
+        config,
+        "deploy",
+        "--service",
+        "web",
+        "--version",
+        "v2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("queued: deploy web v2 (web@sha256:"),
+        "{}",
+        stdout(&o)
+    );
+    let events = dir.join("events.jsonl");
+    let mut polls = 0;
+    while !std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .contains("Old Color Released")
+    {
+        polls += 1;
+        assert!(polls < 600, "the deployment did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nv2 green\n"), "{answer}");
+    let term = Command::new("kill")
+        .args(["-TERM", &local.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = local.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

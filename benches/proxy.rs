@@ -1,0 +1,235 @@
+//! The embedded proxy against nginx, in one run, in front of the same backend.
+//!
+//! One `bluegreen demo-app` process is the backend. wrk (`-t2 -c64`, 10 s after a 2 s
+//! warm-up) measures it directly, through the bluegreen proxy (the same `forward` and
+//! `serve` code `bluegreen local` runs, on a 2-thread runtime) and through nginx
+//! (`worker_processes 2`, upstream keep-alive, HTTP/1.1 to the backend). Prints
+//! requests/s and p99 for each and the proxy/nginx ratios. Needs `wrk` and `nginx` on
+//! PATH (Debian packages; `scripts/bench` installs them); skips with a message otherwise.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bluegreen::flow::{Color, Weights};
+use bluegreen::local::http::serve;
+use bluegreen::local::proxy::{Route, forward, upstream_client};
+
+const CONNECTIONS: &str = "64";
+const DURATION: &str = "10s";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn found(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn wait_listening(port: u16) -> bool {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// Requests per second and p99 (ms) from wrk's output.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    rps: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn to_ms(text: &str) -> f64 {
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((text, "ms"), |i| (&text[..i], &text[i..]));
+    let n: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => n,
+    }
+}
+
+fn wrk(url: &str, duration: &str) -> Figures {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c", CONNECTIONS, "-d", duration, "--latency", url])
+        .output();
+    let Ok(out) = out else {
+        return Figures::default();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = Figures::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", v] => f.rps = v.parse().unwrap_or(0.0),
+            ["99%", v] => f.p99_ms = to_ms(v),
+            ["Non-2xx", "or", "3xx", "responses:", v] => f.errors += v.parse().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                f.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
+fn measure(name: &str, port: u16) -> Figures {
+    let url = format!("http://127.0.0.1:{port}/");
+    let _ = wrk(&url, "2s");
+    let f = wrk(&url, DURATION);
+    println!(
+        "{name:<28} {:>10.0} req/s   p99 {:>7.2} ms   errors {}",
+        f.rps, f.p99_ms, f.errors
+    );
+    f
+}
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return; // `cargo test --benches` builds it; nothing to check without the tools.
+    }
+    if !found("wrk") || !found("nginx") {
+        println!("proxy bench skipped: needs wrk and nginx on PATH (scripts/bench installs them)");
+        return;
+    }
+    let backend_port = free_port();
+    let Ok(backend) = Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+        .args(["demo-app", "--port", &backend_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        println!("cannot start the backend");
+        return;
+    };
+    let _backend = Reaped(backend);
+    if !wait_listening(backend_port) {
+        println!("the backend did not listen");
+        return;
+    }
+    let backend_addr = SocketAddr::from(([127, 0, 0, 1], backend_port));
+
+    // The bluegreen proxy on a 2-thread runtime of its own.
+    let proxy_port = free_port();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("cannot start a runtime: {e}");
+            return;
+        }
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    runtime.spawn(async move {
+        let route = Arc::new(Route::new("bench", Weights::all(Color::Blue), false));
+        route.set_upstreams(Color::Blue, vec![backend_addr]);
+        let client = upstream_client();
+        let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", proxy_port)).await else {
+            return;
+        };
+        let handler = move |request, peer| forward(route.clone(), client.clone(), request, peer);
+        serve(listener, handler, stopped, Duration::from_secs(1)).await;
+    });
+
+    // nginx with the usual reverse-proxy settings for keep-alive upstreams.
+    let nginx_port = free_port();
+    let dir = std::env::temp_dir().join(format!("bluegreen-bench-nginx-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(dir.join("logs"));
+    let conf = format!(
+        "worker_processes 2;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{nginx_port};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+",
+        dir = dir.display()
+    );
+    let conf_path = dir.join("nginx.conf");
+    if std::fs::write(&conf_path, conf).is_err() {
+        println!("cannot write the nginx configuration");
+        return;
+    }
+    let Ok(nginx) = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        println!("cannot start nginx");
+        return;
+    };
+    let nginx = Reaped(nginx);
+    if !wait_listening(proxy_port) || !wait_listening(nginx_port) {
+        println!("a proxy did not listen");
+        return;
+    }
+
+    println!("== proxy throughput and p99, wrk -t2 -c{CONNECTIONS} -d{DURATION}, same backend");
+    let _direct = measure("backend directly", backend_port);
+    let ours = measure("bluegreen proxy", proxy_port);
+    let theirs = measure("nginx", nginx_port);
+    if theirs.rps > 0.0 && theirs.p99_ms > 0.0 {
+        println!(
+            "bluegreen / nginx: throughput {:.2}x (goal >= 0.9x), p99 {:.2}x (lower is better)",
+            ours.rps / theirs.rps,
+            ours.p99_ms / theirs.p99_ms
+        );
+    }
+    drop(nginx);
+    let _ = stop.send(true);
+    drop(runtime);
+    let _ = std::fs::remove_dir_all(&dir);
+}
