@@ -2,8 +2,8 @@
 //!
 //! One `bluegreen demo-app` process is the backend. wrk (`-t2 -c64`, 10 s after a 2 s
 //! warm-up) measures it directly, through the bluegreen proxy (the same `forward` and
-//! `serve` code `bluegreen local` runs, on a 2-thread runtime) and through nginx
-//! (`worker_processes 2`, upstream keep-alive, HTTP/1.1 to the backend). Prints
+//! threads `bluegreen local` runs, one per core) and through nginx (`worker_processes
+//! auto`, upstream keep-alive, HTTP/1.1 to the backend). Prints
 //! requests/s and p99 for each and the proxy/nginx ratios. Needs `wrk` and `nginx` on
 //! PATH (Debian packages; `scripts/bench` installs them); skips with a message otherwise.
 
@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bluegreen::flow::{Color, Weights};
-use bluegreen::local::http::serve;
-use bluegreen::local::proxy::{Route, forward, upstream_client};
+use bluegreen::local::proxy::{Route, serve_on_threads};
 
 const CONNECTIONS: &str = "64";
 const DURATION: &str = "10s";
@@ -137,37 +136,29 @@ fn main() {
     }
     let backend_addr = SocketAddr::from(([127, 0, 0, 1], backend_port));
 
-    // The bluegreen proxy on a 2-thread runtime of its own.
-    let proxy_port = free_port();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            println!("cannot start a runtime: {e}");
-            return;
-        }
-    };
+    // The bluegreen proxy as `bluegreen local` runs it: one thread per core.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    runtime.spawn(async move {
-        let route = Arc::new(Route::new("bench", Weights::all(Color::Blue), false));
-        route.set_upstreams(Color::Blue, vec![backend_addr]);
-        let client = upstream_client();
-        let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", proxy_port)).await else {
-            return;
-        };
-        let handler = move |request, peer| forward(route.clone(), client.clone(), request, peer);
-        serve(listener, handler, stopped, Duration::from_secs(1)).await;
-    });
+    let route = Arc::new(Route::new("bench", Weights::all(Color::Blue), false));
+    route.set_upstreams(Color::Blue, vec![backend_addr]);
+    let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+        println!("cannot bind the proxy");
+        return;
+    };
+    let proxy_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let Ok(proxy_threads) =
+        serve_on_threads(&listener, &route, threads, &stopped, Duration::from_secs(1))
+    else {
+        println!("cannot start the proxy");
+        return;
+    };
 
     // nginx with the usual reverse-proxy settings for keep-alive upstreams.
     let nginx_port = free_port();
     let dir = std::env::temp_dir().join(format!("bluegreen-bench-nginx-{}", std::process::id()));
     let _ = std::fs::create_dir_all(dir.join("logs"));
     let conf = format!(
-        "worker_processes 2;
+        "worker_processes auto;
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log warn;
@@ -230,6 +221,8 @@ http {{
     }
     drop(nginx);
     let _ = stop.send(true);
-    drop(runtime);
+    for thread in proxy_threads {
+        let _ = thread.join();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -177,10 +177,16 @@ impl Drop for InFlight {
     }
 }
 
+#[derive(Debug, Clone)]
+struct Target {
+    addr: SocketAddr,
+    authority: hyper::http::uri::Authority,
+}
+
 #[derive(Debug)]
 struct Table {
     weights: Weights,
-    upstreams: [Vec<SocketAddr>; 2],
+    upstreams: [Vec<Target>; 2],
 }
 
 /// One service's routing table and metrics, shared by the proxy, the platform, the
@@ -260,7 +266,13 @@ impl Route {
         self.table
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .upstreams[index(color)] = addrs;
+            .upstreams[index(color)] = addrs
+            .into_iter()
+            .map(|addr| Target {
+                addr,
+                authority: authority(addr),
+            })
+            .collect();
     }
 
     /// `color`'s upstream addresses.
@@ -270,7 +282,9 @@ impl Route {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .upstreams[index(color)]
-        .clone()
+        .iter()
+        .map(|t| t.addr)
+        .collect()
     }
 
     /// `color`'s counters.
@@ -294,7 +308,7 @@ impl Route {
     /// Picks the colour and upstream for a request: the sticky colour while it has
     /// weight, else by weight; a colour without targets falls over to the other one only
     /// when that one has weight too.
-    fn pick(&self, sticky: Option<Color>) -> Option<(Color, SocketAddr)> {
+    fn pick(&self, sticky: Option<Color>) -> Option<(Color, Target)> {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let weight = |c: Color| match c {
             Color::Blue => table.weights.blue,
@@ -319,7 +333,7 @@ impl Route {
         let addrs = &table.upstreams[index(color)];
         let len = u64::try_from(addrs.len()).ok().filter(|l| *l > 0)?;
         let at = usize::try_from(n % len).unwrap_or(0);
-        addrs.get(at).map(|a| (color, *a))
+        addrs.get(at).map(|t| (color, t.clone()))
     }
 
     fn sticky_color(&self, headers: &HeaderMap) -> Option<Color> {
@@ -337,6 +351,13 @@ impl Route {
                 _ => None,
             })
     }
+}
+
+/// `addr` as a URI authority.
+fn authority(addr: SocketAddr) -> hyper::http::uri::Authority {
+    // An IP address and port always form a valid authority.
+    hyper::http::uri::Authority::try_from(addr.to_string().as_str())
+        .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("127.0.0.1"))
 }
 
 /// The pooled upstream client.
@@ -368,6 +389,15 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Drops hop-by-hop headers, including those the `Connection` header lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        strip_listed(headers);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn strip_listed(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -376,9 +406,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in listed {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -398,6 +425,47 @@ fn forwarded_headers(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
+/// Serves `route` on `listener` from `threads` OS threads, each with its own
+/// single-threaded runtime, accept loop and upstream pool, like nginx's worker processes:
+/// a request's downstream and upstream connections live on one thread, so forwarding
+/// never hops between threads. Each thread stops as [`serve`](super::http::serve) does.
+///
+/// # Errors
+/// When the listener cannot be cloned or a thread or runtime cannot be started.
+pub fn serve_on_threads(
+    listener: &std::net::TcpListener,
+    route: &Arc<Route>,
+    threads: usize,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    listener.set_nonblocking(true)?;
+    let mut handles = Vec::new();
+    for i in 0..threads.max(1) {
+        let listener = listener.try_clone()?;
+        let route = route.clone();
+        let shutdown = shutdown.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = std::thread::Builder::new()
+            .name(format!("proxy-{}-{i}", route.service))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let client = upstream_client();
+                    let handler =
+                        move |request, peer| forward(route.clone(), client.clone(), request, peer);
+                    super::http::serve(listener, handler, shutdown, grace).await;
+                });
+            })?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
 /// Forwards one request on `route`.
 pub async fn forward(
     route: Arc<Route>,
@@ -407,7 +475,7 @@ pub async fn forward(
 ) -> Response<Body> {
     let started = Instant::now();
     let sticky = route.sticky_color(request.headers());
-    let Some((color, addr)) = route.pick(sticky) else {
+    let Some((color, Target { addr, authority })) = route.pick(sticky) else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no healthy target for {}\n", route.service),
@@ -417,17 +485,13 @@ pub async fn forward(
         .in_flight
         .fetch_add(1, Ordering::Relaxed);
     let guard = InFlight(route.clone(), color);
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(path)
-        .build()
-    {
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("/"));
+    }
+    let uri = match Uri::from_parts(parts) {
         Ok(uri) => uri,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad request URI: {e}\n")),
     };

@@ -23,10 +23,9 @@ use super::alarms::{self, AlarmBoard, Evaluator};
 use super::bus::JsonlBus;
 use super::config::LocalConfig;
 use super::db::{LocalDb, QueueOptions};
-use super::http::serve;
 use super::metrics::serve_metrics;
 use super::platform::{LocalPlatform, register_image};
-use super::proxy::{Route, forward, upstream_client};
+use super::proxy::{Route, serve_on_threads};
 use super::world::{Local, weights_key};
 use crate::config::Config;
 use crate::flow::{Color, Weights};
@@ -106,6 +105,7 @@ pub struct Runtime {
     clock: Clock,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    proxy_threads: Vec<std::thread::JoinHandle<()>>,
     worker: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     proxies: HashMap<String, SocketAddr>,
     metrics: Option<SocketAddr>,
@@ -159,23 +159,18 @@ impl Runtime {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut proxies = HashMap::new();
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut proxy_threads = Vec::new();
         for s in &config.services {
-            let listener = TcpListener::bind(s.listen)
-                .await
+            let listener = std::net::TcpListener::bind(s.listen)
                 .with_context(|| format!("cannot listen on {} for {}", s.listen, s.name))?;
             let addr = listener.local_addr()?;
-            info!(service = %s.name, %addr, "proxy listening");
+            info!(service = %s.name, %addr, threads, "proxy listening");
             proxies.insert(s.name.clone(), addr);
-            let route = routes[&s.name].clone();
-            let client = upstream_client();
-            let handler =
-                move |request, peer| forward(route.clone(), client.clone(), request, peer);
-            tasks.push(tokio::spawn(serve(
-                listener,
-                handler,
-                stopped.clone(),
-                PROXY_GRACE,
-            )));
+            proxy_threads.extend(
+                serve_on_threads(&listener, &routes[&s.name], threads, &stopped, PROXY_GRACE)
+                    .with_context(|| format!("cannot start the proxy of {}", s.name))?,
+            );
         }
         let evaluators = config
             .services
@@ -212,6 +207,7 @@ impl Runtime {
             clock,
             stop,
             tasks,
+            proxy_threads,
             worker: None,
             proxies,
             metrics,
@@ -291,6 +287,13 @@ impl Runtime {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+        let threads = std::mem::take(&mut self.proxy_threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
         self.local.platform.shutdown().await;
         info!("embedded runtime stopped");
     }
