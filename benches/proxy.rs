@@ -1,11 +1,12 @@
 //! The embedded proxy against nginx, in one run, in front of the same backend.
 //!
-//! One `bluegreen demo-app` process is the backend. wrk (`-t2 -c64`, 10 s after a 2 s
-//! warm-up) measures it directly, through the bluegreen proxy (the same `forward` and
-//! threads `bluegreen local` runs, one per core) and through nginx (`worker_processes
-//! auto`, upstream keep-alive, HTTP/1.1 to the backend). Prints
-//! requests/s and p99 for each and the proxy/nginx ratios. Needs `wrk` and `nginx` on
-//! PATH (Debian packages; `scripts/bench` installs them); skips with a message otherwise.
+//! One `bluegreen demo-app` process is the backend. wrk (`-t2 -c64`, five alternating
+//! rounds of 5 s after a 2 s warm-up, medians reported) measures it directly, through
+//! the bluegreen proxy (the same `forward` on the same threads `bluegreen local` runs,
+//! one per core) and through nginx (`worker_processes auto`, upstream keep-alive,
+//! HTTP/1.1 to the backend). Prints requests/s and p99 for each and the proxy/nginx
+//! ratios. Needs `wrk` and `nginx` on PATH (Debian packages; `scripts/bench` installs
+//! them); skips with a message otherwise.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +17,10 @@ use bluegreen::flow::{Color, Weights};
 use bluegreen::local::proxy::{Route, serve_on_threads};
 
 const CONNECTIONS: &str = "64";
-const DURATION: &str = "10s";
+const DURATION: &str = "5s";
+/// Alternating rounds; medians are reported (nginx and the proxy share 2 cores with wrk
+/// and the backend, so single runs are noisy).
+const ROUNDS: usize = 5;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -91,13 +95,24 @@ fn wrk(url: &str, duration: &str) -> Figures {
     f
 }
 
-fn measure(name: &str, port: u16) -> Figures {
-    let url = format!("http://127.0.0.1:{port}/");
-    let _ = wrk(&url, "2s");
-    let f = wrk(&url, DURATION);
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn report(name: &str, runs: &[Figures]) -> Figures {
+    let f = Figures {
+        rps: median(runs.iter().map(|r| r.rps).collect()),
+        p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
+        errors: runs.iter().map(|r| r.errors).sum(),
+    };
+    let each: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.rps)).collect();
     println!(
-        "{name:<28} {:>10.0} req/s   p99 {:>7.2} ms   errors {}",
-        f.rps, f.p99_ms, f.errors
+        "{name:<18} median {:>8.0} req/s  p99 {:>6.2} ms  errors {}   (rounds: {})",
+        f.rps,
+        f.p99_ms,
+        f.errors,
+        each.join(" ")
     );
     f
 }
@@ -208,13 +223,30 @@ http {{
         return;
     }
 
-    println!("== proxy throughput and p99, wrk -t2 -c{CONNECTIONS} -d{DURATION}, same backend");
-    let _direct = measure("backend directly", backend_port);
-    let ours = measure("bluegreen proxy", proxy_port);
-    let theirs = measure("nginx", nginx_port);
+    println!(
+        "== proxy throughput and p99: wrk -t2 -c{CONNECTIONS}, {ROUNDS} alternating rounds of {DURATION}, same backend"
+    );
+    let url = |port: u16| format!("http://127.0.0.1:{port}/");
+    for port in [backend_port, proxy_port, nginx_port] {
+        let _ = wrk(&url(port), "2s");
+    }
+    let (mut direct, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        direct.push(wrk(&url(backend_port), DURATION));
+        if round % 2 == 0 {
+            ours.push(wrk(&url(proxy_port), DURATION));
+            theirs.push(wrk(&url(nginx_port), DURATION));
+        } else {
+            theirs.push(wrk(&url(nginx_port), DURATION));
+            ours.push(wrk(&url(proxy_port), DURATION));
+        }
+    }
+    report("backend directly", &direct);
+    let ours = report("bluegreen proxy", &ours);
+    let theirs = report("nginx", &theirs);
     if theirs.rps > 0.0 && theirs.p99_ms > 0.0 {
         println!(
-            "bluegreen / nginx: throughput {:.2}x (goal >= 0.9x), p99 {:.2}x (lower is better)",
+            "bluegreen / nginx (medians): throughput {:.2}x (goal >= 0.9x), p99 {:.2}x (lower is better)",
             ours.rps / theirs.rps,
             ours.p99_ms / theirs.p99_ms
         );

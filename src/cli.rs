@@ -340,20 +340,38 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn cmd_demo(
-    options: crate::local::demo::DemoOptions,
+    mut options: crate::local::demo::DemoOptions,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
     let scenario = options.scenario;
+    // A throw-away state directory is removed however the run ends (Ctrl-C included).
+    let temporary = options
+        .state_dir
+        .is_none()
+        .then(|| std::env::temp_dir().join(format!("bluegreen-demo-{}", std::process::id())));
+    if let Some(dir) = &temporary {
+        let _ = std::fs::remove_dir_all(dir);
+        options.state_dir = Some(dir.clone());
+    }
     let result = match runtime() {
-        Ok(rt) => rt.block_on(async {
-            tokio::select! {
-                r = crate::local::demo::run(options, crate::worker::system_clock(), out) => r.map(Some),
-                () = shutdown_signal() => Ok(None),
-            }
-        }),
+        Ok(rt) => {
+            let result = rt.block_on(async {
+                tokio::select! {
+                    r = crate::local::demo::run(options, crate::worker::system_clock(), out) => r.map(Some),
+                    () = shutdown_signal() => Ok(None),
+                }
+            });
+            // Dropping the runtime stops whatever an interrupted run left (the apps are
+            // killed with their handles).
+            drop(rt);
+            result
+        }
         Err(e) => Err(anyhow::anyhow!(e)),
     };
+    if let Some(dir) = &temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     match result {
         Ok(Some(report)) => {
             let _ = write!(out, "{}", report.render(scenario));
@@ -413,7 +431,14 @@ fn cmd_local(path: &Path, action: Option<LocalAction>) -> Result<String, String>
                     tracing::info!(service = %s.name, %addr, "serving");
                 }
             }
+            let mut events = runtime.local.bus.subscribe();
+            let console = tokio::spawn(async move {
+                while let Ok(entry) = events.recv().await {
+                    println!("{}", crate::local::bus::console_line(&entry));
+                }
+            });
             shutdown_signal().await;
+            console.abort();
             tracing::info!("shutdown requested");
             runtime.shutdown().await;
             Ok("stopped".into())

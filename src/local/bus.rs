@@ -11,6 +11,29 @@ use tokio::sync::broadcast;
 use crate::contract::Entry;
 use crate::ports::{PortError, PortResult};
 
+/// One line for a person watching: time, detail type, deployment, phase, weights, reason.
+#[must_use]
+pub fn console_line(entry: &Entry) -> String {
+    let d: serde_json::Value = serde_json::from_str(&entry.detail).unwrap_or_default();
+    let text = |key: &str| d[key].as_str().unwrap_or("-").to_string();
+    let weights = match (
+        d["weights"]["blue"].as_u64(),
+        d["weights"]["green"].as_u64(),
+    ) {
+        (Some(b), Some(g)) => format!("blue {b}% green {g}%"),
+        _ => "-".into(),
+    };
+    format!(
+        "{} {:<28} {:<12} {:<16} {:<22} {}",
+        entry.time,
+        entry.detail_type,
+        text("deploymentId"),
+        text("phase"),
+        weights,
+        d["reason"].as_str().unwrap_or("")
+    )
+}
+
 /// The JSON Lines bus.
 #[derive(Debug)]
 pub struct JsonlBus {

@@ -50,7 +50,8 @@ pub struct DemoOptions {
     pub scenario: Scenario,
     /// Where the proxy listens (default: a free loopback port).
     pub listen: Option<SocketAddr>,
-    /// Keep the embedded database here (default: a temporary directory, removed after).
+    /// Keep the embedded database here (default: a temporary directory, removed after;
+    /// `bluegreen demo` also removes it when interrupted).
     pub state_dir: Option<PathBuf>,
     /// Serve `/metrics` here.
     pub metrics: Option<SocketAddr>,
@@ -457,16 +458,13 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let (state_dir, temporary) = match &options.state_dir {
-        Some(d) => (d.clone(), false),
-        None => {
-            let d = std::env::temp_dir().join(format!(
-                "bluegreen-demo-{}-{}",
-                std::process::id(),
-                clock().millis()
-            ));
-            (d, true)
-        }
+    let state_dir = match &options.state_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!(
+            "bluegreen-demo-{}-{}",
+            std::process::id(),
+            clock().millis()
+        )),
     };
     let config = demo_config(&options, state_dir.clone())?;
     let runtime = Runtime::start(&config, clock).await?;
@@ -481,7 +479,7 @@ pub async fn run(
         tokio::time::sleep(options.linger).await;
     }
     runtime.shutdown().await;
-    if temporary {
+    if options.state_dir.is_none() {
         let _ = std::fs::remove_dir_all(&state_dir);
     }
     let mut report = result?;

@@ -109,6 +109,30 @@ pub struct Runtime {
     worker: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     proxies: HashMap<String, SocketAddr>,
     metrics: Option<SocketAddr>,
+    _lock: std::fs::File,
+}
+
+/// Takes the state directory's lock file, so that two runtimes never run the same apps
+/// and router on one database (`local deploy` and `local send` only enqueue and do not
+/// take it). The lock goes with the process.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another bluegreen runtime uses {}; stop it first (or choose another state_dir)",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 impl Runtime {
@@ -121,6 +145,7 @@ impl Runtime {
         let dir = &config.local.state_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        let lock = lock_state_dir(dir)?;
         let db = LocalDb::open(&db_path(dir), clock.clone(), queue_options())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut routes = HashMap::new();
@@ -211,6 +236,7 @@ impl Runtime {
             worker: None,
             proxies,
             metrics,
+            _lock: lock,
         };
         runtime.start_worker();
         Ok(runtime)

@@ -269,8 +269,8 @@ timeouts = {{ poll = "100ms" }}
     std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nv2 green\n"), "{answer}");
-    let term = Command::new("kill")
-        .args(["-TERM", &local.id().to_string()])
+    let term = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", local.id())])
         .status()
         .unwrap();
     assert!(term.success());

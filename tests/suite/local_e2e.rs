@@ -659,7 +659,16 @@ async fn a_malformed_message_is_dead_lettered_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_stops_every_app_process() {
     let dir = state_dir("stop");
-    let runtime = start(&config(dir.clone(), |s| s.instances = 2)).await;
+    let config = config(dir.clone(), |s| s.instances = 2);
+    let runtime = start(&config).await;
+    // A second runtime on the same state directory is refused, not run twice.
+    let Err(second) = Runtime::start(&config, system_clock()).await else {
+        panic!("two runtimes on one state directory");
+    };
+    assert!(
+        format!("{second:#}").contains("another bluegreen runtime uses"),
+        "{second:#}"
+    );
     let addrs = runtime.local.routes[SERVICE].upstreams(Color::Blue);
     assert_eq!(addrs.len(), 2);
     let pids = app_pids(&dir);
