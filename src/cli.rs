@@ -345,7 +345,7 @@ fn cmd_demo(
     err: &mut dyn Write,
 ) -> u8 {
     let scenario = options.scenario;
-    // A throw-away state directory is removed however the run ends (Ctrl-C included).
+    // A throw-away state directory is removed however the run ends.
     let temporary = options
         .state_dir
         .is_none()
@@ -356,14 +356,17 @@ fn cmd_demo(
     }
     let result = match runtime() {
         Ok(rt) => {
-            let result = rt.block_on(async {
-                tokio::select! {
-                    r = crate::local::demo::run(options, crate::worker::system_clock(), out) => r.map(Some),
-                    () = shutdown_signal() => Ok(None),
-                }
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            rt.spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
             });
-            // Dropping the runtime stops whatever an interrupted run left (the apps are
-            // killed with their handles).
+            let result = rt.block_on(crate::local::demo::run(
+                options,
+                crate::worker::system_clock(),
+                out,
+                stopped,
+            ));
             drop(rt);
             result
         }
@@ -373,18 +376,9 @@ fn cmd_demo(
         let _ = std::fs::remove_dir_all(dir);
     }
     match result {
-        Ok(Some(report)) => {
-            let _ = write!(out, "{}", report.render(scenario));
-            if report.passed(scenario) {
-                EXIT_OK
-            } else {
-                EXIT_INVALID
-            }
-        }
-        Ok(None) => {
-            let _ = writeln!(err, "interrupted");
-            EXIT_INVALID
-        }
+        // The report is printed already.
+        Ok(report) if report.passed(scenario) => EXIT_OK,
+        Ok(_) => EXIT_INVALID,
         Err(e) => {
             let _ = writeln!(err, "error: {e:#}");
             EXIT_INVALID

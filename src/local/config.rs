@@ -239,8 +239,9 @@ impl LocalConfig {
                     err(&field, "window must be positive");
                 }
             }
+            // Port 0 asks for any free port, so it never collides.
             for (j, other) in self.services.iter().enumerate().skip(i + 1) {
-                if other.listen == s.listen {
+                if other.listen == s.listen && s.listen.port() != 0 {
                     err("listen", &format!("is also services[{j}].listen"));
                 }
             }

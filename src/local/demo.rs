@@ -448,14 +448,17 @@ async fn wait_released(runtime: &Runtime, timeout: Duration) {
     }
 }
 
-/// Runs the demo, printing progress to `out`.
+/// Runs the demo, printing progress and then the report to `out`. When `stop` turns
+/// true the run is cut short (an error) or, during `linger`, the lingering ends; either
+/// way everything is stopped in order.
 ///
 /// # Errors
-/// When the runtime cannot start or a deployment never ends.
+/// When the runtime cannot start, a deployment never ends, or the run is interrupted.
 pub async fn run(
     options: DemoOptions,
     clock: Clock,
     out: &mut dyn Write,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let state_dir = match &options.state_dir {
@@ -468,23 +471,29 @@ pub async fn run(
     };
     let config = demo_config(&options, state_dir.clone())?;
     let runtime = Runtime::start(&config, clock).await?;
-    let result = run_scenarios(&runtime, &options, started, out).await;
-    if !options.linger.is_zero() {
-        let _ = writeln!(
-            out,
-            "[{:>5.1}s] scenario done; serving {:?} more",
-            started.elapsed().as_secs_f64(),
-            options.linger
-        );
-        tokio::time::sleep(options.linger).await;
+    let result = tokio::select! {
+        r = run_scenarios(&runtime, &options, started, out) => r,
+        _ = stop.wait_for(|s| *s) => Err(anyhow::anyhow!("interrupted")),
+    };
+    let result = result.map(|mut report| {
+        report.elapsed = started.elapsed();
+        let _ = write!(out, "{}", report.render(options.scenario));
+        let _ = out.flush();
+        report
+    });
+    if result.is_ok() && !options.linger.is_zero() {
+        let _ = writeln!(out, "serving on for {:?} (Ctrl-C ends it)", options.linger);
+        let _ = out.flush();
+        tokio::select! {
+            () = tokio::time::sleep(options.linger) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
     }
     runtime.shutdown().await;
     if options.state_dir.is_none() {
         let _ = std::fs::remove_dir_all(&state_dir);
     }
-    let mut report = result?;
-    report.elapsed = started.elapsed();
-    Ok(report)
+    result
 }
 
 async fn run_scenarios(
