@@ -127,6 +127,21 @@ fn db_error(e: &rusqlite::Error) -> PortError {
     }
 }
 
+/// Runs `sql` as a cached prepared statement; the number of rows changed.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// Reads one row with a cached prepared statement.
+fn row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, read)
+}
+
 fn receipt(id: i64, count: u32) -> String {
     format!("{id}:{count}")
 }
@@ -174,6 +189,8 @@ impl LocalDb {
     fn with(conn: Connection, clock: Clock, options: QueueOptions) -> PortResult<LocalDb> {
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| db_error(&e))?;
+        // Every statement of the hot paths stays prepared (`exec`, `row`).
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&e))?;
         Ok(LocalDb {
             conn: Arc::new(Mutex::new(conn)),
@@ -213,16 +230,18 @@ impl LocalDb {
         for (id, body, count) in candidates {
             let count = count + 1;
             if count > self.options.max_receives {
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT OR REPLACE INTO dead_letters (id, body, receive_count, moved_at) VALUES (?1, ?2, ?3, ?4)",
                     params![id, body, count - 1, now],
                 )
                 .map_err(|e| db_error(&e))?;
-                tx.execute("DELETE FROM messages WHERE id = ?1", params![id])
+                exec(&tx, "DELETE FROM messages WHERE id = ?1", params![id])
                     .map_err(|e| db_error(&e))?;
                 continue;
             }
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE messages SET receive_count = ?2, visible_at = ?3 WHERE id = ?1",
                 params![id, count, now.saturating_add(hide)],
             )
@@ -265,8 +284,7 @@ impl LocalDb {
     /// On a database error.
     pub fn depth(&self) -> PortResult<u64> {
         let conn = self.lock()?;
-        let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        let n: i64 = row(&conn, "SELECT COUNT(*) FROM messages", [], |r| r.get(0))
             .map_err(|e| db_error(&e))?;
         Ok(to_u64(n))
     }
@@ -278,9 +296,12 @@ impl LocalDb {
     /// On a database error.
     pub fn get(&self, key: &str) -> PortResult<Option<String>> {
         let conn = self.lock()?;
-        conn.query_row("SELECT value FROM kv WHERE key = ?1", params![key], |r| {
-            r.get(0)
-        })
+        row(
+            &conn,
+            "SELECT value FROM kv WHERE key = ?1",
+            params![key],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(|e| db_error(&e))
     }
@@ -291,7 +312,8 @@ impl LocalDb {
     /// On a database error.
     pub fn put(&self, key: &str, value: &str) -> PortResult<()> {
         let conn = self.lock()?;
-        conn.execute(
+        exec(
+            &conn,
             "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![key, value],
         )
@@ -351,7 +373,8 @@ impl Inbox for LocalDb {
             return Err(PortError::Permanent(format!("bad receipt {receipt:?}")));
         };
         let conn = self.lock()?;
-        conn.execute(
+        exec(
+            &conn,
             "DELETE FROM messages WHERE id = ?1 AND receive_count = ?2",
             params![id, count],
         )
@@ -365,7 +388,8 @@ impl Inbox for LocalDb {
         };
         let visible_at = self.now().saturating_add(to_i64(duration_ms(timeout)));
         let conn = self.lock()?;
-        conn.execute(
+        exec(
+            &conn,
             "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND receive_count = ?2",
             params![id, count, visible_at],
         )
@@ -376,7 +400,8 @@ impl Inbox for LocalDb {
     async fn send(&self, body: String, delay: Duration) -> PortResult<()> {
         let visible_at = self.now().saturating_add(to_i64(duration_ms(delay)));
         let conn = self.lock()?;
-        conn.execute(
+        exec(
+            &conn,
             "INSERT INTO messages (body, visible_at) VALUES (?1, ?2)",
             params![body, visible_at],
         )
@@ -387,7 +412,8 @@ impl Inbox for LocalDb {
 
 /// A service's version, lease owner and lease expiry, if it is stored.
 fn lease_row(conn: &Connection, service: &str) -> PortResult<Option<(i64, Option<String>, i64)>> {
-    conn.query_row(
+    row(
+        conn,
         "SELECT version, lease_owner, lease_until FROM services WHERE name = ?1",
         params![service],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -399,14 +425,14 @@ fn lease_row(conn: &Connection, service: &str) -> PortResult<Option<(i64, Option
 impl Store for LocalDb {
     async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
         let conn = self.lock()?;
-        let row: Option<(String, i64)> = conn
-            .query_row(
-                "SELECT state, version FROM services WHERE name = ?1",
-                params![service],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| db_error(&e))?;
+        let row: Option<(String, i64)> = row(
+            &conn,
+            "SELECT state, version FROM services WHERE name = ?1",
+            params![service],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| db_error(&e))?;
         match row {
             None => Ok(Stored {
                 state: ServiceState::new(service, initial),
@@ -437,27 +463,29 @@ impl Store for LocalDb {
         }
         if let Some(key) = c.dedup_key {
             let expires = now.saturating_add(to_i64(duration_ms(DEDUP_TTL)));
-            let inserted = tx
-                .execute(
-                    "INSERT INTO dedup (service, key, expires_at) VALUES (?1, ?2, ?3)
+            let inserted = exec(
+                &tx,
+                "INSERT INTO dedup (service, key, expires_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (service, key) DO UPDATE SET expires_at = excluded.expires_at
                      WHERE dedup.expires_at < ?4",
-                    params![service, key, expires, now],
-                )
-                .map_err(|e| db_error(&e))?;
+                params![service, key, expires, now],
+            )
+            .map_err(|e| db_error(&e))?;
             if inserted == 0 {
                 return Err(PortError::Conflict);
             }
         }
         let version = c.expected_version + 1;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO services (name, state, version, lease_owner, lease_until) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (name) DO UPDATE SET state = ?2, version = ?3, lease_owner = ?4, lease_until = ?5",
             params![service, state, to_i64(version), c.lease.owner, to_i64(c.lease.until.millis())],
         )
         .map_err(|e| db_error(&e))?;
         for e in c.outbox {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO outbox (service, event_id, entry) VALUES (?1, ?2, ?3)",
                 params![service, e.event_id, e.to_json()],
             )
@@ -466,7 +494,8 @@ impl Store for LocalDb {
         for d in c.deployments {
             let record = serde_json::to_string(d)
                 .map_err(|e| PortError::Permanent(format!("serializing deployment: {e}")))?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO deployments (id, service, phase, record) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (id) DO UPDATE SET phase = ?3, record = ?4",
                 params![d.id, service, d.phase.as_str(), record],
@@ -480,14 +509,14 @@ impl Store for LocalDb {
     async fn seen(&self, service: &str, key: &str) -> PortResult<bool> {
         let now = self.now();
         let conn = self.lock()?;
-        let found: Option<i64> = conn
-            .query_row(
-                "SELECT expires_at FROM dedup WHERE service = ?1 AND key = ?2 AND expires_at >= ?3",
-                params![service, key, now],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| db_error(&e))?;
+        let found: Option<i64> = row(
+            &conn,
+            "SELECT expires_at FROM dedup WHERE service = ?1 AND key = ?2 AND expires_at >= ?3",
+            params![service, key, now],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| db_error(&e))?;
         Ok(found.is_some())
     }
 
@@ -503,7 +532,8 @@ impl Store for LocalDb {
 
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
         let conn = self.lock()?;
-        conn.execute(
+        exec(
+            &conn,
             "UPDATE services SET lease_owner = NULL, lease_until = 0 WHERE name = ?1 AND lease_owner = ?2",
             params![service, owner],
         )
@@ -527,7 +557,8 @@ impl Store for LocalDb {
         let mut conn = self.lock()?;
         let tx = conn.transaction().map_err(|e| db_error(&e))?;
         for id in event_ids {
-            tx.execute(
+            exec(
+                &tx,
                 "DELETE FROM outbox WHERE service = ?1 AND event_id = ?2",
                 params![service, id],
             )
