@@ -2,12 +2,13 @@
 //!
 //! Eight services run the embedded runtime on a file database (WAL) in a temporary
 //! directory. Each first gets a deployment that stays in `WaitingForGreen` (its
-//! instances run `sleep`, never healthy, and the poll interval is an hour). Then 4 000
-//! `Deploy Requested` events with distinct versions are enqueued at once; with
+//! instances run `sleep`, never healthy, and the poll interval is an hour). Then, with
+//! the worker stopped, 4 000 `Deploy Requested` events with distinct versions are
+//! enqueued, and the worker is started again; with
 //! `concurrency = "queue"` each is parsed, routed, deduplicated, decided and committed
 //! (state, outbox event, dedup key, deployment records in one transaction) and its
 //! `Deployment Queued` event appended to the JSONL bus, through the same worker loop
-//! `bluegreen local` runs. The figure is inputs / elapsed until the inbox is empty.
+//! `bluegreen local` runs. The figure is inputs / time for the worker to drain the inbox.
 
 use std::time::Duration;
 
@@ -71,7 +72,7 @@ fn main() {
         let dir = std::env::temp_dir().join(format!("bluegreen-bench-embedded-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let clock = system_clock();
-        let rt = match Runtime::start(&config(dir.clone()), clock.clone()).await {
+        let mut rt = match Runtime::start(&config(dir.clone()), clock.clone()).await {
             Ok(rt) => rt,
             Err(e) => {
                 println!("cannot start: {e:#}");
@@ -97,27 +98,30 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let before = rt.local.processed();
-        let started = tokio::time::Instant::now();
+        // Fill the inbox with the worker stopped, then time the worker draining it.
+        rt.kill_worker().await;
         for n in 0..INPUTS {
             let service = format!("svc{}", n % SERVICES);
             let _ = enqueue_deploy(&db, &clock, &service, &format!("v{}", n + 3), "bench").await;
         }
-        let enqueued = started.elapsed();
+        let before = rt.local.processed();
         let target = before + INPUTS as u64;
+        let started = tokio::time::Instant::now();
+        rt.start_worker();
         while rt.local.processed() < target && started.elapsed() < Duration::from_secs(300) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let elapsed = started.elapsed();
         let done = rt.local.processed() - before;
         #[allow(clippy::cast_precision_loss)]
         let rate = done as f64 / elapsed.as_secs_f64();
         let queued = rt.local.bus.published().get("Deployment Queued").copied().unwrap_or(0);
-        println!("== embedded worker throughput ({SERVICES} services, worker concurrency 4, SQLite WAL file)");
         println!(
-            "{done} inputs decided and committed in {:.2}s (enqueueing took {:.2}s of it): {rate:.0} inputs/s (goal >= 2000/s); {queued} Deployment Queued events",
-            elapsed.as_secs_f64(),
-            enqueued.as_secs_f64()
+            "== embedded worker throughput ({SERVICES} services, worker concurrency 4, SQLite WAL file)"
+        );
+        println!(
+            "{done} inputs decided and committed in {:.2}s from a full inbox: {rate:.0} inputs/s (goal >= 2000/s); {queued} Deployment Queued events",
+            elapsed.as_secs_f64()
         );
         rt.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);

@@ -9,7 +9,8 @@
 //! * [`plan`] — the schedule a strategy produces, for `bluegreen plan`;
 //! * [`ports`] — what the worker needs from the world, as traits;
 //! * [`aws`] — the AWS adapters of the ports;
-//! * [`local`] — the embedded adapters (store and inbox on SQLite so far);
+//! * [`local`] — the embedded mode: SQLite store and inbox, reverse proxy, processes,
+//!   alarms, JSONL bus, `/metrics`, and `bluegreen demo`;
 //! * [`worker`] — the runtime: queue → decide → commit → effects, written against the ports;
 //! * [`cli`] — the command line.
 
