@@ -23,9 +23,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::config::{AlarmRule, LocalConfig, LocalService, LocalSettings};
+use super::proxy::Route;
 use super::runtime::Runtime;
 use crate::config::TimeoutsConfig;
-use crate::flow::{Color, Concurrency, Phase, Strategy};
+use crate::flow::{Color, Concurrency, Phase, ServiceState, Strategy};
 use crate::ports::Store;
 use crate::worker::Clock;
 
@@ -332,6 +333,27 @@ async fn drive(load: Arc<Load>, target: SocketAddr, pace: Duration) {
     }
 }
 
+/// The demo service's stored state.
+async fn stored_state(runtime: &Runtime) -> anyhow::Result<ServiceState> {
+    Ok(runtime
+        .local
+        .db
+        .load(SERVICE, Color::Blue)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .state)
+}
+
+/// The demo service's router.
+fn demo_route(runtime: &Runtime) -> anyhow::Result<Arc<Route>> {
+    runtime
+        .local
+        .routes
+        .get(SERVICE)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no router for {SERVICE}"))
+}
+
 /// Deploys `version` and waits until that deployment ends, printing progress; returns
 /// its final phase.
 async fn deploy_and_watch(
@@ -340,14 +362,7 @@ async fn deploy_and_watch(
     started: Instant,
     out: &mut dyn Write,
 ) -> anyhow::Result<Phase> {
-    let before = runtime
-        .local
-        .db
-        .load(SERVICE, Color::Blue)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .state
-        .deployments_started;
+    let before = stored_state(runtime).await?.deployments_started;
     let mut events = runtime.local.bus.subscribe();
     runtime
         .deploy(SERVICE, version)
@@ -358,12 +373,7 @@ async fn deploy_and_watch(
         "[{:>5.1}s] deploying {version}",
         started.elapsed().as_secs_f64()
     );
-    let route = runtime
-        .local
-        .routes
-        .get(SERVICE)
-        .ok_or_else(|| anyhow::anyhow!("no route"))?
-        .clone();
+    let route = demo_route(runtime)?;
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut next_line = Instant::now();
     loop {
@@ -379,13 +389,7 @@ async fn deploy_and_watch(
                 detail["reason"].as_str().unwrap_or("")
             );
         }
-        let state = runtime
-            .local
-            .db
-            .load(SERVICE, Color::Blue)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .state;
+        let state = stored_state(runtime).await?;
         let finished = state
             .last
             .as_ref()
@@ -433,8 +437,7 @@ async fn deploy_and_watch(
 async fn wait_released(runtime: &Runtime, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let state = runtime.local.db.load(SERVICE, Color::Blue).await;
-        let idle = state.as_ref().ok().map(|s| s.state.live.other());
+        let idle = stored_state(runtime).await.ok().map(|s| s.live.other());
         if let Some(idle) = idle
             && runtime
                 .local
@@ -509,20 +512,8 @@ async fn run_scenarios(
     if let Some(m) = runtime.metrics_addr() {
         let _ = writeln!(out, "metrics on http://{m}/metrics");
     }
-    let route = runtime
-        .local
-        .routes
-        .get(SERVICE)
-        .ok_or_else(|| anyhow::anyhow!("no route"))?
-        .clone();
-    let live = runtime
-        .local
-        .db
-        .load(SERVICE, Color::Blue)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .state
-        .live;
+    let route = demo_route(runtime)?;
+    let live = stored_state(runtime).await?.live;
     let ready = Instant::now() + Duration::from_secs(20);
     while route.upstreams(live).is_empty() {
         anyhow::ensure!(
