@@ -119,6 +119,32 @@ fn report(name: &str, runs: &[Figures]) -> Figures {
 
 struct Reaped(Child);
 
+/// nginx, stopped through its master (`-s stop`): killing the master alone would leave
+/// its worker processes running.
+struct Nginx {
+    master: Child,
+    conf: std::path::PathBuf,
+    prefix: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let stopped = Command::new("nginx")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-p")
+            .arg(&self.prefix)
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.master.kill();
+        }
+        let _ = self.master.wait();
+    }
+}
+
 impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -217,7 +243,11 @@ http {{
         println!("cannot start nginx");
         return;
     };
-    let nginx = Reaped(nginx);
+    let nginx = Nginx {
+        master: nginx,
+        conf: conf_path.clone(),
+        prefix: dir.clone(),
+    };
     if !wait_listening(proxy_port) || !wait_listening(nginx_port) {
         println!("a proxy did not listen");
         return;
