@@ -340,20 +340,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn cmd_demo(
-    mut options: crate::local::demo::DemoOptions,
+    options: crate::local::demo::DemoOptions,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
     let scenario = options.scenario;
-    // A throw-away state directory is removed however the run ends.
-    let temporary = options
-        .state_dir
-        .is_none()
-        .then(|| std::env::temp_dir().join(format!("bluegreen-demo-{}", std::process::id())));
-    if let Some(dir) = &temporary {
-        let _ = std::fs::remove_dir_all(dir);
-        options.state_dir = Some(dir.clone());
-    }
+    // Ctrl-C / SIGTERM reach the demo as `stop`: it stops everything in order and
+    // removes its temporary state directory itself.
     let result = match runtime() {
         Ok(rt) => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -372,9 +365,6 @@ fn cmd_demo(
         }
         Err(e) => Err(anyhow::anyhow!(e)),
     };
-    if let Some(dir) = &temporary {
-        let _ = std::fs::remove_dir_all(dir);
-    }
     match result {
         // The report is printed already.
         Ok(report) if report.passed(scenario) => EXIT_OK,

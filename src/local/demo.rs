@@ -51,8 +51,8 @@ pub struct DemoOptions {
     pub scenario: Scenario,
     /// Where the proxy listens (default: a free loopback port).
     pub listen: Option<SocketAddr>,
-    /// Keep the embedded database here (default: a temporary directory, removed after;
-    /// `bluegreen demo` also removes it when interrupted).
+    /// Keep the embedded database here (default: a temporary directory, removed however
+    /// the run ends).
     pub state_dir: Option<PathBuf>,
     /// Serve `/metrics` here.
     pub metrics: Option<SocketAddr>,
@@ -473,7 +473,15 @@ pub async fn run(
         )),
     };
     let config = demo_config(&options, state_dir.clone())?;
-    let runtime = Runtime::start(&config, clock).await?;
+    let runtime = match Runtime::start(&config, clock).await {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            if options.state_dir.is_none() {
+                let _ = std::fs::remove_dir_all(&state_dir);
+            }
+            return Err(e);
+        }
+    };
     let result = tokio::select! {
         r = run_scenarios(&runtime, &options, started, out) => r,
         _ = stop.wait_for(|s| *s) => Err(anyhow::anyhow!("interrupted")),

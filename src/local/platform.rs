@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use super::config::LocalService;
 use super::db::LocalDb;
 use super::process::{Instance, Launch, free_port};
-use super::proxy::Route;
+use super::proxy::{Route, index};
 use crate::flow::{Color, TargetHealth};
 use crate::ports::{PortError, PortResult};
 
@@ -81,13 +81,6 @@ struct ServiceRuntime {
     logs: PathBuf,
     db: LocalDb,
     health: Client<HttpConnector, Empty<Bytes>>,
-}
-
-fn index(color: Color) -> usize {
-    match color {
-        Color::Blue => 0,
-        Color::Green => 1,
-    }
 }
 
 /// The embedded platform of every configured service.

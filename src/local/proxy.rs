@@ -45,7 +45,8 @@ const BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
 /// How long the proxy waits for an upstream's response headers.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn index(color: Color) -> usize {
+/// A colour's slot in per-colour arrays.
+pub(super) fn index(color: Color) -> usize {
     match color {
         Color::Blue => 0,
         Color::Green => 1,
