@@ -50,6 +50,7 @@ fn mid_shift(settings: &ServiceSettings) -> (ServiceState, Timestamp) {
             image,
             requested_by: "ecr-push".into(),
             reason: None,
+            unresolved: None,
         },
     );
     state = decide(state, settings, &deploy, now).state;
@@ -65,6 +66,7 @@ fn mid_shift(settings: &ServiceSettings) -> (ServiceState, Timestamp) {
             healthy_targets: 4,
             registered_targets: 4,
         }),
+        production: None,
     };
     let mut n = 0;
     loop {
@@ -105,7 +107,12 @@ fn mid_shift(settings: &ServiceSettings) -> (ServiceState, Timestamp) {
             ),
             _ => {
                 now = now.max(d.next_tick.expect("pending tick").due);
-                Input::tick(d.pending_key().expect("pending tick"), healthy.clone())
+                // The rule as the worker would read it: what it last confirmed.
+                let observed = Observations {
+                    production: Some(Ok(state.serving())),
+                    ..healthy.clone()
+                };
+                Input::tick(d.pending_key().expect("pending tick"), observed)
             }
         };
         state = decide(state, settings, &input, now).state;
@@ -115,10 +122,16 @@ fn mid_shift(settings: &ServiceSettings) -> (ServiceState, Timestamp) {
 
 fn bench(c: &mut Criterion) {
     let settings = settings();
-    let (state, now) = mid_shift(&settings);
+    let (mut state, now) = mid_shift(&settings);
     let d = state.active.clone().expect("active");
+    // As the runner leaves it: the step's write read back and confirmed.
+    state.confirmed = Some(d.weights);
     let t = d.next_tick.expect("pending");
-    let tick = Input::tick(d.pending_key().expect("pending"), Observations::alarms_ok());
+    let observed = Observations {
+        production: Some(Ok(d.weights)),
+        ..Observations::alarms_ok()
+    };
+    let tick = Input::tick(d.pending_key().expect("pending"), observed);
     let alarm = Input::new(
         "alarm:web-5xx:2026-11-26T10:00:00.000+0000",
         InputKind::Alarm {

@@ -17,7 +17,7 @@ use bluegreen::local::Runtime;
 use bluegreen::local::config::{LocalConfig, LocalService, LocalSettings};
 use bluegreen::local::runtime::enqueue_deploy;
 use bluegreen::ports::Store;
-use bluegreen::worker::system_clock;
+use bluegreen::ports::system_clock;
 
 const SERVICES: usize = 8;
 const INPUTS: usize = 4_000;

@@ -79,10 +79,11 @@ pub enum Command {
         /// Long-poll wait (at most 20s).
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
-        /// Also run the reconciler every so often (production uses an EventBridge
-        /// schedule sending `Reconcile Requested`).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        reconcile_every: Option<std::time::Duration>,
+        /// Run the reconciler this often (re-drives overdue deployments, finds weight
+        /// drift on idle services); one worker of many runs it at a time, under a lease
+        /// in the table. 0 turns it off.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        reconcile_every: std::time::Duration,
         /// This worker's identity in service leases (default: host name and process id).
         #[arg(long, env = "BLUEGREEN_WORKER_ID")]
         id: Option<String>,
@@ -233,7 +234,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 concurrency,
                 wait,
                 worker_id: id.unwrap_or_else(default_worker_id),
-                reconcile_every: reconcile_every.unwrap_or_default(),
+                reconcile_every,
                 ..crate::worker::Options::default()
             };
             run_worker(config, options)
@@ -356,7 +357,7 @@ fn cmd_demo(
             });
             let result = rt.block_on(crate::local::demo::run(
                 options,
-                crate::worker::system_clock(),
+                crate::ports::system_clock(),
                 out,
                 stopped,
             ));
@@ -394,7 +395,7 @@ fn run_demo_app(app: crate::local::demo_app::DemoApp, port: u16) -> Result<Strin
 fn cmd_local(path: &Path, action: Option<LocalAction>) -> Result<String, String> {
     use crate::local::{LocalConfig, LocalDb, runtime as rt};
     let config = LocalConfig::load(path).map_err(|e| e.to_string())?;
-    let clock = crate::worker::system_clock();
+    let clock = crate::ports::system_clock();
     let open = |config: &LocalConfig| {
         std::fs::create_dir_all(&config.local.state_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.local.state_dir.display()))?;
@@ -466,7 +467,7 @@ fn run_worker(config: Config, options: crate::worker::Options) -> Result<String,
         let worker = crate::worker::Worker::new(
             std::sync::Arc::new(aws),
             config,
-            crate::worker::system_clock(),
+            crate::ports::system_clock(),
             options,
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);

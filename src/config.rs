@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::flow::{Check, Concurrency, ServiceSettings, Strategy, Timeouts};
+use crate::flow::{Check, Concurrency, DriftPolicy, ServiceSettings, Strategy, Timeouts};
 use crate::schema::{self, FieldError, SchemaId};
 
 /// Errors loading a configuration.
@@ -152,6 +152,9 @@ pub struct ServiceConfig {
     /// Stage timeouts and polling.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// What to do when the production rule's weights drift from the ones written.
+    #[serde(default)]
+    pub drift: DriftPolicy,
 }
 
 fn default_bake() -> Duration {
@@ -589,6 +592,12 @@ impl ServiceConfig {
                 reconcile_grace: t.reconcile_grace.unwrap_or(d.reconcile_grace),
             },
             rollback_attempts: self.rollback_attempts,
+            drift: self.drift,
+            production_rule: self
+                .production_listener_rule_arn
+                .clone()
+                .or_else(|| self.production_listener_arn.clone())
+                .unwrap_or_default(),
         }
     }
 }

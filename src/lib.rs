@@ -11,7 +11,10 @@
 //! * [`aws`] — the AWS adapters of the ports;
 //! * [`local`] — the embedded mode: SQLite store and inbox, reverse proxy, processes,
 //!   alarms, JSONL bus, `/metrics`, and `bluegreen demo`;
-//! * [`worker`] — the runtime: queue → decide → commit → effects, written against the ports;
+//! * [`runner`] — the one effect runner: observe → decide → commit → fenced effects, each
+//!   result decided in turn → outbox;
+//! * [`worker`] — the runtime: queue → route → runner → settle the message, and the
+//!   reconciler;
 //! * [`cli`] — the command line.
 
 pub mod aws;
@@ -22,5 +25,6 @@ pub mod flow;
 pub mod local;
 pub mod plan;
 pub mod ports;
+pub mod runner;
 pub mod schema;
 pub mod worker;

@@ -1,10 +1,11 @@
 //! What the worker needs from the world (SPEC §2), as traits the adapters implement:
-//! inbox, store, traffic, platform, bus, alarms.
+//! inbox, store, traffic, platform, bus, alarms, checks, registry — and the clock.
 //!
 //! Errors are typed by what the caller should do ([`PortError`]): retry later, give up on
 //! the message, reload after a conflict, or stop because a newer decision fenced us out.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ServiceConfig;
@@ -30,6 +31,31 @@ pub enum PortError {
 
 /// Result of a port call.
 pub type PortResult<T> = Result<T, PortError>;
+
+/// Everything the worker talks to, in one object (the AWS or the embedded adapters).
+pub trait World:
+    Inbox + Store + Traffic + Platform + Bus + Alarms + Checks + Registry + 'static
+{
+}
+impl<T: Inbox + Store + Traffic + Platform + Bus + Alarms + Checks + Registry + 'static> World
+    for T
+{
+}
+
+/// Where time comes from: the system clock in production, a test's own in tests.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The system clock.
+#[must_use]
+pub fn system_clock() -> Clock {
+    #[allow(clippy::disallowed_methods)] // the one place the wall clock is read
+    Arc::new(|| {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp::from_millis(crate::flow::model::duration_ms(since))
+    })
+}
 
 /// One message taken from the inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +118,7 @@ pub struct Commit<'a> {
     pub lease: Lease<'a>,
 }
 
-/// A service lease: who holds it and until when.
+/// A lease: who holds it and until when (a service's, an outbox claim, the reconciler's).
 #[derive(Debug, Clone, Copy)]
 pub struct Lease<'a> {
     /// The worker taking the lease.
@@ -138,14 +164,28 @@ pub trait Store: Send + Sync {
     fn fence(&self, service: &str) -> impl Future<Output = PortResult<Fence>> + Send;
     /// Gives the lease up if `owner` holds it.
     fn release(&self, service: &str, owner: &str) -> impl Future<Output = PortResult<()>> + Send;
-    /// Outbox entries not yet published, oldest first.
-    fn outbox(&self, service: &str) -> impl Future<Output = PortResult<Vec<Entry>>> + Send;
+    /// Claims the outbox entries not yet published, oldest first: those nobody claimed
+    /// and those whose claim expired. A claimed entry is handed to no other caller until
+    /// `claim.until`, so two workers never publish one entry; only a publisher that dies
+    /// between publishing and [`Store::outbox_done`] leaves an entry to be published again.
+    fn claim_outbox(
+        &self,
+        service: &str,
+        claim: Lease<'_>,
+    ) -> impl Future<Output = PortResult<Vec<Entry>>> + Send;
     /// Removes published entries from the outbox.
     fn outbox_done(
         &self,
         service: &str,
         event_ids: &[String],
     ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Takes or renews the named lease (not a service's): true when `lease.owner` holds
+    /// it until `lease.until`, false while another owner's lease is unexpired.
+    fn try_lease(
+        &self,
+        name: &str,
+        lease: Lease<'_>,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
 }
 
 /// The load balancer.
@@ -156,12 +196,12 @@ pub trait Traffic: Send + Sync {
         service: &ServiceConfig,
     ) -> impl Future<Output = PortResult<Weights>> + Send;
     /// Writes production weights, preserving everything else on the rule, then reads them
-    /// back; a mismatch is an error.
+    /// back and returns what was read; a mismatch is an error.
     fn set_production(
         &self,
         service: &ServiceConfig,
         weights: Weights,
-    ) -> impl Future<Output = PortResult<()>> + Send;
+    ) -> impl Future<Output = PortResult<Weights>> + Send;
     /// Same for the test listener rule (a no-op without one).
     fn set_test(
         &self,
@@ -214,6 +254,21 @@ pub trait Bus: Send + Sync {
 pub trait Alarms: Send + Sync {
     /// Which of `names` are in ALARM now.
     fn firing(&self, names: &[String]) -> impl Future<Output = PortResult<Vec<String>>> + Send;
+}
+
+/// The image registry: tags to digests.
+pub trait Registry: Send + Sync {
+    /// The digest (`sha256:…`) that `tag` of `repository` names now.
+    ///
+    /// # Errors
+    /// [`PortError::Permanent`] when the repository or tag does not exist (or cannot be
+    /// read), with a reason for the `Event Rejected`; [`PortError::Retryable`] for
+    /// throttling and the like.
+    fn resolve(
+        &self,
+        repository: &str,
+        tag: &str,
+    ) -> impl Future<Output = PortResult<String>> + Send;
 }
 
 /// HTTP validation checks run against the test listener.

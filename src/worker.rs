@@ -1,10 +1,8 @@
-//! The worker runtime, written once against the ports (SPEC §2).
-//!
-//! For each message: parse → route → for each service: observe what the core needs,
-//! `decide`, commit the decision with its outbox and dedup key (compare-and-swap on the
-//! version, under the service lease), run the effects in order with a fencing check
-//! before each one (feeding effect results back as inputs), then publish the outbox. The
-//! message is deleted only after all of that succeeded.
+//! The worker runtime, written once against the ports (SPEC §2): receive a message,
+//! parse and route it, hand each service's input to the [`Runner`] (decide → commit →
+//! fenced effects → outbox), then delete the message, release it to the dead-letter
+//! redrive, or put it back. The reconciler runs here too, under a lease so that one
+//! worker of many runs it at a time.
 //!
 //! Message dispositions (documented in the README):
 //! * applied, or deliberately ignored (a failed push, an alarm back to OK, a duplicate, an
@@ -15,7 +13,6 @@
 //! * a retryable failure (throttling, a lost conditional write race) → made visible again
 //!   after a short back-off; after `maxReceiveCount` receipts it is dead-lettered too.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,33 +21,12 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Config, ServiceConfig};
 use crate::contract::{self, Entry, Routed, Sources};
-use crate::flow::{
-    self, CheckOutcome, Effect, IgnoreCode, Input, InputKind, Observations, Outcome,
-    ServiceSettings, TickKey, Timestamp,
-};
-use crate::ports::{
-    Alarms, Bus, Checks, Commit, Inbox, Lease, Platform, PortError, PortResult, Received, Store,
-    Traffic,
-};
+use crate::flow::{self, Input, Outcome};
+use crate::ports::{Clock, Lease, PortResult, Received, World};
+use crate::runner::{Runner, describe};
 
-/// Everything the worker talks to, in one object (the AWS or the embedded adapters).
-pub trait World: Inbox + Store + Traffic + Platform + Bus + Alarms + Checks + 'static {}
-impl<T: Inbox + Store + Traffic + Platform + Bus + Alarms + Checks + 'static> World for T {}
-
-/// Where time comes from (tests may supply their own).
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// The system clock.
-#[must_use]
-pub fn system_clock() -> Clock {
-    #[allow(clippy::disallowed_methods)] // the runtime is where the clock is read
-    Arc::new(|| {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Timestamp::from_millis(flow::model::duration_ms(since))
-    })
-}
+/// The lease that lets one worker of many run the reconciler.
+pub const RECONCILER_LEASE: &str = "reconciler";
 
 /// What happened to a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +53,8 @@ pub struct Options {
     pub lease: Duration,
     /// This worker's identity (lease owner).
     pub worker_id: String,
-    /// Run the reconciler every so often (0 = never; production uses a schedule).
+    /// Run the reconciler this often, under a lease so one worker runs it at a time
+    /// (0 = never).
     pub reconcile_every: Duration,
 }
 
@@ -89,66 +66,57 @@ impl Default for Options {
             visibility: Duration::from_secs(60),
             lease: Duration::from_secs(30),
             worker_id: "worker".into(),
-            reconcile_every: Duration::ZERO,
+            reconcile_every: Duration::from_secs(30),
         }
     }
 }
 
 /// The worker.
 pub struct Worker<W> {
-    world: Arc<W>,
+    runner: Runner<W>,
     config: Arc<Config>,
-    settings: HashMap<String, ServiceSettings>,
     sources: Sources,
-    clock: Clock,
     options: Options,
 }
 
 impl<W> Clone for Worker<W> {
     fn clone(&self) -> Self {
         Worker {
-            world: self.world.clone(),
+            runner: self.runner.clone(),
             config: self.config.clone(),
-            settings: self.settings.clone(),
             sources: self.sources.clone(),
-            clock: self.clock.clone(),
             options: self.options.clone(),
         }
     }
 }
 
-/// How long a decision keeps retrying a lost compare-and-swap (another task holds the
-/// service lease while it runs effects) before the message is put back.
-const CONFLICT_PATIENCE: Duration = Duration::from_secs(5);
-
-/// Distinguishes the lease tokens of one worker's concurrent tasks.
-static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
 impl<W: World> Worker<W> {
     /// A worker over `world` for `config`.
     pub fn new(world: Arc<W>, config: Config, clock: Clock, options: Options) -> Worker<W> {
-        let settings = config
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.settings()))
-            .collect();
+        let runner = Runner::new(world, &config, clock, options.lease, &options.worker_id);
         let sources = Sources {
             own: config.worker.source.clone(),
             manual: config.worker.manual_source.clone(),
         };
         Worker {
-            world,
+            runner,
             config: Arc::new(config),
-            settings,
             sources,
-            clock,
             options,
         }
     }
 
     /// The adapters.
     pub fn world(&self) -> &W {
-        &self.world
+        self.runner.world()
+    }
+
+    /// The same worker telling `listener` of every decision it makes (see
+    /// [`Decided`](crate::runner::Decided)).
+    #[must_use]
+    pub fn with_listener(mut self, listener: crate::runner::Listener) -> Worker<W> {
+        self.runner = self.runner.with_listener(listener);
+        self
     }
 
     /// Handles one message body; see the module docs for the dispositions.
@@ -198,7 +166,7 @@ impl<W: World> Worker<W> {
         if receive_count > 1 {
             return;
         }
-        let now = (self.clock)();
+        let now = self.runner.now();
         let detail = json!({
             "eventId": format!("rejected:message:{message_id}"),
             "deploymentId": null,
@@ -226,352 +194,49 @@ impl<W: World> Worker<W> {
             event_id: format!("rejected:message:{message_id}"),
             time: now.rfc3339(),
         };
-        if let Err(e) = self.world.publish(std::slice::from_ref(&entry)).await {
+        if let Err(e) = self.world().publish(std::slice::from_ref(&entry)).await {
             warn!(error = %e, "could not publish Event Rejected");
         }
     }
 
-    /// Decides `input` for `svc` and carries the decision out; returns the outcome of
-    /// `input` itself. Effect results are applied recursively under the same lease.
+    /// Decides `input` for `svc` and carries the decision out (see [`Runner::apply`]).
     ///
     /// # Errors
     /// A retryable port failure; the caller puts the message back.
     pub async fn apply(&self, svc: &ServiceConfig, input: Input) -> PortResult<Outcome> {
-        let token = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let owner = format!("{}#{token}", self.options.worker_id);
-        let outcome = self.apply_as(svc, input, &owner).await;
-        if let Err(e) = self.world.release(&svc.name, &owner).await {
-            warn!(error = %e, "could not release the lease; it expires by itself");
-        }
-        outcome
-    }
-
-    async fn apply_as(
-        &self,
-        svc: &ServiceConfig,
-        input: Input,
-        owner: &str,
-    ) -> PortResult<Outcome> {
-        let settings = self
-            .settings
-            .get(&svc.name)
-            .ok_or_else(|| PortError::Permanent(format!("unknown service {}", svc.name)))?;
-        let keyed = !matches!(input.kind, InputKind::Tick { .. } | InputKind::Reconcile);
-        let started = tokio::time::Instant::now();
-        let (decision, version) = loop {
-            let (stored, seen) =
-                tokio::join!(self.world.load(&svc.name, flow::Color::Blue), async {
-                    if keyed {
-                        self.world.seen(&svc.name, &input.key).await
-                    } else {
-                        Ok(false)
-                    }
-                });
-            let stored = stored?;
-            if seen? {
-                return Ok(Outcome::Ignored {
-                    code: IgnoreCode::Duplicate,
-                    reason: format!("input {} was already applied", input.key),
-                });
-            }
-            let input = self.observe(svc, &stored.state, &input).await;
-            let now = (self.clock)();
-            let decision = flow::decide(stored.state.clone(), settings, &input, now);
-            if !decision.changed() {
-                if let Outcome::Ignored {
-                    code: IgnoreCode::Early,
-                    ..
-                } = &decision.outcome
-                {
-                    self.resend_early_tick(svc, &stored.state, &input, now)
-                        .await?;
-                }
-                return Ok(decision.outcome);
-            }
-            let entries: Vec<Entry> = decision
-                .events
-                .iter()
-                .map(|e| Entry::new(e, &self.config.worker.source))
-                .collect();
-            let deployments: Vec<&flow::Deployment> = decision
-                .state
-                .active
-                .iter()
-                .chain(decision.state.last.iter())
-                .collect();
-            let commit = Commit {
-                state: &decision.state,
-                expected_version: stored.version,
-                outbox: &entries,
-                dedup_key: keyed.then_some(input.key.as_str()),
-                deployments: &deployments,
-                lease: Lease {
-                    owner,
-                    until: now.plus(self.options.lease),
-                    now,
-                },
-            };
-            match self.world.commit(&svc.name, commit).await {
-                Ok(version) => break (decision, version),
-                Err(PortError::Conflict) if started.elapsed() < CONFLICT_PATIENCE => {
-                    // Another task holds the lease for the duration of a few API calls.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        info!(
-            outcome = describe(&decision.outcome),
-            effects = decision.effects.len(),
-            events = decision.events.len(),
-            "decided"
-        );
-        // Effects first: a rollback's production write must not wait behind publishing.
-        // The events are committed in the outbox already, so publishing after is safe.
-        let ran = self
-            .run_effects(svc, &decision.state, &decision.effects, version, owner)
-            .await;
-        self.flush_outbox(&svc.name).await;
-        ran?;
-        Ok(decision.outcome)
-    }
-
-    /// Reads what the core needs before a tick (alarm states, target health).
-    async fn observe(
-        &self,
-        svc: &ServiceConfig,
-        state: &flow::ServiceState,
-        input: &Input,
-    ) -> Input {
-        let InputKind::Tick { tick, .. } = &input.kind else {
-            return input.clone();
-        };
-        let needs = flow::needs(state, tick);
-        let mut observed = Observations::default();
-        if needs.alarms {
-            observed.alarms_firing = match self.world.firing(&svc.rollback_alarms).await {
-                Ok(firing) => Some(firing),
-                Err(e) => {
-                    warn!(error = %e, "cannot read rollback alarms; the step holds");
-                    None
-                }
-            };
-        }
-        if let Some(color) = needs.target_health {
-            observed.target_health = match self.world.health(svc, color).await {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    warn!(error = %e, "cannot read target health");
-                    None
-                }
-            };
-        }
-        Input::tick(tick.clone(), observed)
-    }
-
-    async fn resend_early_tick(
-        &self,
-        svc: &ServiceConfig,
-        state: &flow::ServiceState,
-        input: &Input,
-        now: Timestamp,
-    ) -> PortResult<()> {
-        let InputKind::Tick { tick, .. } = &input.kind else {
-            return Ok(());
-        };
-        let due = state
-            .deployment(&tick.deployment_id)
-            .and_then(|d| d.next_tick)
-            .map_or(now, |t| t.due);
-        self.send_tick(svc, tick, due, now).await
-    }
-
-    async fn send_tick(
-        &self,
-        svc: &ServiceConfig,
-        tick: &TickKey,
-        due: Timestamp,
-        now: Timestamp,
-    ) -> PortResult<()> {
-        let body = json!({
-            "version": "0",
-            "id": format!("{}-{}", tick.key(), now.millis()),
-            "detail-type": "Deployment Tick",
-            "source": self.config.worker.source,
-            "time": now.rfc3339(),
-            "resources": [],
-            "detail": {
-                "service": svc.name,
-                "deploymentId": tick.deployment_id,
-                "cursor": tick.cursor,
-                "attempt": tick.attempt,
-                "due": due.rfc3339(),
-            }
-        });
-        let delay = Duration::from_millis(due.since(now));
-        self.world.send(body.to_string(), delay).await
-    }
-
-    /// Publishes whatever the service's outbox holds; failures stay for the next time.
-    async fn flush_outbox(&self, service: &str) {
-        let pending = match self.world.outbox(service).await {
-            Ok(p) if !p.is_empty() => p,
-            Ok(_) => return,
-            Err(e) => {
-                warn!(error = %e, "cannot read the outbox");
-                return;
-            }
-        };
-        match self.world.publish(&pending).await {
-            Ok(failed) => {
-                let done: Vec<String> = pending
-                    .iter()
-                    .map(|e| e.event_id.clone())
-                    .filter(|id| !failed.contains(id))
-                    .collect();
-                if let Err(e) = self.world.outbox_done(service, &done).await {
-                    warn!(error = %e, "published events stay in the outbox");
-                }
-            }
-            Err(e) => warn!(error = %e, "publishing failed; events stay in the outbox"),
-        }
-    }
-
-    /// Runs effects in order under the fencing check; feeds results back.
-    async fn run_effects(
-        &self,
-        svc: &ServiceConfig,
-        decided: &flow::ServiceState,
-        effects: &[Effect],
-        version: u64,
-        owner: &str,
-    ) -> PortResult<()> {
-        for effect in effects {
-            let now = (self.clock)();
-            let fence = self.world.fence(&svc.name).await?;
-            if fence.version != version
-                || fence.owner.as_deref() != Some(owner)
-                || fence.until <= now
-            {
-                info!(
-                    effect = effect.name(),
-                    "fenced: a newer decision or another lease holder; stopping"
-                );
-                return Ok(());
-            }
-            let result = self.execute(svc, effect, now).await;
-            let followup = match result {
-                Ok(Some(followup)) => followup,
-                Ok(None) => continue,
-                Err(PortError::Fenced) => return Ok(()),
-                Err(e) => {
-                    warn!(effect = effect.name(), error = %e, "effect failed");
-                    // The failure belongs to the step that decided the effect.
-                    let cursor = decided
-                        .deployment(effect.deployment_id())
-                        .map_or(0, |d| d.cursor);
-                    let failure = Input::effect_failed(
-                        effect.deployment_id(),
-                        cursor,
-                        effect.name(),
-                        e.to_string(),
-                        now.millis(),
-                    );
-                    Box::pin(self.apply_as(svc, failure, owner)).await?;
-                    return Ok(());
-                }
-            };
-            Box::pin(self.apply_as(svc, followup, owner)).await?;
-        }
-        Ok(())
-    }
-
-    /// Carries out one effect; some produce an input to apply next.
-    async fn execute(
-        &self,
-        svc: &ServiceConfig,
-        effect: &Effect,
-        now: Timestamp,
-    ) -> PortResult<Option<Input>> {
-        match effect {
-            Effect::RegisterRevision {
-                deployment_id,
-                template,
-                image,
-            } => {
-                let arn = self
-                    .world
-                    .register_revision(svc, deployment_id, *template, image)
-                    .await?;
-                Ok(Some(Input::revision_registered(deployment_id, arn)))
-            }
-            Effect::UpdateService {
-                color,
-                task_definition,
-                match_count_of,
-                ..
-            } => {
-                self.world
-                    .update_service(svc, *color, task_definition, *match_count_of)
-                    .await?;
-                Ok(None)
-            }
-            Effect::ScaleToZero { color, .. } => {
-                self.world.scale_to_zero(svc, *color).await?;
-                Ok(None)
-            }
-            Effect::SetProductionWeights { weights, .. } => {
-                self.world.set_production(svc, *weights).await?;
-                Ok(None)
-            }
-            Effect::SetTestWeights { weights, .. } => {
-                self.world.set_test(svc, *weights).await?;
-                Ok(None)
-            }
-            Effect::RunValidations {
-                deployment_id,
-                cursor,
-                checks,
-            } => {
-                let mut outcomes = Vec::new();
-                for check in checks {
-                    if let flow::Check::Http {
-                        name,
-                        url,
-                        expect_status,
-                    } = check
-                    {
-                        let (passed, detail) = match self.world.get(url).await {
-                            Ok(status) => (status == *expect_status, format!("HTTP {status}")),
-                            Err(e) => (false, e),
-                        };
-                        outcomes.push(CheckOutcome {
-                            name: name.clone(),
-                            passed,
-                            detail,
-                        });
-                    }
-                }
-                Ok(Some(Input::validations_completed(
-                    deployment_id,
-                    *cursor,
-                    outcomes,
-                )))
-            }
-            Effect::ScheduleTick { tick, due } => {
-                self.send_tick(svc, tick, *due, now).await?;
-                Ok(None)
-            }
-        }
+        self.runner.apply(svc, input).await
     }
 
     /// Feeds a reconciler input to every service.
     pub async fn reconcile_all(&self) {
-        let now = (self.clock)();
+        let now = self.runner.now();
         for svc in self.config.services.clone() {
-            let input = Input::new(format!("reconcile:{}", now.millis()), InputKind::Reconcile);
+            let input = Input::reconcile(format!("reconcile:{}", now.millis()));
             if let Err(e) = self.apply(&svc, input).await {
                 warn!(service = %svc.name, error = %e, "reconcile failed");
+            }
+        }
+    }
+
+    /// Runs the reconciler if this worker holds (or takes) the reconciler lease; returns
+    /// whether it ran. The lease outlives two periods, so its holder keeps it by running
+    /// on time and another worker takes over when the holder stops.
+    pub async fn reconcile_if_leader(&self) -> bool {
+        let now = self.runner.now();
+        let lease = Lease {
+            owner: &self.options.worker_id,
+            until: now.plus(self.options.reconcile_every * 2),
+            now,
+        };
+        match self.world().try_lease(RECONCILER_LEASE, lease).await {
+            Ok(true) => {
+                self.reconcile_all().await;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                warn!(error = %e, "cannot take the reconciler lease");
+                false
             }
         }
     }
@@ -581,21 +246,30 @@ impl<W: World> Worker<W> {
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let limit = Arc::new(tokio::sync::Semaphore::new(self.options.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
-        let mut last_reconcile = (self.clock)();
+        let reconciler = (!self.options.reconcile_every.is_zero()).then(|| {
+            let worker = self.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(
+                async move {
+                    let every = worker.options.reconcile_every;
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep(every) => {}
+                            _ = stop.changed() => return,
+                        }
+                        worker.reconcile_if_leader().await;
+                    }
+                }
+                .instrument(info_span!("reconciler")),
+            )
+        });
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let every = self.options.reconcile_every;
-            if !every.is_zero()
-                && (self.clock)().since(last_reconcile) >= flow::model::duration_ms(every)
-            {
-                last_reconcile = (self.clock)();
-                self.reconcile_all().await;
-            }
             let free = limit.available_permits().clamp(1, 10) as u32;
             let received = tokio::select! {
-                r = self.world.receive(free, self.options.wait) => r,
+                r = self.world().receive(free, self.options.wait) => r,
                 _ = shutdown.changed() => break,
             };
             let messages = match received {
@@ -622,16 +296,21 @@ impl<W: World> Worker<W> {
             in_flight = tasks.len(),
             "shutting down: finishing in-flight messages"
         );
+        if let Some(reconciler) = reconciler {
+            // It stops between runs; one in progress finishes its service first.
+            let _ = reconciler.await;
+        }
         while tasks.join_next().await.is_some() {}
     }
 
     /// Handles one received message with a visibility heartbeat, then deletes it,
-    /// releases it to the redrive policy, or puts it back after a back-off.
-    pub async fn process(&self, m: Received) {
+    /// releases it to the redrive policy, or puts it back after a back-off; returns what
+    /// was done with it.
+    pub async fn process(&self, m: Received) -> Disposition {
         let span = info_span!("message", id = %m.message_id, receives = m.receive_count);
         async {
             let heartbeat = {
-                let world = self.world.clone();
+                let world = self.runner.world().clone();
                 let receipt = m.receipt.clone();
                 let visibility = self.options.visibility;
                 tokio::spawn(async move {
@@ -648,31 +327,24 @@ impl<W: World> Worker<W> {
             let result = match &disposition {
                 Disposition::Done(why) => {
                     info!(result = %why, "done");
-                    self.world.delete(&m.receipt).await
+                    self.world().delete(&m.receipt).await
                 }
                 Disposition::DeadLetter(why) => {
                     warn!(reason = %why, "rejected; released to the dead-letter redrive");
-                    self.world.set_visibility(&m.receipt, Duration::ZERO).await
+                    self.world().set_visibility(&m.receipt, Duration::ZERO).await
                 }
                 Disposition::Retry(why) => {
                     warn!(reason = %why, "will retry");
                     let backoff = Duration::from_secs(u64::from(m.receive_count.min(30)));
-                    self.world.set_visibility(&m.receipt, backoff).await
+                    self.world().set_visibility(&m.receipt, backoff).await
                 }
             };
             if let Err(e) = result {
                 warn!(error = %e, "could not settle the message; it reappears after its visibility timeout");
             }
+            disposition
         }
         .instrument(span)
-        .await;
-    }
-}
-
-fn describe(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Applied => "applied".into(),
-        Outcome::Rejected { code, reason } => format!("rejected ({}): {reason}", code.as_str()),
-        Outcome::Ignored { code, reason } => format!("ignored ({code:?}): {reason}"),
+        .await
     }
 }

@@ -3,13 +3,15 @@
 //! | item | `pk` | `sk` | attributes |
 //! |---|---|---|---|
 //! | service state | `SERVICE#<name>` | `STATE` | `state` (JSON), `version` (N), `lease_owner`, `lease_until` (N, ms) |
-//! | outbox entry | `SERVICE#<name>` | `OUTBOX#<ms, 20 digits>#<eventId>` | `entry` (JSON) |
+//! | outbox entry | `SERVICE#<name>` | `OUTBOX#<ms, 20 digits>#<eventId>` | `entry` (JSON), `claim_owner`, `claim_until` (N, ms) |
 //! | dedup key | `DEDUP#<name>#<key>` | `DEDUP` | `expires_at` (N, s) |
 //! | deployment record | `DEPLOYMENT#<id>` | `RECORD` | `record` (JSON), `service`, `phase` |
+//! | named lease | `LEASE#<name>` | `LEASE` | `lease_owner`, `lease_until` (N, ms) |
 //!
 //! A decision commits in one `TransactWriteItems`: the state (conditional on its version
 //! and on no other unexpired lease), its outbox entries, its dedup key (conditional on
-//! not existing) and the deployment records it touched.
+//! not existing) and the deployment records it touched. Publishing claims each outbox
+//! entry with a conditional update first, so two workers never publish the same entry.
 
 use std::collections::HashMap;
 
@@ -18,7 +20,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use super::{Aws, port_error};
 use crate::contract::Entry;
 use crate::flow::{Color, ServiceState, Timestamp};
-use crate::ports::{Commit, Fence, PortError, PortResult, Store, Stored};
+use crate::ports::{Commit, Fence, Lease, PortError, PortResult, Store, Stored};
 
 /// How long dedup keys are remembered beyond the state's own window.
 pub const DEDUP_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -231,7 +233,7 @@ impl Store for Aws {
         }
     }
 
-    async fn outbox(&self, service: &str) -> PortResult<Vec<Entry>> {
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
         let out = self
             .dynamodb
             .query()
@@ -243,11 +245,44 @@ impl Store for Aws {
             .send()
             .await
             .map_err(|e| port_error("Query", e))?;
-        Ok(out
-            .items()
-            .iter()
-            .filter_map(|i| get_s(i, "entry").and_then(Entry::from_json))
-            .collect())
+        let now = claim.now.millis();
+        let mut claimed = Vec::new();
+        for item in out.items() {
+            let (Some(sk), Some(entry)) = (
+                get_s(item, "sk"),
+                get_s(item, "entry").and_then(Entry::from_json),
+            ) else {
+                continue;
+            };
+            let owner = get_s(item, "claim_owner");
+            if owner.is_some() && owner != Some(claim.owner) && get_n(item, "claim_until") >= now {
+                continue;
+            }
+            let result = self
+                .dynamodb
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(format!("SERVICE#{service}")))
+                .key("sk", s(sk))
+                .update_expression("SET claim_owner = :me, claim_until = :until")
+                .condition_expression(
+                    "attribute_exists(pk) AND (attribute_not_exists(claim_owner) OR claim_owner = :me OR claim_until < :now)",
+                )
+                .expression_attribute_values(":me", s(claim.owner))
+                .expression_attribute_values(":until", n(claim.until.millis()))
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            match result {
+                Ok(_) => claimed.push(entry),
+                // Someone else claimed (or published and deleted) it meanwhile.
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
+                Err(e) => return Err(port_error("UpdateItem", e)),
+            }
+        }
+        Ok(claimed)
     }
 
     async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
@@ -280,5 +315,33 @@ impl Store for Aws {
                 .map_err(|e| port_error("DeleteItem", e))?;
         }
         Ok(())
+    }
+
+    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
+        let result = self
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("LEASE#{name}")))
+            .item("sk", s("LEASE"))
+            .item("lease_owner", s(lease.owner))
+            .item("lease_until", n(lease.until.millis()))
+            .condition_expression(
+                "attribute_not_exists(pk) OR lease_owner = :me OR lease_until < :now",
+            )
+            .expression_attribute_values(":me", s(lease.owner))
+            .expression_attribute_values(":now", n(lease.now.millis()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(port_error("PutItem", e)),
+        }
     }
 }

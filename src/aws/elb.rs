@@ -4,7 +4,8 @@
 //! Only the two target groups' weights change: the action list, its order, every other
 //! action, the rule's conditions and the stickiness configuration are written back as
 //! read (SPEC §4 invariant 1). After each write the weights are read back; a mismatch is
-//! an error, which the core treats as a failed step.
+//! an error, which the core treats as a failed step, and a match is what the core
+//! announces as `Traffic Shifted`.
 
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetGroupTuple,
@@ -86,7 +87,7 @@ impl Aws {
         service: &ServiceConfig,
         target: &TrafficTarget,
         weights: Weights,
-    ) -> PortResult<()> {
+    ) -> PortResult<Weights> {
         let actions = self.read_actions(target).await?;
         let updated = with_weights(service, &actions, weights)?;
         self.write_actions(target, updated).await?;
@@ -96,7 +97,7 @@ impl Aws {
                 "weights read back as {seen} after writing {weights}"
             )));
         }
-        Ok(())
+        Ok(seen)
     }
 }
 
@@ -189,7 +190,11 @@ impl Traffic for Aws {
         self.weights_of(service, &target).await
     }
 
-    async fn set_production(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+    async fn set_production(
+        &self,
+        service: &ServiceConfig,
+        weights: Weights,
+    ) -> PortResult<Weights> {
         let target = service
             .production()
             .ok_or_else(|| PortError::Permanent("no production listener configured".into()))?;
@@ -198,7 +203,10 @@ impl Traffic for Aws {
 
     async fn set_test(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
         match service.test() {
-            Some(target) => self.set_weights(service, &target, weights).await,
+            Some(target) => self
+                .set_weights(service, &target, weights)
+                .await
+                .map(|_| ()),
             None => Ok(()),
         }
     }

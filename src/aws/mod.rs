@@ -6,6 +6,7 @@
 //! * [`ecs`] — the platform (task definition revision, service updates, health);
 //! * [`events`] — the bus (`PutEvents` in batches of 10);
 //! * [`cloudwatch`] — rollback alarm states;
+//! * [`ecr`] — the registry: a requested tag resolved to its digest;
 //! * [`http`] — HTTP validation checks.
 //!
 //! Clients come from `aws_config`'s default chain, so `AWS_REGION`, `AWS_ENDPOINT_URL`
@@ -13,6 +14,7 @@
 
 pub mod cloudwatch;
 pub mod dynamodb;
+pub mod ecr;
 pub mod ecs;
 pub mod elb;
 pub mod events;
@@ -34,6 +36,7 @@ pub struct Aws {
     pub(crate) dynamodb: aws_sdk_dynamodb::Client,
     pub(crate) elb: aws_sdk_elasticloadbalancingv2::Client,
     pub(crate) ecs: aws_sdk_ecs::Client,
+    pub(crate) ecr: aws_sdk_ecr::Client,
     pub(crate) events: aws_sdk_eventbridge::Client,
     pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
     pub(crate) queue_url: String,
@@ -61,6 +64,7 @@ impl Aws {
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
             ecs: aws_sdk_ecs::Client::new(sdk),
+            ecr: aws_sdk_ecr::Client::new(sdk),
             events: aws_sdk_eventbridge::Client::new(sdk),
             cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
             queue_url: config.worker.queue_url.clone(),

@@ -69,6 +69,7 @@ pub fn route(msg: &Message, config: &Config) -> Result<Routed, Rejection> {
                             image: image.clone(),
                             requested_by: "ecr-push".into(),
                             reason: e.image_tag.as_ref().map(|t| format!("pushed tag {t}")),
+                            unresolved: None,
                         },
                     );
                     (s.name.clone(), input)
@@ -133,6 +134,7 @@ pub fn route(msg: &Message, config: &Config) -> Result<Routed, Rejection> {
                         image,
                         requested_by: d.requested_by.clone(),
                         reason: d.reason.clone(),
+                        unresolved: None,
                     }
                 }
                 OperatorKind::Action(action) => InputKind::Operator {
@@ -189,7 +191,7 @@ pub fn route(msg: &Message, config: &Config) -> Result<Routed, Rejection> {
                     .map(|s| {
                         (
                             s.to_string(),
-                            Input::new(format!("reconcile:{}", env.id), InputKind::Reconcile),
+                            Input::reconcile(format!("reconcile:{}", env.id)),
                         )
                     })
                     .collect(),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::input::TickKey;
 use super::model::{Color, Phase, Timestamp, Weights};
-use super::settings::Check;
+use super::settings::{Check, DriftPolicy};
 
 /// One thing to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +48,8 @@ pub enum Effect {
         color: Color,
     },
     /// Write production listener rule weights, then read them back; a mismatch is a
-    /// failure of this effect. The worker re-checks the deployment's lease right before.
+    /// failure of this effect. The worker re-checks the deployment's lease right before,
+    /// and reports the read-back as a `TrafficConfirmed` input.
     SetProductionWeights {
         /// Deployment asking (lease check).
         deployment_id: String,
@@ -120,7 +121,7 @@ pub enum EventKind {
     /// A phase change without a more specific kind, and pause / resume.
     #[serde(rename = "Deployment Phase Changed")]
     PhaseChanged,
-    /// Production weights were changed.
+    /// Production serves new weights: written and read back (rollback restores too).
     #[serde(rename = "Traffic Shifted")]
     TrafficShifted,
     /// The approval gate was reached.
@@ -144,6 +145,9 @@ pub enum EventKind {
     /// The old colour was scaled to zero after the termination wait.
     #[serde(rename = "Old Color Released")]
     OldColorReleased,
+    /// The production rule's weights differ from the ones the worker wrote.
+    #[serde(rename = "Weight Drift Detected")]
+    WeightDriftDetected,
     /// An input was refused.
     #[serde(rename = "Event Rejected")]
     Rejected,
@@ -151,7 +155,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for schema coverage tests.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Started,
         EventKind::PhaseChanged,
         EventKind::TrafficShifted,
@@ -162,6 +166,7 @@ impl EventKind {
         EventKind::Failed,
         EventKind::Queued,
         EventKind::OldColorReleased,
+        EventKind::WeightDriftDetected,
         EventKind::Rejected,
     ];
 
@@ -179,6 +184,7 @@ impl EventKind {
             EventKind::Failed => "Deployment Failed",
             EventKind::Queued => "Deployment Queued",
             EventKind::OldColorReleased => "Old Color Released",
+            EventKind::WeightDriftDetected => "Weight Drift Detected",
             EventKind::Rejected => "Event Rejected",
         }
     }
@@ -191,6 +197,19 @@ pub struct StepPosition {
     pub index: usize,
     /// Number of steps.
     pub of: usize,
+}
+
+/// What `Weight Drift Detected` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// The weights the worker wrote last (or, when idle, 100 % on the live colour).
+    pub expected: Weights,
+    /// The weights read from the rule.
+    pub found: Weights,
+    /// The production listener rule (or listener).
+    pub rule: String,
+    /// What the worker does about it.
+    pub policy: DriftPolicy,
 }
 
 /// The `detail` of an outbound event (SPEC §5). Field names are the wire names.
@@ -210,7 +229,8 @@ pub struct EventDetail {
     pub previous_phase: Option<Phase>,
     /// Live colour after the transition.
     pub live_color: Color,
-    /// Production weights after the transition.
+    /// What production serves after the transition: the weights last read back from the
+    /// rule (the intended ones until a first read-back).
     pub weights: Weights,
     /// Image live when the deployment started.
     pub from_image: Option<String>,
@@ -239,6 +259,12 @@ pub struct EventDetail {
     /// Dedup key of the input that was rejected (only on `Event Rejected`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
+    /// The tag the image was requested or pushed by, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_tag: Option<String>,
+    /// Expected and found weights (only on `Weight Drift Detected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
 }
 
 /// One outbound event of the outbox.
@@ -287,6 +313,8 @@ pub enum RejectCode {
     InvalidTransition,
     /// The named deployment is unknown or finished.
     UnknownDeployment,
+    /// The image's tag does not resolve to a digest in its registry.
+    ImageNotFound,
 }
 
 impl RejectCode {
@@ -299,6 +327,7 @@ impl RejectCode {
             RejectCode::DeploymentInProgress => "deployment-in-progress",
             RejectCode::InvalidTransition => "invalid-transition",
             RejectCode::UnknownDeployment => "unknown-deployment",
+            RejectCode::ImageNotFound => "image-not-found",
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::ImageRef;
+use super::model::{ImageRef, Weights};
 
 /// One input with its dedup key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +77,47 @@ impl Input {
         }
     }
 
+    /// The result of a `SetProductionWeights` effect: the weights read back from the rule
+    /// after the write. Not deduplicated by key: applying it twice changes nothing.
+    #[must_use]
+    pub fn traffic_confirmed(deployment_id: &str, cursor: u32, weights: Weights) -> Input {
+        Input {
+            key: format!(
+                "confirmed:{deployment_id}:{cursor}:{}-{}",
+                weights.blue, weights.green
+            ),
+            kind: InputKind::TrafficConfirmed {
+                deployment_id: deployment_id.to_string(),
+                cursor,
+                weights,
+            },
+        }
+    }
+
+    /// Whether the input's key is remembered so that a replay is ignored. Ticks are
+    /// judged by their cursor instead, and the reconciler and traffic confirmations are
+    /// idempotent by nature.
+    #[must_use]
+    pub fn is_keyed(&self) -> bool {
+        !matches!(
+            self.kind,
+            InputKind::Tick { .. }
+                | InputKind::Reconcile { .. }
+                | InputKind::TrafficConfirmed { .. }
+        )
+    }
+
+    /// A reconciler run named `key`, with nothing observed yet.
+    #[must_use]
+    pub fn reconcile(key: impl Into<String>) -> Input {
+        Input {
+            key: key.into(),
+            kind: InputKind::Reconcile {
+                observed: Observations::default(),
+            },
+        }
+    }
+
     /// A tick for `tick`, keyed by deployment, cursor and attempt.
     #[must_use]
     pub fn tick(tick: TickKey, observed: Observations) -> Input {
@@ -93,12 +134,15 @@ impl Input {
 pub enum InputKind {
     /// Deploy an image (ECR push or manual `Deploy Requested`).
     Deploy {
-        /// The image; must carry a digest.
+        /// The image; the worker resolves a tag to its digest before deciding.
         image: ImageRef,
         /// Who asked (`ecr-push` for pushes).
         requested_by: String,
         /// Free text.
         reason: Option<String>,
+        /// Why the worker could not resolve the image's tag, when it could not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unresolved: Option<String>,
     },
     /// An operator action.
     Operator {
@@ -155,6 +199,15 @@ pub enum InputKind {
         /// Why, in the hook's words.
         detail: Option<String>,
     },
+    /// A production weight write succeeded and was read back.
+    TrafficConfirmed {
+        /// Deployment that asked for the write.
+        deployment_id: String,
+        /// Its cursor when the write was decided.
+        cursor: u32,
+        /// The weights read back from the rule.
+        weights: Weights,
+    },
     /// An effect of the decision at `cursor` failed after the worker's own retries.
     EffectFailed {
         /// Deployment concerned.
@@ -166,8 +219,12 @@ pub enum InputKind {
         /// What went wrong.
         reason: String,
     },
-    /// The reconciler's periodic check: re-drive a deployment whose tick is overdue.
-    Reconcile,
+    /// The reconciler's periodic check: re-drive a deployment whose tick is overdue, and
+    /// compare an idle service's production rule with its live colour.
+    Reconcile {
+        /// The production rule as read just before deciding.
+        observed: Observations,
+    },
 }
 
 /// Operator actions (SPEC §3).
@@ -251,6 +308,9 @@ pub struct Observations {
     pub alarms_firing: Option<Vec<String>>,
     /// Rollout and target health of the new colour.
     pub target_health: Option<TargetHealth>,
+    /// The production rule's weights, or why the rule cannot be read as the service's
+    /// blue/green pair (another target group on it, no forward action).
+    pub production: Option<Result<Weights, String>>,
 }
 
 impl Observations {
@@ -260,6 +320,7 @@ impl Observations {
         Observations {
             alarms_firing: Some(Vec::new()),
             target_health: None,
+            production: None,
         }
     }
 }

@@ -19,8 +19,8 @@ pub mod settings;
 
 pub use decide::{Needs, decide, needs};
 pub use effect::{
-    Decision, Effect, EventDetail, EventKind, IgnoreCode, OutboundEvent, Outcome, RejectCode,
-    StepPosition,
+    Decision, Drift, Effect, EventDetail, EventKind, IgnoreCode, OutboundEvent, Outcome,
+    RejectCode, StepPosition,
 };
 pub use input::{
     Action, AlarmState, CheckOutcome, Input, InputKind, Observations, TargetHealth, TickKey,
@@ -29,4 +29,6 @@ pub use model::{
     Color, Deployment, Hold, ImageRef, PendingTick, Phase, Plan, QueuedImage, Rollback,
     ServiceState, Step, Timestamp, Weights,
 };
-pub use settings::{Check, Concurrency, ExplicitStep, ServiceSettings, Strategy, Timeouts};
+pub use settings::{
+    Check, Concurrency, DriftPolicy, ExplicitStep, ServiceSettings, Strategy, Timeouts,
+};

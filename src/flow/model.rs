@@ -98,6 +98,16 @@ impl Weights {
     pub fn is_valid(self) -> bool {
         u16::from(self.blue) + u16::from(self.green) == 100
     }
+
+    /// The colour that carries all traffic, or `None` for a split.
+    #[must_use]
+    pub fn sole_color(self) -> Option<Color> {
+        match (self.blue, self.green) {
+            (100, 0) => Some(Color::Blue),
+            (0, 100) => Some(Color::Green),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Weights {
@@ -424,6 +434,14 @@ pub struct ServiceState {
     pub service: String,
     /// The colour production traffic belongs to when no deployment is shifting.
     pub live: Color,
+    /// Whether `live` was read from the production rule (SPEC §4 invariant 9). Until
+    /// then it is only a default, and the first deployment adopts what the rule serves.
+    #[serde(default)]
+    pub live_observed: bool,
+    /// The production weights last written and read back, or read from the rule: what
+    /// production is known to serve. Weight drift is judged against it.
+    #[serde(default)]
+    pub confirmed: Option<Weights>,
     /// The image running on the live colour, when known.
     pub live_image: Option<String>,
     /// Deployments created so far (drives deployment ids).
@@ -449,6 +467,8 @@ impl ServiceState {
         ServiceState {
             service: service.into(),
             live,
+            live_observed: false,
+            confirmed: None,
             live_image: None,
             deployments_started: 0,
             active: None,
@@ -465,6 +485,13 @@ impl ServiceState {
             Some(d) => d.weights,
             None => Weights::all(self.live),
         }
+    }
+
+    /// What production serves as far as the worker has seen: the confirmed weights,
+    /// else the intended ones. Outbound events carry these.
+    #[must_use]
+    pub fn serving(&self) -> Weights {
+        self.confirmed.unwrap_or_else(|| self.production_weights())
     }
 
     /// The deployment with this id, if it is the active or the last one.

@@ -134,6 +134,32 @@ pub enum Concurrency {
     Reject,
 }
 
+/// What the worker does when production's weights differ from the ones it wrote (a
+/// stack update, a change in the console): SPEC §4 invariant 10.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftPolicy {
+    /// Write the stored weights back and read them back.
+    #[default]
+    Reassert,
+    /// Pause the active deployment for an operator (idle: report only).
+    Pause,
+    /// Report it and carry on; the next step writes its own weights anyway.
+    Report,
+}
+
+impl DriftPolicy {
+    /// The wire name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftPolicy::Reassert => "reassert",
+            DriftPolicy::Pause => "pause",
+            DriftPolicy::Report => "report",
+        }
+    }
+}
+
 /// A validation run in the testing stage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -220,6 +246,10 @@ pub struct ServiceSettings {
     pub timeouts: Timeouts,
     /// How many times rollback effects may fail before the deployment is `Failed`.
     pub rollback_attempts: u32,
+    /// What to do about weight drift.
+    pub drift: DriftPolicy,
+    /// The production listener rule (or listener) as events name it.
+    pub production_rule: String,
 }
 
 impl ServiceSettings {
@@ -237,6 +267,8 @@ impl ServiceSettings {
             concurrency: Concurrency::Queue,
             timeouts: Timeouts::default(),
             rollback_attempts: 5,
+            drift: DriftPolicy::Reassert,
+            production_rule: String::new(),
         }
     }
 

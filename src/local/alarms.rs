@@ -22,8 +22,8 @@ use super::config::AlarmRule;
 use super::db::LocalDb;
 use super::proxy::{Route, Snapshot};
 use crate::flow::Color;
+use crate::ports::Clock;
 use crate::ports::{Inbox, Store};
-use crate::worker::Clock;
 
 /// An alarm's state, as CloudWatch names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

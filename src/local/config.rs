@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError, ServiceConfig, TimeoutsConfig, WorkerConfig};
-use crate::flow::{Concurrency, Strategy};
+use crate::flow::{Concurrency, DriftPolicy, Strategy};
 use crate::schema::FieldError;
 
 /// The whole document.
@@ -305,6 +305,8 @@ impl LocalService {
             validations: Vec::new(),
             rollback_attempts: 5,
             timeouts: self.timeouts.clone(),
+            // Only bluegreen writes the embedded router's weights.
+            drift: DriftPolicy::default(),
         }
     }
 }

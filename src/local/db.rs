@@ -5,8 +5,9 @@
 //!   visibility timeout and counts receipts; a message received more than
 //!   `max_receives` times moves to the dead-letter table instead (the redrive policy);
 //!   `delete` and `set_visibility` take the receipt of the latest receive only.
-//! * Store: the service state with a version (compare-and-swap) and a lease, the outbox,
-//!   dedup keys with an expiry and the deployment records, committed in one transaction.
+//! * Store: the service state with a version (compare-and-swap) and a lease, the outbox
+//!   (entries claimed before publishing), dedup keys with an expiry and the deployment
+//!   records, committed in one transaction; named leases (the reconciler's).
 //!
 //! Durable across restarts (WAL journal). Time comes from an injected clock, so tests
 //! drive delays and visibility expiry without sleeping.
@@ -20,8 +21,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::contract::Entry;
 use crate::flow::model::duration_ms;
 use crate::flow::{Color, ServiceState, Timestamp};
-use crate::ports::{Commit, Fence, Inbox, PortError, PortResult, Received, Store, Stored};
-use crate::worker::Clock;
+use crate::ports::Clock;
+use crate::ports::{Commit, Fence, Inbox, Lease, PortError, PortResult, Received, Store, Stored};
 
 /// Queue behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +91,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     service TEXT NOT NULL,
     event_id TEXT NOT NULL,
-    entry TEXT NOT NULL
+    entry TEXT NOT NULL,
+    claim_owner TEXT,
+    claim_until INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dedup (
     service TEXT NOT NULL,
@@ -109,6 +117,21 @@ CREATE TABLE IF NOT EXISTS deployments (
     record TEXT NOT NULL
 );
 ";
+
+/// Brings a database written by an earlier version up to [`SCHEMA`].
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let mut columns = conn.prepare("SELECT name FROM pragma_table_info('outbox')")?;
+    let names: Vec<String> = columns
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !names.iter().any(|n| n == "claim_owner") {
+        conn.execute_batch(
+            "ALTER TABLE outbox ADD COLUMN claim_owner TEXT;
+             ALTER TABLE outbox ADD COLUMN claim_until INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    Ok(())
+}
 
 /// Dedup keys are remembered this long (as in the DynamoDB store).
 const DEDUP_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -192,6 +215,7 @@ impl LocalDb {
         // Every statement of the hot paths stays prepared (`exec`, `row`).
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&e))?;
+        migrate(&conn).map_err(|e| db_error(&e))?;
         Ok(LocalDb {
             conn: Arc::new(Mutex::new(conn)),
             clock,
@@ -255,6 +279,27 @@ impl LocalDb {
         }
         tx.commit().map_err(|e| db_error(&e))?;
         Ok(out)
+    }
+
+    /// Messages waiting in the queue (visible or not), earliest visible first, with
+    /// when each becomes visible.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn pending(&self) -> PortResult<Vec<(String, Timestamp)>> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT body, visible_at FROM messages ORDER BY visible_at, id")
+            .map_err(|e| db_error(&e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Timestamp::from_millis(to_u64(r.get(1)?)),
+                ))
+            })
+            .map_err(|e| db_error(&e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| db_error(&e))
     }
 
     /// The dead-lettered messages, oldest first.
@@ -541,15 +586,30 @@ impl Store for LocalDb {
         Ok(())
     }
 
-    async fn outbox(&self, service: &str) -> PortResult<Vec<Entry>> {
-        let conn = self.lock()?;
-        let mut stmt = conn
-            .prepare_cached("SELECT entry FROM outbox WHERE service = ?1 ORDER BY seq")
-            .map_err(|e| db_error(&e))?;
-        let rows = stmt
-            .query_map(params![service], |r| r.get::<_, String>(0))
-            .map_err(|e| db_error(&e))?;
-        let texts: Vec<String> = rows.collect::<Result<_, _>>().map_err(|e| db_error(&e))?;
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
+        let now = to_i64(claim.now.millis());
+        let mut conn = self.lock()?;
+        let tx = conn.transaction().map_err(|e| db_error(&e))?;
+        let texts: Vec<String> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE outbox SET claim_owner = ?2, claim_until = ?3
+                     WHERE service = ?1 AND (claim_owner IS NULL OR claim_owner = ?2 OR claim_until < ?4)
+                     RETURNING seq, entry",
+                )
+                .map_err(|e| db_error(&e))?;
+            let rows = stmt
+                .query_map(
+                    params![service, claim.owner, to_i64(claim.until.millis()), now],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                )
+                .map_err(|e| db_error(&e))?;
+            let mut rows: Vec<(i64, String)> =
+                rows.collect::<Result<_, _>>().map_err(|e| db_error(&e))?;
+            rows.sort_by_key(|(seq, _)| *seq);
+            rows.into_iter().map(|(_, text)| text).collect()
+        };
+        tx.commit().map_err(|e| db_error(&e))?;
         Ok(texts.iter().filter_map(|t| Entry::from_json(t)).collect())
     }
 
@@ -566,5 +626,23 @@ impl Store for LocalDb {
         }
         tx.commit().map_err(|e| db_error(&e))?;
         Ok(())
+    }
+
+    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
+        let conn = self.lock()?;
+        let taken = exec(
+            &conn,
+            "INSERT INTO leases (name, owner, until) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET owner = ?2, until = ?3
+             WHERE leases.owner = ?2 OR leases.until < ?4",
+            params![
+                name,
+                lease.owner,
+                to_i64(lease.until.millis()),
+                to_i64(lease.now.millis())
+            ],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(taken == 1)
     }
 }

@@ -27,8 +27,8 @@ use super::proxy::Route;
 use super::runtime::Runtime;
 use crate::config::TimeoutsConfig;
 use crate::flow::{Color, Concurrency, Phase, ServiceState, Strategy};
+use crate::ports::Clock;
 use crate::ports::Store;
-use crate::worker::Clock;
 
 /// The service the demo deploys.
 pub const SERVICE: &str = "shop";

@@ -172,6 +172,34 @@ impl LocalPlatform {
         Ok(format!("{version}#{deployment_id}"))
     }
 
+    /// The digest the local registry holds for `tag` (a version label) of the service
+    /// whose repository is `repository`.
+    ///
+    /// # Errors
+    /// `Permanent` when no service has that repository or the version was never
+    /// registered.
+    pub fn resolve(&self, repository: &str, tag: &str) -> PortResult<String> {
+        let Some(service) = self
+            .services
+            .keys()
+            .find(|name| name.eq_ignore_ascii_case(repository))
+        else {
+            return Err(PortError::Permanent(format!(
+                "no local service has repository {repository}"
+            )));
+        };
+        let image = image_name(service, tag);
+        if self.db.get(&format!("image:{image}"))?.is_none() {
+            return Err(PortError::Permanent(format!(
+                "tag {tag} does not exist in the local registry of {service} (`bluegreen local deploy --service {service} --version {tag}` registers it)"
+            )));
+        }
+        image
+            .split_once('@')
+            .map(|(_, digest)| digest.to_string())
+            .ok_or_else(|| PortError::Permanent(format!("malformed local image name {image}")))
+    }
+
     /// Points `color` at `revision` with `match_count_of`'s desired count (at least one).
     ///
     /// # Errors

@@ -29,8 +29,9 @@ use super::proxy::{Route, serve_on_threads};
 use super::world::{Local, weights_key};
 use crate::config::Config;
 use crate::flow::{Color, Weights};
+use crate::ports::Clock;
 use crate::ports::{Inbox, PortResult, Store};
-use crate::worker::{Clock, Options, Worker};
+use crate::worker::{Options, Worker};
 
 /// How long the proxies wait for open requests when stopping.
 const PROXY_GRACE: Duration = Duration::from_secs(30);

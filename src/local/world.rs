@@ -16,8 +16,8 @@ use crate::config::ServiceConfig;
 use crate::contract::Entry;
 use crate::flow::{Color, TargetHealth, Weights};
 use crate::ports::{
-    Alarms, Bus, Checks, Commit, Fence, Inbox, Platform, PortError, PortResult, Received, Store,
-    Stored, Traffic,
+    Alarms, Bus, Checks, Commit, Fence, Inbox, Lease, Platform, PortError, PortResult, Received,
+    Registry, Store, Stored, Traffic,
 };
 
 /// The embedded world.
@@ -110,11 +110,14 @@ impl Store for Local {
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
         self.db.release(service, owner).await
     }
-    async fn outbox(&self, service: &str) -> PortResult<Vec<Entry>> {
-        self.db.outbox(service).await
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
+        self.db.claim_outbox(service, claim).await
     }
     async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
         self.db.outbox_done(service, event_ids).await
+    }
+    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
+        self.db.try_lease(name, lease).await
     }
 }
 
@@ -123,7 +126,11 @@ impl Traffic for Local {
         Ok(self.route(&service.name)?.weights())
     }
 
-    async fn set_production(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+    async fn set_production(
+        &self,
+        service: &ServiceConfig,
+        weights: Weights,
+    ) -> PortResult<Weights> {
         let route = self.route(&service.name)?;
         // Persist first: a crash after switching but before persisting would otherwise
         // come back on the old split.
@@ -133,7 +140,7 @@ impl Traffic for Local {
         route.set_weights(weights);
         let read = route.weights();
         if read == weights {
-            Ok(())
+            Ok(read)
         } else {
             Err(PortError::Retryable(format!(
                 "router reads {}/{} after writing {}/{}",
@@ -190,6 +197,12 @@ impl Bus for Local {
 impl Alarms for Local {
     async fn firing(&self, names: &[String]) -> PortResult<Vec<String>> {
         Ok(self.alarms.firing(names))
+    }
+}
+
+impl Registry for Local {
+    async fn resolve(&self, repository: &str, tag: &str) -> PortResult<String> {
+        self.platform.resolve(repository, tag)
     }
 }
 

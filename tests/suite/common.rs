@@ -1,19 +1,38 @@
-//! A tiny in-process world for driving the decision core: it plays the worker's part
-//! (commit, run effects in order, feed results back, deliver ticks when due) without any
-//! IO, so tests read as stories.
+//! The production worker, tested as it runs (SPEC §4 invariant 11).
+//!
+//! [`World`] drives the real [`Worker`] — the same runner, message handling and
+//! reconciler as production — over the embedded store and inbox (in-memory SQLite) and
+//! a simulated cloud ([`Sim`]: the ALB rules, the ECS colours, alarms, validation
+//! targets, a registry and the bus), on tokio's paused clock. Tests hand it inputs,
+//! deliver what is waiting in the inbox (ticks the worker sent itself, and EventBridge
+//! envelopes), and read what the ports saw and every decision the runner reported.
+//! Nothing here runs an effect: the runner calls the ports, and the simulated cloud
+//! only answers them, like moto does in the end-to-end tests.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bluegreen::config::{Config, ServiceConfig, TimeoutsConfig, ValidationConfig, WorkerConfig};
+use bluegreen::contract::Entry;
 use bluegreen::flow::{
-    Action, AlarmState, Check, CheckOutcome, Color, Decision, Effect, ImageRef, Input, InputKind,
-    Observations, OutboundEvent, Outcome, Phase, ServiceSettings, ServiceState, Strategy,
-    TargetHealth, TickKey, Timestamp, Weights, decide,
+    Action, AlarmState, Check, Color, Decision, EventDetail, EventKind, ImageRef, Input, InputKind,
+    OutboundEvent, Outcome, Phase, ServiceSettings, ServiceState, Strategy, TargetHealth, TickKey,
+    Timestamp, Weights,
 };
+use bluegreen::local::db::{LocalDb, QueueOptions};
+use bluegreen::ports::{
+    Alarms, Bus, Checks, Clock, Commit, Fence, Inbox, Lease, Platform, PortError, PortResult,
+    Received, Registry, Store, Stored, Traffic,
+};
+use bluegreen::runner::Decided;
+use bluegreen::worker::{Options, Worker};
 
 /// 2023-11-14T22:13:20Z.
 pub const T0: u64 = 1_700_000_000_000;
 
 pub const SERVICE: &str = "web";
+pub const ACCOUNT: &str = "123456789012";
 pub const REPO: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/web";
 
 pub fn linear(step_percent: u8, interval_secs: u64) -> Strategy {
@@ -52,6 +71,7 @@ pub fn push(n: u32) -> Input {
             image,
             requested_by: "ecr-push".into(),
             reason: None,
+            unresolved: None,
         },
     )
 }
@@ -83,7 +103,7 @@ pub fn alarm(name: &str, at: &str) -> Input {
     )
 }
 
-/// Healthy; the world fills in the revision the colour really runs.
+/// Healthy; the simulated ECS fills in the revision the colour really runs.
 pub fn healthy() -> TargetHealth {
     TargetHealth {
         task_definition: None,
@@ -95,63 +115,751 @@ pub fn healthy() -> TargetHealth {
     }
 }
 
-/// Everything the world saw, in order.
+/// The production-shaped service entry `settings` come from (the worker derives its
+/// settings from configuration, as in production).
+pub fn service_config(s: &ServiceSettings) -> ServiceConfig {
+    let elb = |what: &str| format!("arn:aws:elasticloadbalancing:us-east-1:{ACCOUNT}:{what}");
+    let t = &s.timeouts;
+    ServiceConfig {
+        name: SERVICE.into(),
+        cluster: "prod".into(),
+        blue_service: "web-blue".into(),
+        green_service: "web-green".into(),
+        blue_target_group_arn: elb("targetgroup/web-blue/6d0ecf831eec9f09"),
+        green_target_group_arn: elb("targetgroup/web-green/7e1fd0942ffd0a1a"),
+        production_listener_rule_arn: Some(elb(
+            "listener-rule/app/alb/50dc6c495c0c9188/f2f7dc8efc522ab2/9683b2d02a6cabee",
+        )),
+        production_listener_arn: None,
+        test_listener_rule_arn: s.has_test_listener.then(|| {
+            elb("listener-rule/app/alb/50dc6c495c0c9188/f2f7dc8efc522ab2/1111b2d02a6cabee")
+        }),
+        test_listener_arn: None,
+        container_name: "app".into(),
+        ecr_repository: "web".into(),
+        tag_pattern: None,
+        strategy: s.strategy.clone(),
+        bake: s.bake,
+        termination_wait: s.termination_wait,
+        rollback_alarms: s.rollback_alarms.clone(),
+        approval: s.approval,
+        concurrency: s.concurrency,
+        validations: s
+            .checks
+            .iter()
+            .map(|c| match c {
+                Check::Http {
+                    name,
+                    url,
+                    expect_status,
+                } => ValidationConfig {
+                    name: Some(name.clone()),
+                    url: Some(url.clone()),
+                    expect_status: Some(*expect_status),
+                    hook: None,
+                },
+                Check::Hook { name } => ValidationConfig {
+                    name: None,
+                    url: None,
+                    expect_status: None,
+                    hook: Some(name.clone()),
+                },
+            })
+            .collect(),
+        rollback_attempts: s.rollback_attempts,
+        timeouts: TimeoutsConfig {
+            provision: Some(t.provision),
+            green: Some(t.green),
+            testing: Some(t.testing),
+            approval: Some(t.approval),
+            promote: Some(t.promote),
+            poll: Some(t.poll),
+            reconcile_grace: Some(t.reconcile_grace),
+        },
+        drift: s.drift,
+    }
+}
+
+fn config(s: &ServiceSettings) -> Config {
+    Config {
+        worker: WorkerConfig {
+            queue_url: "https://sqs.us-east-1.amazonaws.com/123456789012/bluegreen-events".into(),
+            table: "bluegreen-deployments".into(),
+            event_bus: "bluegreen".into(),
+            source: "bluegreen".into(),
+            manual_source: "bluegreen.manual".into(),
+            region: Some("us-east-1".into()),
+            account_id: Some(ACCOUNT.into()),
+        },
+        services: vec![service_config(s)],
+    }
+}
+
+/// A port call the simulated cloud answered, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Register {
+        deployment_id: String,
+    },
+    Update {
+        color: Color,
+        task_definition: String,
+    },
+    ScaleToZero(Color),
+    Production(Weights),
+    Test(Weights),
+    Validate(String),
+}
+
+/// Everything the simulated cloud saw, and every event decided.
 #[derive(Debug, Default, Clone)]
 pub struct Log {
+    /// Production weights written (and read back), in order.
     pub production: Vec<Weights>,
     pub test: Vec<Weights>,
+    /// Task definitions registered (a repeated registration of one deployment finds
+    /// the earlier one, as the ECS adapter does).
     pub registrations: Vec<String>,
     pub updates: Vec<(Color, String)>,
     pub scaled_to_zero: Vec<Color>,
+    /// Outbound events as decided (committed to the outbox), in order.
     pub events: Vec<OutboundEvent>,
-    pub effects: Vec<Effect>,
+    /// Outbound events as they reached the bus.
+    pub published: Vec<OutboundEvent>,
+    pub calls: Vec<Call>,
 }
 
-pub struct World {
-    pub state: ServiceState,
-    pub settings: ServiceSettings,
-    pub now: Timestamp,
-    /// Ticks sent and not yet delivered.
-    pub ticks: Vec<(TickKey, Timestamp)>,
-    pub log: Log,
+/// The simulated cloud's state and knobs.
+#[derive(Debug)]
+pub struct Cloud {
+    /// The production rule's weights.
+    pub rule: Weights,
+    /// Set: the rule cannot be read as the service's pair (e.g. a third target group).
+    pub rule_error: Option<String>,
+    pub test_rule: Weights,
     /// What the alarm read returns; `None` = the read fails.
+    pub alarms_firing: Option<Vec<String>>,
+    /// What the health read returns; `None` = the read fails.
+    pub health: Option<TargetHealth>,
+    pub validations_pass: bool,
+    /// Every call of this effect fails.
+    pub failing_effect: Option<&'static str>,
+    /// The revision each colour's service runs, and its desired count.
+    pub colors: HashMap<Color, (Option<String>, u32)>,
+    /// Tags the registry knows, with their digests.
+    pub tags: HashMap<String, String>,
+    pub log: Log,
+    /// The worker dies right after its next commit (at its next call: the fencing
+    /// check before the first effect, or the outbox).
+    pub crash_after_commit: bool,
+    dying: bool,
+    /// The worker dies right before this many more effect calls.
+    pub crash_before_call: Option<u32>,
+    /// The worker dies right after its next production write, before it records the
+    /// read-back.
+    pub crash_after_write: bool,
+    pub crashes: u32,
+}
+
+impl Default for Cloud {
+    fn default() -> Cloud {
+        Cloud {
+            rule: Weights::all(Color::Blue),
+            rule_error: None,
+            test_rule: Weights::all(Color::Blue),
+            alarms_firing: Some(Vec::new()),
+            health: Some(healthy()),
+            validations_pass: true,
+            failing_effect: None,
+            colors: HashMap::from([
+                (Color::Blue, (Some("web:initial".into()), 2)),
+                (Color::Green, (None, 0)),
+            ]),
+            tags: HashMap::new(),
+            log: Log::default(),
+            crash_after_commit: false,
+            dying: false,
+            crash_before_call: None,
+            crash_after_write: false,
+            crashes: 0,
+        }
+    }
+}
+
+/// The embedded store and inbox plus the simulated cloud, behind the worker's ports.
+pub struct Sim {
+    pub db: LocalDb,
+    pub cloud: Mutex<Cloud>,
+    crashed: tokio::sync::Notify,
+}
+
+impl Sim {
+    fn cloud(&self) -> std::sync::MutexGuard<'_, Cloud> {
+        self.cloud.lock().expect("cloud lock")
+    }
+
+    /// The worker dies here: the harness drops its future, nothing after this runs.
+    async fn die(&self) {
+        self.cloud().crashes += 1;
+        self.crashed.notify_one();
+        std::future::pending::<()>().await;
+    }
+
+    /// The worker dies here if its last commit was to be its last act.
+    async fn after_commit(&self) {
+        let dying = std::mem::take(&mut self.cloud().dying);
+        if dying {
+            self.die().await;
+        }
+    }
+
+    /// An effect is about to reach the cloud: the worker may die first, or the call fail.
+    async fn effect(&self, name: &'static str) -> PortResult<()> {
+        self.after_commit().await;
+        let die = {
+            let mut c = self.cloud();
+            match c.crash_before_call {
+                Some(0) => {
+                    c.crash_before_call = None;
+                    true
+                }
+                Some(n) => {
+                    c.crash_before_call = Some(n - 1);
+                    false
+                }
+                None => false,
+            }
+        };
+        if die {
+            self.die().await;
+        }
+        if self.cloud().failing_effect == Some(name) {
+            return Err(PortError::Permanent(format!("{name}: injected failure")));
+        }
+        Ok(())
+    }
+}
+
+impl Inbox for Sim {
+    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
+        self.db.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> PortResult<()> {
+        self.db.delete(receipt).await
+    }
+    async fn set_visibility(&self, receipt: &str, timeout: Duration) -> PortResult<()> {
+        self.db.set_visibility(receipt, timeout).await
+    }
+    async fn send(&self, body: String, delay: Duration) -> PortResult<()> {
+        self.effect("schedule-tick").await?;
+        self.db.send(body, delay).await
+    }
+}
+
+impl Store for Sim {
+    async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
+        self.db.load(service, initial).await
+    }
+    async fn commit(&self, service: &str, commit: Commit<'_>) -> PortResult<u64> {
+        let version = self.db.commit(service, commit).await?;
+        let mut c = self.cloud();
+        c.dying = std::mem::take(&mut c.crash_after_commit);
+        Ok(version)
+    }
+    async fn seen(&self, service: &str, key: &str) -> PortResult<bool> {
+        self.db.seen(service, key).await
+    }
+    async fn fence(&self, service: &str) -> PortResult<Fence> {
+        self.after_commit().await;
+        self.db.fence(service).await
+    }
+    async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
+        self.after_commit().await;
+        self.db.release(service, owner).await
+    }
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
+        self.after_commit().await;
+        self.db.claim_outbox(service, claim).await
+    }
+    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
+        self.db.outbox_done(service, event_ids).await
+    }
+    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
+        self.db.try_lease(name, lease).await
+    }
+}
+
+impl Traffic for Sim {
+    async fn production(&self, _service: &ServiceConfig) -> PortResult<Weights> {
+        let c = self.cloud();
+        match &c.rule_error {
+            Some(why) => Err(PortError::Permanent(why.clone())),
+            None => Ok(c.rule),
+        }
+    }
+    async fn set_production(
+        &self,
+        _service: &ServiceConfig,
+        weights: Weights,
+    ) -> PortResult<Weights> {
+        self.effect("set-production-weights").await?;
+        let die = {
+            let mut c = self.cloud();
+            c.rule = weights;
+            c.log.production.push(weights);
+            c.log.calls.push(Call::Production(weights));
+            std::mem::take(&mut c.crash_after_write)
+        };
+        if die {
+            self.die().await;
+        }
+        Ok(weights)
+    }
+    async fn set_test(&self, _service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+        self.effect("set-test-weights").await?;
+        let mut c = self.cloud();
+        c.test_rule = weights;
+        c.log.test.push(weights);
+        c.log.calls.push(Call::Test(weights));
+        Ok(())
+    }
+}
+
+impl Platform for Sim {
+    async fn register_revision(
+        &self,
+        _service: &ServiceConfig,
+        deployment_id: &str,
+        _template: Color,
+        _image: &str,
+    ) -> PortResult<String> {
+        self.effect("register-revision").await?;
+        let arn = format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/web:{deployment_id}");
+        let mut c = self.cloud();
+        if !c.log.registrations.contains(&arn) {
+            c.log.registrations.push(arn.clone());
+        }
+        c.log.calls.push(Call::Register {
+            deployment_id: deployment_id.into(),
+        });
+        Ok(arn)
+    }
+    async fn update_service(
+        &self,
+        _service: &ServiceConfig,
+        color: Color,
+        task_definition: &str,
+        match_count_of: Color,
+    ) -> PortResult<()> {
+        self.effect("update-service").await?;
+        let mut c = self.cloud();
+        let count = c.colors.get(&match_count_of).map_or(0, |(_, n)| *n).max(1);
+        c.colors
+            .insert(color, (Some(task_definition.to_string()), count));
+        c.log.updates.push((color, task_definition.to_string()));
+        c.log.calls.push(Call::Update {
+            color,
+            task_definition: task_definition.into(),
+        });
+        Ok(())
+    }
+    async fn scale_to_zero(&self, _service: &ServiceConfig, color: Color) -> PortResult<()> {
+        self.effect("scale-to-zero").await?;
+        let mut c = self.cloud();
+        if let Some(entry) = c.colors.get_mut(&color) {
+            entry.1 = 0;
+        }
+        c.log.scaled_to_zero.push(color);
+        c.log.calls.push(Call::ScaleToZero(color));
+        Ok(())
+    }
+    async fn health(&self, _service: &ServiceConfig, color: Color) -> PortResult<TargetHealth> {
+        let c = self.cloud();
+        let h = c
+            .health
+            .clone()
+            .ok_or_else(|| PortError::Retryable("no health reading".into()))?;
+        let running = c.colors.get(&color).and_then(|(td, _)| td.clone());
+        Ok(TargetHealth {
+            task_definition: h.task_definition.or(running),
+            ..h
+        })
+    }
+}
+
+impl Bus for Sim {
+    async fn publish(&self, entries: &[Entry]) -> PortResult<Vec<String>> {
+        let mut c = self.cloud();
+        for e in entries {
+            let kind = EventKind::ALL
+                .into_iter()
+                .find(|k| k.detail_type() == e.detail_type)
+                .expect("a known detail type");
+            let detail: EventDetail = serde_json::from_str(&e.detail).expect("detail JSON");
+            c.log.published.push(OutboundEvent { kind, detail });
+        }
+        Ok(Vec::new())
+    }
+}
+
+impl Alarms for Sim {
+    async fn firing(&self, _names: &[String]) -> PortResult<Vec<String>> {
+        self.cloud()
+            .alarms_firing
+            .clone()
+            .ok_or_else(|| PortError::Retryable("DescribeAlarms: throttled".into()))
+    }
+}
+
+impl Checks for Sim {
+    async fn get(&self, url: &str) -> Result<u16, String> {
+        let mut c = self.cloud();
+        c.log.calls.push(Call::Validate(url.into()));
+        Ok(if c.validations_pass { 200 } else { 503 })
+    }
+}
+
+impl Registry for Sim {
+    async fn resolve(&self, repository: &str, tag: &str) -> PortResult<String> {
+        self.cloud().tags.get(tag).cloned().ok_or_else(|| {
+            PortError::Permanent(format!("tag {tag} does not exist in {repository}"))
+        })
+    }
+}
+
+/// One decision as the runner reported it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub before: ServiceState,
+    pub input: Input,
+    pub now: Timestamp,
+    pub decision: Decision,
+}
+
+/// How long a dead worker's service lease blocks the next one.
+pub const LEASE: Duration = Duration::from_secs(1);
+
+/// The production worker in a simulated world; see the module docs.
+pub struct World {
+    rt: tokio::runtime::Runtime,
+    clock: Clock,
+    worker: Worker<Sim>,
+    svc: ServiceConfig,
+    pub sim: Arc<Sim>,
+    journal: Arc<Mutex<Vec<Record>>>,
+    /// The settings the worker runs with (derived from its configuration).
+    pub settings: ServiceSettings,
+    /// The stored service state, as of the last operation.
+    pub state: ServiceState,
+    /// The clock, as of the last operation.
+    pub now: Timestamp,
+    /// What the cloud saw and every decided event, as of the last operation.
+    pub log: Log,
+    /// Knobs, handed to the cloud before every operation.
     pub alarms_firing: Option<Vec<String>>,
     pub health: Option<TargetHealth>,
     pub validations_pass: bool,
-    /// Drop the effects of the next decision (crash after commit, before effects).
-    pub crash_next: bool,
-    /// Make every effect of this name fail.
     pub failing_effect: Option<&'static str>,
-    /// Every (input, now) applied, for replay tests.
+    /// The worker dies right after its next commit: that decision's effects are lost.
+    pub crash_next: bool,
+    /// Every input the core decided, with its `now`, in order (replay tests).
     pub history: Vec<(Input, Timestamp)>,
     /// Every decision with the state it was made on.
     pub records: Vec<Record>,
 }
 
-/// One decision as the world saw it.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub before: ServiceState,
-    pub input: Input,
-    pub decision: Decision,
-}
-
 impl World {
     pub fn new(settings: ServiceSettings) -> World {
-        World {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let base = rt.block_on(async { tokio::time::Instant::now() });
+        let clock: Clock = Arc::new(move || {
+            let elapsed = tokio::time::Instant::now().duration_since(base);
+            Timestamp::from_millis(T0 + u64::try_from(elapsed.as_millis()).unwrap_or(0))
+        });
+        let db = LocalDb::in_memory(
+            clock.clone(),
+            QueueOptions {
+                visibility: Duration::from_secs(30),
+                max_receives: 5,
+                poll_every: Duration::from_millis(20),
+            },
+        )
+        .expect("database");
+        let sim = Arc::new(Sim {
+            db,
+            cloud: Mutex::new(Cloud::default()),
+            crashed: tokio::sync::Notify::new(),
+        });
+        let config = config(&settings);
+        let svc = config.services[0].clone();
+        let journal = Arc::new(Mutex::new(Vec::new()));
+        let sink = journal.clone();
+        let options = Options {
+            concurrency: 1,
+            wait: Duration::ZERO,
+            visibility: Duration::from_secs(30),
+            lease: LEASE,
+            worker_id: "sim".into(),
+            reconcile_every: Duration::ZERO,
+        };
+        let worker = Worker::new(sim.clone(), config, clock.clone(), options).with_listener(
+            Arc::new(move |d: &Decided<'_>| {
+                sink.lock().expect("journal").push(Record {
+                    before: d.before.clone(),
+                    input: d.input.clone(),
+                    now: d.now,
+                    decision: d.decision.clone(),
+                });
+            }),
+        );
+        let mut w = World {
+            rt,
+            clock,
+            worker,
+            settings: svc.settings(),
+            svc,
+            sim,
+            journal,
             state: ServiceState::new(SERVICE, Color::Blue),
-            settings,
             now: Timestamp::from_millis(T0),
-            ticks: Vec::new(),
             log: Log::default(),
             alarms_firing: Some(Vec::new()),
             health: Some(healthy()),
             validations_pass: true,
-            crash_next: false,
             failing_effect: None,
+            crash_next: false,
             history: Vec::new(),
             records: Vec::new(),
+        };
+        w.sync_out();
+        w
+    }
+
+    /// The cloud's state and knobs, for what the fields do not cover (the production
+    /// rule, tags, crashes).
+    pub fn cloud(&self) -> std::sync::MutexGuard<'_, Cloud> {
+        self.sim.cloud()
+    }
+
+    fn sync_in(&mut self) {
+        let mut c = self.sim.cloud();
+        c.alarms_firing = self.alarms_firing.clone();
+        c.health = self.health.clone();
+        c.validations_pass = self.validations_pass;
+        c.failing_effect = self.failing_effect;
+        c.crash_after_commit = std::mem::take(&mut self.crash_next);
+    }
+
+    fn sync_out(&mut self) {
+        let sim = self.sim.clone();
+        let clock = self.clock.clone();
+        let (state, now) = self.rt.block_on(async move {
+            let stored = sim.db.load(SERVICE, Color::Blue).await.expect("load");
+            (stored.state, clock())
+        });
+        self.state = state;
+        self.now = now;
+        let fresh: Vec<Record> = std::mem::take(&mut *self.journal.lock().expect("journal"));
+        let mut log = self.sim.cloud().log.clone();
+        for r in &fresh {
+            self.history.push((r.input.clone(), r.now));
         }
+        self.records.extend(fresh);
+        log.events = self
+            .records
+            .iter()
+            .filter(|r| r.decision.changed())
+            .flat_map(|r| r.decision.events.iter().cloned())
+            .collect();
+        self.log = log;
+    }
+
+    /// Runs `fut` on the worker until it finishes or the worker dies; `None` on death.
+    fn run<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        let sim = self.sim.clone();
+        self.rt.block_on(async move {
+            tokio::select! {
+                out = fut => Some(out),
+                () = sim.crashed.notified() => None,
+            }
+        })
+    }
+
+    /// Decides `input` now and carries it out (the runner runs its effects and feeds
+    /// their results back). Returns the outcome of `input` itself.
+    pub fn apply(&mut self, input: Input) -> Outcome {
+        self.sync_in();
+        let from = self.records.len();
+        let worker = self.worker.clone();
+        let svc = self.svc.clone();
+        let key = input.key.clone();
+        let result = self.run(async move { worker.apply(&svc, input).await });
+        self.sync_out();
+        match result {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(e)) => panic!("the worker failed on {key}: {e}"),
+            None => self.records[from..]
+                .iter()
+                .find(|r| r.input.key == key)
+                .map(|r| r.decision.outcome.clone())
+                .expect("the input was decided before the worker died"),
+        }
+    }
+
+    /// Messages waiting in the inbox, with when each becomes visible.
+    pub fn inbox(&self) -> Vec<(serde_json::Value, Timestamp)> {
+        self.sim
+            .db
+            .pending()
+            .expect("inbox")
+            .into_iter()
+            .map(|(body, at)| (serde_json::from_str(&body).expect("JSON"), at))
+            .collect()
+    }
+
+    /// Ticks the worker sent itself and that wait in the inbox.
+    pub fn ticks(&self) -> Vec<(TickKey, Timestamp)> {
+        self.inbox()
+            .into_iter()
+            .filter(|(m, _)| m["detail-type"] == "Deployment Tick")
+            .map(|(m, at)| {
+                let d = &m["detail"];
+                let n = |f: &str| u32::try_from(d[f].as_u64().expect("number")).expect("u32");
+                let key = TickKey {
+                    deployment_id: d["deploymentId"].as_str().expect("id").into(),
+                    cursor: n("cursor"),
+                    attempt: n("attempt"),
+                };
+                (key, at)
+            })
+            .collect()
+    }
+
+    /// Puts an EventBridge envelope in the inbox, visible after `delay`.
+    pub fn send(&mut self, body: &serde_json::Value, delay: Duration) {
+        let db = self.sim.db.clone();
+        let text = body.to_string();
+        self.rt
+            .block_on(async move { db.send(text, delay).await })
+            .expect("send");
+    }
+
+    /// Delivers the message that becomes visible first (a tick, or an envelope),
+    /// advancing the clock to it, through the worker's message handling. `None` when
+    /// the inbox is empty; otherwise the outcome of the first input decided for it.
+    pub fn tick(&mut self) -> Option<Outcome> {
+        self.sync_in();
+        let (_, at) = self.inbox().into_iter().next()?;
+        if at > self.now {
+            self.advance_ms(at.since(self.now));
+        }
+        let db = self.sim.db.clone();
+        let mut received = self
+            .rt
+            .block_on(async move { db.receive(1, Duration::ZERO).await })
+            .expect("receive");
+        let m = received.pop()?;
+        let from = self.records.len();
+        let worker = self.worker.clone();
+        let disposition = self.run(async move { worker.process(m).await });
+        self.sync_out();
+        let outcome = self.records[from..]
+            .first()
+            .map(|r| r.decision.outcome.clone());
+        Some(outcome.unwrap_or_else(|| Outcome::Ignored {
+            code: bluegreen::flow::IgnoreCode::Duplicate,
+            reason: format!("no decision: {disposition:?}"),
+        }))
+    }
+
+    /// Delivers messages until `stop` holds or the inbox is empty (bounded).
+    pub fn run_until(&mut self, stop: impl Fn(&World) -> bool) {
+        for _ in 0..500 {
+            if stop(self) || self.tick().is_none() {
+                return;
+            }
+        }
+        panic!("world did not settle in 500 deliveries");
+    }
+
+    /// Delivers every message; when a deployment still waits for a lost tick, lets the
+    /// reconciler find it after its grace; until nothing is left but a paused deployment
+    /// (a human hold) (bounded).
+    pub fn settle(&mut self) {
+        for _ in 0..2000 {
+            if self.tick().is_some() {
+                continue;
+            }
+            let waiting = self
+                .state
+                .active
+                .iter()
+                .chain(self.state.last.iter())
+                .filter(|d| !d.is_paused())
+                .filter_map(|d| d.next_tick)
+                .map(|t| t.due)
+                .min();
+            match waiting {
+                Some(due) => {
+                    let grace = self.settings.timeouts.reconcile_grace;
+                    let at = self.now.max(due).plus(grace + Duration::from_secs(1));
+                    self.advance_ms(at.since(self.now));
+                    self.reconcile();
+                }
+                None => return,
+            }
+        }
+        panic!("world did not settle");
+    }
+
+    /// Another worker over the same store, inbox and cloud (a second task on one queue).
+    pub fn other_worker(&self, id: &str) -> Worker<Sim> {
+        let options = Options {
+            concurrency: 1,
+            wait: Duration::ZERO,
+            visibility: Duration::from_secs(30),
+            lease: LEASE,
+            worker_id: id.into(),
+            reconcile_every: Duration::from_secs(30),
+        };
+        Worker::new(
+            self.sim.clone(),
+            config(&self.settings),
+            self.clock.clone(),
+            options,
+        )
+    }
+
+    /// Runs `fut` on this world's runtime (for another worker's calls).
+    pub fn block_on<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
+        let out = self.rt.block_on(fut);
+        self.sync_out();
+        out
+    }
+
+    /// One run of the reconciler, as the worker's own loop runs it.
+    pub fn reconcile(&mut self) -> Outcome {
+        let key = format!("reconcile:{}", self.now.millis());
+        self.apply(Input::reconcile(key))
+    }
+
+    pub fn advance(&mut self, secs: u64) {
+        self.advance_ms(secs * 1000);
+    }
+
+    /// Moves the clock to `at` (never back).
+    pub fn advance_to(&mut self, at: Timestamp) {
+        self.advance_ms(at.since(self.now));
+    }
+
+    pub fn advance_ms(&mut self, ms: u64) {
+        self.rt
+            .block_on(tokio::time::advance(Duration::from_millis(ms)));
+        self.sync_out();
     }
 
     pub fn active(&self) -> &bluegreen::flow::Deployment {
@@ -164,186 +872,6 @@ impl World {
 
     pub fn last_phase(&self) -> Option<Phase> {
         self.state.last.as_ref().map(|d| d.phase)
-    }
-
-    /// Decides `input` now, commits, runs effects (unless crashing) and feeds results
-    /// back. Returns the outcome of `input` itself.
-    pub fn apply(&mut self, input: Input) -> Outcome {
-        self.history.push((input.clone(), self.now));
-        let decision = decide(self.state.clone(), &self.settings, &input, self.now);
-        let outcome = decision.outcome.clone();
-        if matches!(outcome, Outcome::Ignored { .. }) {
-            assert_eq!(
-                decision.state, self.state,
-                "an ignored input changed the state: {input:?}"
-            );
-            assert!(decision.effects.is_empty() && decision.events.is_empty());
-        }
-        self.log.events.extend(decision.events.iter().cloned());
-        let effects = decision.effects.clone();
-        self.records.push(Record {
-            before: std::mem::replace(&mut self.state, decision.state.clone()),
-            input: input.clone(),
-            decision,
-        });
-        if std::mem::take(&mut self.crash_next) {
-            return outcome;
-        }
-        let cursor = self.state.active.as_ref().map_or(0, |d| d.cursor);
-        for effect in effects {
-            if let Some(followup) = self.run(&effect, cursor) {
-                let failed = matches!(followup.kind, InputKind::EffectFailed { .. });
-                self.apply(followup);
-                if failed {
-                    break;
-                }
-            }
-        }
-        outcome
-    }
-
-    fn run(&mut self, effect: &Effect, cursor: u32) -> Option<Input> {
-        self.log.effects.push(effect.clone());
-        if self.failing_effect == Some(effect.name()) {
-            let deployment_id = effect.deployment_id();
-            let cursor = self
-                .state
-                .deployment(deployment_id)
-                .map_or(cursor, |d| d.cursor);
-            return Some(Input::effect_failed(
-                deployment_id,
-                cursor,
-                effect.name(),
-                "injected failure".into(),
-                self.log.effects.len() as u64,
-            ));
-        }
-        match effect {
-            Effect::RegisterRevision { deployment_id, .. } => {
-                let arn = format!(
-                    "arn:aws:ecs:us-east-1:123456789012:task-definition/web:{deployment_id}"
-                );
-                if !self.log.registrations.contains(&arn) {
-                    self.log.registrations.push(arn.clone());
-                }
-                Some(Input::revision_registered(deployment_id, arn))
-            }
-            Effect::UpdateService {
-                color,
-                task_definition,
-                ..
-            } => {
-                self.log.updates.push((*color, task_definition.clone()));
-                None
-            }
-            Effect::ScaleToZero { color, .. } => {
-                self.log.scaled_to_zero.push(*color);
-                None
-            }
-            Effect::SetProductionWeights { weights, .. } => {
-                self.log.production.push(*weights);
-                None
-            }
-            Effect::SetTestWeights { weights, .. } => {
-                self.log.test.push(*weights);
-                None
-            }
-            Effect::RunValidations {
-                deployment_id,
-                cursor,
-                checks,
-            } => Some(Input::validations_completed(
-                deployment_id,
-                *cursor,
-                checks
-                    .iter()
-                    .map(|c: &Check| CheckOutcome {
-                        name: c.name().into(),
-                        passed: self.validations_pass,
-                        detail: if self.validations_pass {
-                            "200".into()
-                        } else {
-                            "503".into()
-                        },
-                    })
-                    .collect(),
-            )),
-            Effect::ScheduleTick { tick, due } => {
-                self.ticks.push((tick.clone(), *due));
-                None
-            }
-        }
-    }
-
-    /// What the worker would read: the alarm states, and the health of the colour being
-    /// deployed to, running whatever revision an `UpdateService` last gave it.
-    pub fn observations(&self) -> Observations {
-        let target = self.state.active.as_ref().map(|d| d.target);
-        let running = self
-            .log
-            .updates
-            .iter()
-            .rev()
-            .find(|(c, _)| Some(*c) == target)
-            .map(|(_, td)| td.clone());
-        Observations {
-            alarms_firing: self.alarms_firing.clone(),
-            target_health: self.health.clone().map(|h| TargetHealth {
-                task_definition: h.task_definition.or(running),
-                ..h
-            }),
-        }
-    }
-
-    /// Delivers the earliest tick, advancing the clock to its due time.
-    pub fn tick(&mut self) -> Option<Outcome> {
-        let i = (0..self.ticks.len()).min_by_key(|&i| self.ticks[i].1)?;
-        let (key, due) = self.ticks.remove(i);
-        self.now = self.now.max(due);
-        let observed = self.observations();
-        Some(self.apply(Input::tick(key, observed)))
-    }
-
-    /// Delivers ticks until `stop` holds or no tick is left (bounded).
-    pub fn run_until(&mut self, stop: impl Fn(&World) -> bool) {
-        for _ in 0..500 {
-            if stop(self) || self.tick().is_none() {
-                return;
-            }
-        }
-        panic!("world did not settle in 500 ticks");
-    }
-
-    /// Delivers every tick, then, if a deployment still waits for a lost tick, lets the
-    /// reconciler find it; until nothing is left (bounded).
-    pub fn settle(&mut self) {
-        for _ in 0..2000 {
-            if self.tick().is_some() {
-                continue;
-            }
-            let waiting = self
-                .state
-                .active
-                .iter()
-                .chain(self.state.last.iter())
-                .filter_map(|d| d.next_tick)
-                .map(|t| t.due)
-                .min();
-            match waiting {
-                Some(due) => {
-                    let grace = self.settings.timeouts.reconcile_grace;
-                    self.now = self.now.max(due).plus(grace + Duration::from_secs(1));
-                    let key = format!("reconcile:{}", self.now.millis());
-                    self.apply(Input::new(key, InputKind::Reconcile));
-                }
-                None => return,
-            }
-        }
-        panic!("world did not settle");
-    }
-
-    pub fn advance(&mut self, secs: u64) {
-        self.now = self.now.plus(Duration::from_secs(secs));
     }
 
     pub fn event_kinds(&self) -> Vec<&'static str> {
@@ -368,5 +896,55 @@ pub fn reason_of(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Applied => String::new(),
         Outcome::Rejected { reason, .. } | Outcome::Ignored { reason, .. } => reason.clone(),
+    }
+}
+
+/// EventBridge envelopes as AWS and operators send them, for delivery through the inbox.
+pub mod envelope {
+    use serde_json::{Value, json};
+
+    use super::{ACCOUNT, SERVICE};
+
+    fn wrap(id: &str, source: &str, detail_type: &str, detail: Value) -> Value {
+        json!({
+            "version": "0", "id": id, "detail-type": detail_type, "source": source,
+            "account": ACCOUNT, "time": "2023-11-14T22:13:20Z", "region": "us-east-1",
+            "resources": [], "detail": detail
+        })
+    }
+
+    /// An ECR push of image `n` (the digest and tag of [`super::image`]).
+    pub fn push(n: u32) -> Value {
+        wrap(
+            &format!("push-{n}"),
+            "aws.ecr",
+            "ECR Image Action",
+            json!({
+                "result": "SUCCESS", "repository-name": "web", "image-digest": super::digest(n),
+                "action-type": "PUSH", "image-tag": format!("release-{n}")
+            }),
+        )
+    }
+
+    /// A CloudWatch alarm entering ALARM at `at`.
+    pub fn alarm(name: &str, at: &str) -> Value {
+        wrap(
+            &format!("alarm-{name}-{at}"),
+            "aws.cloudwatch",
+            "CloudWatch Alarm State Change",
+            json!({
+                "alarmName": name,
+                "state": { "value": "ALARM", "reason": "Threshold Crossed", "timestamp": at },
+                "previousState": { "value": "OK", "reason": "fine", "timestamp": "2023-11-14T00:00:00.000+0000" },
+                "configuration": { "metrics": [] }
+            }),
+        )
+    }
+
+    /// An operator event (`Promote Requested`, …) with EventBridge id `id`.
+    pub fn operator(id: &str, detail_type: &str, mut detail: Value) -> Value {
+        detail["service"] = SERVICE.into();
+        detail["requestedBy"] = "alice".into();
+        wrap(id, "bluegreen.manual", detail_type, detail)
     }
 }

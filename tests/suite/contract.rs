@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bluegreen::config::Config;
 use bluegreen::contract::{self, Body, Entry, ParseError, Routed, Sources, parse_image};
-use bluegreen::flow::{Action, Check, Concurrency, EventKind, Phase};
+use bluegreen::flow::{Action, Check, Color, Concurrency, EventKind, InputKind, Phase, Weights};
 use bluegreen::schema::{self, SchemaId};
 use proptest::prelude::*;
 
@@ -247,6 +247,21 @@ fn worlds() -> Vec<World> {
     let mut w = world_in(s, Phase::Baking);
     w.failing_effect = Some("scale-to-zero");
     w.apply(alarm("web-5xx", "t"));
+    w.settle();
+    out.push(w);
+
+    // A stack update rewrites the rule mid-shift; the tag of a requested image is
+    // resolved.
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.cloud().rule = Weights::all(Color::Blue);
+    w.settle();
+    w.cloud().tags.insert("v2".into(), digest(2));
+    let mut by_tag = push(2);
+    if let InputKind::Deploy { image, .. } = &mut by_tag.kind {
+        image.digest = None;
+        image.tag = Some("v2".into());
+    }
+    w.apply(by_tag);
     w.settle();
     out.push(w);
     out

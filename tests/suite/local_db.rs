@@ -1,6 +1,7 @@
 //! The embedded store and inbox: queue semantics (delay, visibility expiry and
 //! redelivery, receive count, dead-lettering) and store semantics (compare-and-swap,
-//! lease, dedup, outbox), on a manual clock; durability across a reopen.
+//! lease, dedup, outbox claims, named leases), on a manual clock; durability across a
+//! reopen.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +10,8 @@ use std::time::Duration;
 use bluegreen::contract::Entry;
 use bluegreen::flow::{Color, ServiceState, Timestamp};
 use bluegreen::local::{LocalDb, QueueOptions};
+use bluegreen::ports::Clock;
 use bluegreen::ports::{Commit, Inbox, Lease, PortError, Store};
-use bluegreen::worker::Clock;
 
 struct Manual(Arc<AtomicU64>);
 
@@ -259,6 +260,14 @@ fn entry(id: &str) -> Entry {
     }
 }
 
+fn claim(owner: &str, now: Timestamp) -> Lease<'_> {
+    Lease {
+        owner,
+        until: now.plus(Duration::from_secs(30)),
+        now,
+    }
+}
+
 #[tokio::test]
 async fn the_outbox_keeps_unpublished_events_in_order() {
     let (db, clock) = db();
@@ -267,11 +276,74 @@ async fn the_outbox_keeps_unpublished_events_in_order() {
     db.commit("web", commit(&state, 0, "a", clock.now(), None, &events))
         .await
         .expect("commit");
-    assert_eq!(db.outbox("web").await.expect("outbox"), events);
+    let claimed = db.claim_outbox("web", claim("a", clock.now())).await;
+    assert_eq!(claimed.expect("claim"), events);
     db.outbox_done("web", &["web-1:1".into(), "web-1:3".into()])
         .await
         .expect("done");
-    assert_eq!(db.outbox("web").await.expect("outbox"), [entry("web-1:2")]);
+    let again = db.claim_outbox("web", claim("a", clock.now())).await;
+    assert_eq!(again.expect("claim"), [entry("web-1:2")]);
+}
+
+#[tokio::test]
+async fn a_claimed_outbox_entry_goes_to_no_other_publisher_until_the_claim_expires() {
+    let (db, clock) = db();
+    let state = ServiceState::new("web", Color::Blue);
+    db.commit(
+        "web",
+        commit(&state, 0, "a", clock.now(), None, &[entry("web-1:1")]),
+    )
+    .await
+    .expect("commit");
+    let first = db.claim_outbox("web", claim("a", clock.now())).await;
+    assert_eq!(first.expect("claim"), [entry("web-1:1")]);
+    let second = db.claim_outbox("web", claim("b", clock.now())).await;
+    assert_eq!(
+        second.expect("claim"),
+        [],
+        "a second publisher gets nothing"
+    );
+    // The first publisher died between claiming and publishing: after the claim
+    // expires, another one publishes the entry (once).
+    clock.advance(30_001);
+    let third = db.claim_outbox("web", claim("b", clock.now())).await;
+    assert_eq!(third.expect("claim"), [entry("web-1:1")]);
+}
+
+#[tokio::test]
+async fn a_named_lease_has_one_holder_until_it_expires() {
+    let (db, clock) = db();
+    let lease = |owner, now: Timestamp| Lease {
+        owner,
+        until: now.plus(Duration::from_secs(60)),
+        now,
+    };
+    assert!(
+        db.try_lease("reconciler", lease("a", clock.now()))
+            .await
+            .expect("a")
+    );
+    assert!(
+        !db.try_lease("reconciler", lease("b", clock.now()))
+            .await
+            .expect("b")
+    );
+    assert!(
+        db.try_lease("reconciler", lease("a", clock.now()))
+            .await
+            .expect("a renews")
+    );
+    clock.advance(60_001);
+    assert!(
+        db.try_lease("reconciler", lease("b", clock.now()))
+            .await
+            .expect("b takes over")
+    );
+    assert!(
+        !db.try_lease("reconciler", lease("a", clock.now()))
+            .await
+            .expect("a is out")
+    );
 }
 
 #[tokio::test]
@@ -298,7 +370,8 @@ async fn state_outbox_and_queue_survive_a_reopen() {
     let stored = db.load("web", Color::Blue).await.expect("load");
     assert_eq!((stored.version, stored.state.live), (1, Color::Green));
     assert!(db.seen("web", "k").await.expect("seen"));
-    assert_eq!(db.outbox("web").await.expect("outbox").len(), 1);
+    let claimed = db.claim_outbox("web", claim("b", manual.now())).await;
+    assert_eq!(claimed.expect("claim").len(), 1);
     manual.advance(5_000);
     assert_eq!(db.receive(10, NOW).await.expect("receive").len(), 1);
     let _ = std::fs::remove_dir_all(&dir);

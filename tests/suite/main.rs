@@ -1,18 +1,26 @@
 //! The test suite: one binary (compile time matters on small machines).
 //!
+//! * `common` — the production worker over the embedded store and inbox and a simulated
+//!   cloud, on tokio's paused clock: what the flow tests drive;
 //! * `transitions` — one test per transition of the flow;
+//! * `observed` — the worker acts on observed facts: live colour, read-backs, drift,
+//!   tags, the runner's follow-ups, the reconciler's lease;
 //! * `sequences` — canned event sequences, replayed step by step and all at once;
-//! * `invariants` — property tests of SPEC §4, named after the invariants;
+//! * `invariants` — property tests of SPEC §4 on the production worker, named after the
+//!   invariants;
 //! * `contract` — AWS samples and every emitted event against `schemas/`;
 //! * `config` — the configuration document and its errors;
 //! * `local_db` — the embedded store and inbox;
 //! * `local_e2e` — the embedded mode end to end: proxy, processes, alarms, worker;
 //! * `local_proxy` — the embedded proxy alone: split, headers, streaming, draining;
 //! * `cli` — the binary's commands and exit codes;
-//! * `aws_e2e` (with the `moto` harness) — the AWS worker end to end on moto server.
+//! * `aws_e2e` (with the `moto` harness) — the AWS worker end to end on moto server;
+//! * `aws_observed` — on moto too: green live at first sight, the rule changed behind the
+//!   worker's back (idle and mid-shift), an image requested by tag.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod aws_e2e;
+mod aws_observed;
 mod cli;
 mod common;
 mod config;
@@ -22,5 +30,6 @@ mod local_db;
 mod local_e2e;
 mod local_proxy;
 mod moto;
+mod observed;
 mod sequences;
 mod transitions;

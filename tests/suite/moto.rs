@@ -4,11 +4,12 @@
 //! Every test builds its own resources under a unique prefix, so tests run in parallel
 //! against one server. SDK retries are off: moto answers unimplemented calls with 500.
 //!
-//! moto stores ECS shapes but never rolls a deployment out or registers targets. The
-//! [`MotoWorld`] wrapper delegates every port to the real [`Aws`] adapter except one
-//! clearly named place, [`MotoWorld::plays_ecs_rollout`], which does ECS's part: it
-//! registers the colour's tasks as targets and reports the rollout of the service's task
-//! definition as complete. Target health itself is read from moto's ELBv2.
+//! moto stores ECS shapes but never rolls a deployment out or registers targets; the
+//! server `scripts/moto` starts (`scripts/moto_server.py`) plays ECS's part on the server
+//! side: an `UpdateService` rolls out at once and registers the service's tasks in its
+//! target groups. The [`MotoWorld`] wrapper delegates every port to the real [`Aws`]
+//! adapter unchanged; it only records the weights written and read back, and can make
+//! the worker die after a commit.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,11 +21,11 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, ContainerDefinition, NetworkConfiguration,
+    AssignPublicIp, AwsVpcConfiguration, ContainerDefinition, LoadBalancer, NetworkConfiguration,
 };
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, FixedResponseActionConfig, ForwardActionConfig, RuleCondition,
-    TargetDescription, TargetGroupStickinessConfig, TargetGroupTuple, TargetTypeEnum,
+    TargetGroupStickinessConfig, TargetGroupTuple, TargetTypeEnum,
 };
 use aws_sdk_eventbridge::types::{PutEventsRequestEntry, Target};
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -33,10 +34,10 @@ use bluegreen::config::{Config, ServiceConfig};
 use bluegreen::contract::Entry;
 use bluegreen::flow::{Color, ServiceState, TargetHealth, Weights};
 use bluegreen::ports::{
-    Alarms, Bus, Checks, Commit, Fence, Inbox, Platform, PortResult, Received, Store, Stored,
-    Traffic,
+    Alarms, Bus, Checks, Commit, Fence, Inbox, Lease, Platform, PortResult, Received, Registry,
+    Store, Stored, Traffic, system_clock,
 };
-use bluegreen::worker::{Options, Worker, system_clock};
+use bluegreen::worker::{Options, Worker};
 
 pub fn endpoint() -> String {
     std::env::var("BLUEGREEN_MOTO_ENDPOINT").expect(
@@ -88,6 +89,8 @@ pub struct Shape {
     pub extra: String,
     /// Give every service a test listener rule.
     pub test_listener: bool,
+    /// Green serves production (100 %) and runs the tasks; blue is idle at zero.
+    pub green_live: bool,
 }
 
 impl Default for Shape {
@@ -100,6 +103,7 @@ impl Default for Shape {
             services: 1,
             extra: String::new(),
             test_listener: false,
+            green_live: false,
         }
     }
 }
@@ -320,17 +324,18 @@ impl Env {
             let suffix = if k == 0 { String::new() } else { k.to_string() };
             let blue_tg = tg(format!("{p}-b{suffix}")).await;
             let green_tg = tg(format!("{p}-g{suffix}")).await;
+            let (blue_weight, green_weight) = if shape.green_live { (0, 100) } else { (100, 0) };
             let forward = ForwardActionConfig::builder()
                 .target_groups(
                     TargetGroupTuple::builder()
                         .target_group_arn(&blue_tg)
-                        .weight(100)
+                        .weight(blue_weight)
                         .build(),
                 )
                 .target_groups(
                     TargetGroupTuple::builder()
                         .target_group_arn(&green_tg)
-                        .weight(0)
+                        .weight(green_weight)
                         .build(),
                 )
                 .target_group_stickiness_config(
@@ -402,13 +407,22 @@ impl Env {
                         .expect("vpc config"),
                 )
                 .build();
-            for (name, count) in [("blue", 2), ("green", 0)] {
+            let live = if shape.green_live { "green" } else { "blue" };
+            for (name, group) in [("blue", &blue_tg), ("green", &green_tg)] {
+                let count = if name == live { 2 } else { 0 };
                 ecs.create_service()
                     .cluster(&cluster)
                     .service_name(format!("{p}-{name}{suffix}"))
                     .task_definition(&td)
                     .desired_count(count)
                     .network_configuration(network.clone())
+                    .load_balancers(
+                        LoadBalancer::builder()
+                            .target_group_arn(group)
+                            .container_name("app")
+                            .container_port(8080)
+                            .build(),
+                    )
                     .send()
                     .await
                     .expect("service");
@@ -531,8 +545,6 @@ account_id = "123456789012"
     pub fn world(&self) -> MotoWorld {
         MotoWorld {
             aws: Aws::new(&self.sdk, &self.config),
-            ecs: aws_sdk_ecs::Client::new(&self.sdk),
-            elb: aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk),
             applied: Mutex::new(Vec::new()),
             applied_at: Mutex::new(Vec::new()),
             crash_after_next_commit: std::sync::atomic::AtomicBool::new(false),
@@ -704,6 +716,70 @@ account_id = "123456789012"
     }
 }
 
+impl Env {
+    /// Rewrites the production rule's forward weights with a plain ELBv2 call, as a
+    /// stack update or a person in the console does (stickiness kept as created).
+    pub async fn rewrite_rule(&self, weights: Weights) {
+        let svc = self.service();
+        let tuple = |arn: &str, weight: u8| {
+            TargetGroupTuple::builder()
+                .target_group_arn(arn)
+                .weight(i32::from(weight))
+                .build()
+        };
+        let forward = ForwardActionConfig::builder()
+            .target_groups(tuple(&svc.blue_target_group_arn, weights.blue))
+            .target_groups(tuple(&svc.green_target_group_arn, weights.green))
+            .target_group_stickiness_config(
+                TargetGroupStickinessConfig::builder()
+                    .enabled(true)
+                    .duration_seconds(300)
+                    .build(),
+            )
+            .build();
+        aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk)
+            .modify_rule()
+            .rule_arn(svc.production_listener_rule_arn.expect("a rule"))
+            .actions(
+                Action::builder()
+                    .r#type(ActionTypeEnum::Forward)
+                    .forward_config(forward)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("modify rule");
+    }
+
+    /// Pushes an image tagged `tag` to the `web` repository of moto's ECR (created on
+    /// first use); returns its digest.
+    pub async fn ecr_image(&self, tag: &str) -> String {
+        let ecr = aws_sdk_ecr::Client::new(&self.sdk);
+        let _ = ecr.create_repository().repository_name("web").send().await;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": { "mediaType": "application/vnd.docker.container.image.v1+json", "size": 7023,
+                        "digest": format!("sha256:{:064x}", u128::from(tag.len() as u32)) },
+            "layers": [{ "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 32654,
+                         "digest": "sha256:e692418e4cbaf90ca69d05a66403747baa33ee08806650b51fab815ad7fc331f" }],
+            "annotations": { "tag": tag }
+        });
+        ecr.put_image()
+            .repository_name("web")
+            .image_manifest(manifest.to_string())
+            .image_tag(tag)
+            .send()
+            .await
+            .expect("put image")
+            .image()
+            .and_then(|i| i.image_id())
+            .and_then(|id| id.image_digest())
+            .expect("digest")
+            .to_string()
+    }
+}
+
 pub async fn set_alarm(sdk: &SdkConfig, name: &str, state: &str) {
     aws_sdk_cloudwatch::Client::new(sdk)
         .set_alarm_state()
@@ -797,8 +873,6 @@ impl Ec2Query {
 /// The real AWS adapter, with ECS's rollout played where moto cannot.
 pub struct MotoWorld {
     pub aws: Aws,
-    ecs: aws_sdk_ecs::Client,
-    elb: aws_sdk_elasticloadbalancingv2::Client,
     /// Production weights as written and read back, in order.
     pub applied: Mutex<Vec<Weights>>,
     /// When each production write was confirmed by the read-back, for which service.
@@ -806,58 +880,6 @@ pub struct MotoWorld {
     /// When set, the next fencing read fails: the worker dies between committing a
     /// decision and running its effects.
     pub crash_after_next_commit: std::sync::atomic::AtomicBool,
-}
-
-impl MotoWorld {
-    /// Does ECS's part for `color`: once its service has tasks, they are registered in
-    /// the colour's target group, and the rollout of the service's task definition is
-    /// reported complete. Target health is then what moto's ELBv2 says.
-    async fn plays_ecs_rollout(
-        &self,
-        svc: &ServiceConfig,
-        color: Color,
-    ) -> PortResult<TargetHealth> {
-        let (name, tg) = match color {
-            Color::Blue => (&svc.blue_service, &svc.blue_target_group_arn),
-            Color::Green => (&svc.green_service, &svc.green_target_group_arn),
-        };
-        let service = self
-            .ecs
-            .describe_services()
-            .cluster(&svc.cluster)
-            .services(name)
-            .send()
-            .await
-            .expect("describe")
-            .services()[0]
-            .clone();
-        let desired = u32::try_from(service.desired_count()).unwrap_or(0);
-        let registered = self
-            .elb
-            .describe_target_health()
-            .target_group_arn(tg)
-            .send()
-            .await
-            .expect("health");
-        if desired > 0 && registered.target_health_descriptions().is_empty() {
-            let mut request = self.elb.register_targets().target_group_arn(tg);
-            for i in 0..desired {
-                request = request.targets(
-                    TargetDescription::builder()
-                        .id(format!("10.0.1.{}", 10 + i))
-                        .port(8080)
-                        .build(),
-                );
-            }
-            request.send().await.expect("register targets");
-        }
-        let mut health = self.aws.health(svc, color).await?;
-        health.task_definition = service.task_definition().map(str::to_string);
-        health.rollout_completed = desired > 0;
-        health.running = desired;
-        health.desired = desired;
-        Ok(health)
-    }
 }
 
 impl Inbox for MotoWorld {
@@ -896,11 +918,14 @@ impl Store for MotoWorld {
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
         self.aws.release(service, owner).await
     }
-    async fn outbox(&self, service: &str) -> PortResult<Vec<Entry>> {
-        self.aws.outbox(service).await
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
+        self.aws.claim_outbox(service, claim).await
     }
     async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
         self.aws.outbox_done(service, event_ids).await
+    }
+    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
+        self.aws.try_lease(name, lease).await
     }
 }
 
@@ -908,15 +933,19 @@ impl Traffic for MotoWorld {
     async fn production(&self, service: &ServiceConfig) -> PortResult<Weights> {
         self.aws.production(service).await
     }
-    async fn set_production(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
-        self.aws.set_production(service, weights).await?;
-        self.applied.lock().expect("lock").push(weights);
+    async fn set_production(
+        &self,
+        service: &ServiceConfig,
+        weights: Weights,
+    ) -> PortResult<Weights> {
+        let read = self.aws.set_production(service, weights).await?;
+        self.applied.lock().expect("lock").push(read);
         self.applied_at.lock().expect("lock").push((
             tokio::time::Instant::now(),
             service.name.clone(),
-            weights,
+            read,
         ));
-        Ok(())
+        Ok(read)
     }
     async fn set_test(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
         self.aws.set_test(service, weights).await
@@ -950,7 +979,7 @@ impl Platform for MotoWorld {
         self.aws.scale_to_zero(service, color).await
     }
     async fn health(&self, service: &ServiceConfig, color: Color) -> PortResult<TargetHealth> {
-        self.plays_ecs_rollout(service, color).await
+        self.aws.health(service, color).await
     }
 }
 
@@ -963,6 +992,12 @@ impl Bus for MotoWorld {
 impl Alarms for MotoWorld {
     async fn firing(&self, names: &[String]) -> PortResult<Vec<String>> {
         self.aws.firing(names).await
+    }
+}
+
+impl Registry for MotoWorld {
+    async fn resolve(&self, repository: &str, tag: &str) -> PortResult<String> {
+        self.aws.resolve(repository, tag).await
     }
 }
 

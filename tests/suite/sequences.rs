@@ -97,7 +97,7 @@ fn check_replays(w: &World) {
         .zip(&w.history)
         .filter(|(o, (i, _))| {
             !matches!(o, Outcome::Ignored { .. })
-                && !matches!(i.kind, bluegreen::flow::InputKind::Reconcile)
+                && !matches!(i.kind, bluegreen::flow::InputKind::Reconcile { .. })
                 && w.state.recent_keys.contains(&i.key)
         })
         .map(|(o, _)| o)

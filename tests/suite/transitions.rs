@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use bluegreen::flow::{
-    Action, Check, Color, Concurrency, Effect, ExplicitStep, IgnoreCode, Input, InputKind,
-    Observations, Outcome, Phase, RejectCode, ServiceSettings, Strategy, TargetHealth, Weights,
+    Action, Check, Color, Concurrency, ExplicitStep, IgnoreCode, Input, InputKind, Observations,
+    Outcome, Phase, RejectCode, ServiceSettings, Strategy, TargetHealth, Weights,
 };
 
 use crate::common::*;
@@ -37,11 +37,11 @@ fn push_on_an_idle_service_starts_a_deployment_in_requested() {
     assert_eq!((d.stable, d.target), (Color::Blue, Color::Green));
     assert_eq!(w.event_kinds(), ["Deployment Started"]);
     assert_eq!(
-        w.ticks.len(),
+        w.ticks().len(),
         1,
         "the start checks run on an immediate tick"
     );
-    assert_eq!(w.ticks[0].1, w.now);
+    assert_eq!(w.ticks()[0].1, w.now);
 }
 
 #[test]
@@ -86,7 +86,12 @@ fn an_alarm_already_in_alarm_blocks_the_start() {
     assert!(w.log.registrations.is_empty(), "nothing was provisioned");
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::RolledBack));
-    assert_eq!(w.log.production, [wt(100, 0)], "production stays on blue");
+    assert!(
+        w.log.calls.is_empty(),
+        "nothing was touched, so nothing is undone: {:?}",
+        w.log.calls
+    );
+    assert_eq!(w.cloud().rule, wt(100, 0), "production stays on blue");
 }
 
 #[test]
@@ -96,8 +101,8 @@ fn a_start_that_cannot_read_alarms_waits_instead_of_starting() {
     w.apply(push(1));
     w.tick();
     assert_eq!(w.phase(), Some(Phase::Requested));
-    assert_eq!(w.ticks.len(), 1);
-    assert_eq!(w.ticks[0].0.attempt, 2, "polls again as a new attempt");
+    assert_eq!(w.ticks().len(), 1);
+    assert_eq!(w.ticks()[0].0.attempt, 2, "polls again as a new attempt");
     assert!(w.log.registrations.is_empty());
 }
 
@@ -109,7 +114,7 @@ fn provisioning_that_never_registers_rolls_back_at_its_timeout() {
     w.tick();
     assert_eq!(w.phase(), Some(Phase::Provisioning));
     // The watchdog tick itself was lost too; deliver it by hand at the deadline.
-    w.now = w.active().next_tick.expect("watchdog").due;
+    w.advance_to(w.active().next_tick.expect("watchdog").due);
     let key = w.active().pending_key().expect("watchdog");
     w.apply(Input::tick(key, Observations::alarms_ok()));
     assert_eq!(w.phase(), Some(Phase::RollingBack));
@@ -220,18 +225,23 @@ fn healthy_green_with_validations_routes_the_test_listener_and_runs_them() {
     let mut w = World::new(s);
     w.apply(push(1));
     w.run_until(|w| w.phase() == Some(Phase::Shifting));
-    assert_eq!(
-        w.log.test,
-        [wt(0, 100)],
-        "test rule to green before validations"
+    assert!(
+        w.log.test.iter().all(|t| *t == wt(0, 100)),
+        "the test rule follows green: {:?}",
+        w.log.test
     );
-    let ran = w
-        .log
-        .effects
-        .iter()
-        .filter(|e| matches!(e, Effect::RunValidations { .. }))
-        .count();
-    assert_eq!(ran, 1);
+    let validated: Vec<usize> = (0..w.log.calls.len())
+        .filter(|i| matches!(w.log.calls[*i], Call::Validate(_)))
+        .collect();
+    assert_eq!(validated.len(), 1);
+    assert_eq!(
+        w.log
+            .calls
+            .iter()
+            .position(|c| *c == Call::Test(wt(0, 100))),
+        Some(validated[0] - 1),
+        "test rule to green right before validations"
+    );
     assert!(w.event_kinds().contains(&"Deployment Phase Changed"));
 }
 
@@ -296,9 +306,14 @@ fn the_approval_gate_waits_for_approve() {
     assert_eq!(w.apply(op("a1", Action::Approve)), Outcome::Applied);
     assert_eq!(w.phase(), Some(Phase::Shifting));
     assert_eq!(w.log.production, [wt(75, 25)]);
-    let last = w.log.events.last().expect("event");
+    let approved = w
+        .log
+        .events
+        .iter()
+        .find(|e| e.detail.previous_phase == Some(Phase::AwaitingApproval))
+        .expect("the approval's event");
     assert_eq!(
-        last.detail.requested_by.as_deref(),
+        approved.detail.requested_by.as_deref(),
         Some("alice"),
         "the event names who approved"
     );
@@ -369,17 +384,14 @@ fn each_step_tick_moves_to_the_next_weight_and_ends_in_success() {
 fn an_alarm_mid_shift_restores_production_first() {
     let mut w = world_in(settings(), Phase::Shifting);
     w.tick(); // 50/50
-    let before = w.log.effects.len();
+    let before = w.log.calls.len();
     let outcome = w.apply(alarm("web-5xx", "2023-11-14T22:20:00.000+0000"));
     assert_eq!(outcome, Outcome::Applied);
     assert_eq!(w.phase(), Some(Phase::RollingBack));
     assert_eq!(
-        w.log.effects.get(before),
-        Some(&Effect::SetProductionWeights {
-            deployment_id: "web-1".into(),
-            weights: wt(100, 0)
-        }),
-        "the first effect of a rollback restores production"
+        w.log.calls.get(before),
+        Some(&Call::Production(wt(100, 0))),
+        "the first call of a rollback restores production"
     );
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::RolledBack));
@@ -569,15 +581,19 @@ fn rollback_effects_that_keep_failing_end_in_failed() {
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::Failed));
     assert_eq!(w.event_kinds().last(), Some(&"Deployment Failed"));
-    let attempts = w
-        .log
-        .effects
+    assert_eq!(
+        w.cloud().rule,
+        wt(75, 25),
+        "the failing writes never reached the rule"
+    );
+    let failures = w
+        .records
         .iter()
-        .filter(
-            |e| matches!(e, Effect::SetProductionWeights { weights, .. } if *weights == wt(100, 0)),
-        )
+        .filter(|r| {
+            matches!(&r.input.kind, InputKind::EffectFailed { effect, .. } if effect == "set-production-weights")
+        })
         .count();
-    assert_eq!(attempts, 3);
+    assert_eq!(failures, 3, "one attempt per rollback attempt");
 }
 
 #[test]
@@ -698,7 +714,14 @@ fn an_image_without_digest_or_already_live_is_rejected() {
         image.digest = None;
     }
     unpinned.key = "event:unpinned".into();
-    assert_eq!(rejected(&w.apply(unpinned)), RejectCode::UnpinnedImage);
+    let outcome = w.apply(unpinned);
+    assert_eq!(rejected(&outcome), RejectCode::ImageNotFound);
+    assert!(
+        reason_of(&outcome).contains("tag release-1 does not exist"),
+        "{}",
+        reason_of(&outcome)
+    );
+    assert!(w.state.active.is_none(), "nothing deployed by tag alone");
     w.apply(push(1));
     w.settle();
     let mut again = push(1);
@@ -768,18 +791,34 @@ fn the_reconciler_redrives_a_lost_tick_with_the_current_step_effects() {
     w.crash_next = true;
     w.tick(); // decides step 2, effects lost
     let d = w.active().clone();
-    let current = |w: &World| w.ticks.iter().filter(|(k, _)| k.cursor == d.cursor).count();
+    let current = |w: &World| {
+        w.ticks()
+            .iter()
+            .filter(|(k, _)| k.cursor == d.cursor)
+            .count()
+    };
     assert_eq!(current(&w), 0, "the step's tick was lost with the crash");
     assert_eq!(d.step, 1);
-    let early = w.apply(Input::new("reconcile:early", InputKind::Reconcile));
+    let early = w.apply(Input::new(
+        "reconcile:early",
+        InputKind::Reconcile {
+            observed: Observations::default(),
+        },
+    ));
     assert_eq!(ignored(&early), IgnoreCode::NothingOverdue);
-    w.now = d
-        .next_tick
-        .map(|t| t.due)
-        .expect("pending")
-        .plus(Duration::from_secs(61));
+    w.advance_to(
+        d.next_tick
+            .map(|t| t.due)
+            .expect("pending")
+            .plus(Duration::from_secs(61)),
+    );
     assert_eq!(
-        w.apply(Input::new("reconcile:late", InputKind::Reconcile)),
+        w.apply(Input::new(
+            "reconcile:late",
+            InputKind::Reconcile {
+                observed: Observations::default()
+            }
+        )),
         Outcome::Applied
     );
     assert_eq!(
@@ -839,7 +878,7 @@ fn a_tick_that_arrives_early_does_not_cut_the_step_short() {
     let outcome = w.apply(Input::tick(key.clone(), Observations::alarms_ok()));
     assert_eq!(ignored(&outcome), IgnoreCode::Early);
     assert_eq!(w.active().step, 0);
-    w.now = t.due;
+    w.advance_to(t.due);
     assert_eq!(
         w.apply(Input::tick(key, Observations::alarms_ok())),
         Outcome::Applied
@@ -850,35 +889,45 @@ fn a_tick_that_arrives_early_does_not_cut_the_step_short() {
 #[test]
 fn the_worker_is_told_what_to_read_before_each_tick() {
     use bluegreen::flow::{Needs, needs};
-    let key = |w: &World| w.active().pending_key().expect("pending");
+    let next = |w: &World| {
+        Input::tick(
+            w.active().pending_key().expect("pending"),
+            Observations::default(),
+        )
+    };
     let mut w = World::new(settings());
     w.apply(push(1));
     assert_eq!(
-        needs(&w.state, &key(&w)),
+        needs(&w.state, &next(&w)),
         Needs {
             alarms: true,
-            target_health: None
-        }
+            production: true,
+            ..Needs::default()
+        },
+        "the start reads the alarms and the production rule"
     );
     w.tick();
     assert_eq!(
-        needs(&w.state, &key(&w)),
+        needs(&w.state, &next(&w)),
         Needs {
             alarms: true,
-            target_health: Some(Color::Green)
+            target_health: Some(Color::Green),
+            production: true,
+            ..Needs::default()
         }
     );
     w.run_until(|w| w.phase() == Some(Phase::Shifting));
     assert_eq!(
-        needs(&w.state, &key(&w)),
+        needs(&w.state, &next(&w)),
         Needs {
             alarms: true,
-            target_health: None
+            production: true,
+            ..Needs::default()
         }
     );
     w.apply(op("abort", Action::Abort));
     assert_eq!(
-        needs(&w.state, &key(&w)),
+        needs(&w.state, &next(&w)),
         Needs::default(),
         "a rollback reads nothing first"
     );
@@ -886,29 +935,56 @@ fn the_worker_is_told_what_to_read_before_each_tick() {
     untimed.apply(push(1));
     untimed.run_until(|w| w.state.active.as_ref().is_some_and(|d| d.step == 1));
     assert_eq!(
-        needs(&untimed.state, &key(&untimed)),
+        needs(&untimed.state, &next(&untimed)),
+        Needs {
+            production: true,
+            ..Needs::default()
+        },
+        "the promote watchdog reads no alarms, only the rule"
+    );
+    let mut tagged = push(9);
+    if let InputKind::Deploy { image, .. } = &mut tagged.kind {
+        image.digest = None;
+    }
+    assert_eq!(
+        needs(&w.state, &tagged),
+        Needs {
+            resolve_tag: true,
+            ..Needs::default()
+        },
+        "an image by tag is resolved first"
+    );
+    let idle = World::new(settings());
+    assert_eq!(
+        needs(&idle.state, &Input::reconcile("r")),
         Needs::default(),
-        "the promote watchdog needs no alarm read"
+        "a service never observed has no live colour to compare with"
     );
 }
 
 #[test]
 fn a_lost_finalize_is_redriven_with_full_traffic() {
     let mut w = world_in(settings(), Phase::Baking);
-    w.now = w.active().next_tick.expect("bake timer").due;
+    w.advance_to(w.active().next_tick.expect("bake timer").due);
     let key = w.active().pending_key().expect("bake timer");
     w.crash_next = true; // Finalizing is decided, but its writes and its tick are lost
     w.apply(Input::tick(key, Observations::alarms_ok()));
     assert_eq!(w.phase(), Some(Phase::Finalizing));
     let writes = w.log.production.len();
-    w.now = w
-        .active()
-        .next_tick
-        .expect("pending")
-        .due
-        .plus(Duration::from_secs(61));
+    w.advance_to(
+        w.active()
+            .next_tick
+            .expect("pending")
+            .due
+            .plus(Duration::from_secs(61)),
+    );
     assert_eq!(
-        w.apply(Input::new("reconcile", InputKind::Reconcile)),
+        w.apply(Input::new(
+            "reconcile",
+            InputKind::Reconcile {
+                observed: Observations::default()
+            }
+        )),
         Outcome::Applied
     );
     assert_eq!(

@@ -1,0 +1,290 @@
+//! The forward path: provisioning → waiting for green → testing → approval → shifting →
+//! baking → finalizing → succeeded, the old colour's release, and traffic read-backs
+//! (`Traffic Shifted` is announced only for weights read back from the rule).
+
+use super::{Applied, Cx, Ignore, Verdict, rollback, with_deployment};
+use crate::flow::effect::{Effect, EventKind, IgnoreCode};
+use crate::flow::input::CheckOutcome;
+use crate::flow::model::{Deployment, Hold, Phase, Weights};
+use crate::flow::settings::Check;
+
+pub(super) fn begin_provisioning(cx: &mut Cx<'_>, d: &mut Deployment) {
+    cx.enter(d, Phase::Provisioning, EventKind::PhaseChanged, None);
+    let deadline = cx.now.plus(cx.settings.timeouts.provision);
+    d.deadline = Some(deadline);
+    cx.establish(d);
+    cx.schedule(d, deadline);
+}
+
+pub(super) fn on_revision(cx: &mut Cx<'_>, d: &mut Deployment, arn: &str) -> Verdict {
+    if d.phase != Phase::Provisioning || d.revision.is_some() {
+        return Ignore(
+            IgnoreCode::Stale,
+            format!("deployment {} already has its revision", d.id),
+        );
+    }
+    d.revision = Some(arn.to_string());
+    cx.enter(
+        d,
+        Phase::WaitingForGreen,
+        EventKind::PhaseChanged,
+        Some(format!("registered {arn}")),
+    );
+    cx.establish(d);
+    d.deadline = Some(cx.now.plus(cx.settings.timeouts.green));
+    cx.poll(d);
+    Applied
+}
+
+pub(super) fn after_green(cx: &mut Cx<'_>, d: &mut Deployment) {
+    if d.plan.checks.is_empty() {
+        after_testing(cx, d);
+        return;
+    }
+    d.checks_passed.clear();
+    cx.enter(d, Phase::Testing, EventKind::PhaseChanged, None);
+    cx.establish(d);
+    let deadline = cx.now.plus(cx.settings.timeouts.testing);
+    d.deadline = Some(deadline);
+    cx.schedule(d, deadline);
+}
+
+pub(super) fn checks_passed(d: &Deployment) -> bool {
+    d.plan
+        .checks
+        .iter()
+        .all(|c| d.checks_passed.iter().any(|p| p == c.name()))
+}
+
+pub(super) fn on_validations(
+    cx: &mut Cx<'_>,
+    d: &mut Deployment,
+    cursor: u32,
+    outcomes: &[CheckOutcome],
+) -> Verdict {
+    if d.phase != Phase::Testing || d.cursor != cursor {
+        return Ignore(
+            IgnoreCode::Stale,
+            format!(
+                "deployment {} is no longer testing at cursor {cursor}",
+                d.id
+            ),
+        );
+    }
+    record_checks(
+        cx,
+        d,
+        outcomes
+            .iter()
+            .map(|o| (o.name.as_str(), o.passed, o.detail.as_str())),
+    );
+    Applied
+}
+
+pub(super) fn on_hook(
+    cx: &mut Cx<'_>,
+    d: &mut Deployment,
+    hook: &str,
+    passed: bool,
+    detail: Option<&str>,
+) -> Verdict {
+    let known = d
+        .plan
+        .checks
+        .iter()
+        .any(|c| matches!(c, Check::Hook { name } if name == hook));
+    if d.phase != Phase::Testing || !known {
+        return Ignore(
+            IgnoreCode::NotApplicable,
+            format!("deployment {} is not waiting for hook {hook}", d.id),
+        );
+    }
+    record_checks(cx, d, std::iter::once((hook, passed, detail.unwrap_or(""))));
+    Applied
+}
+
+fn record_checks<'a>(
+    cx: &mut Cx<'_>,
+    d: &mut Deployment,
+    outcomes: impl Iterator<Item = (&'a str, bool, &'a str)>,
+) {
+    for (name, passed, detail) in outcomes {
+        if !passed {
+            rollback::begin_rollback(cx, d, format!("validation {name} failed: {detail}"));
+            return;
+        }
+        if !d.checks_passed.iter().any(|p| p == name) {
+            d.checks_passed.push(name.to_string());
+        }
+    }
+    if checks_passed(d) && !d.is_paused() {
+        after_testing(cx, d);
+    }
+}
+
+pub(super) fn after_testing(cx: &mut Cx<'_>, d: &mut Deployment) {
+    if d.plan.approval {
+        cx.enter(
+            d,
+            Phase::AwaitingApproval,
+            EventKind::AwaitingApproval,
+            Some("waiting for approve".into()),
+        );
+        cx.establish(d);
+        let deadline = cx.now.plus(cx.settings.timeouts.approval);
+        d.deadline = Some(deadline);
+        cx.schedule(d, deadline);
+    } else {
+        enter_step(cx, d, 0);
+    }
+}
+
+/// Moves to shifting step `index` (or the bake after the last). The step's weights are
+/// announced as `Traffic Shifted` once they are read back from the rule.
+pub(super) fn enter_step(cx: &mut Cx<'_>, d: &mut Deployment, index: usize) {
+    let Some(step) = d.plan.steps.get(index).copied() else {
+        begin_baking(cx, d);
+        return;
+    };
+    let previous = d.phase;
+    d.phase = Phase::Shifting;
+    d.step = index;
+    d.cursor += 1;
+    d.deadline = None;
+    d.weights = Weights::split(d.target, step.percent);
+    if previous != Phase::Shifting {
+        cx.emit(d, EventKind::PhaseChanged, previous, None);
+    }
+    cx.establish(d);
+    match step.hold {
+        Hold::Timed(ms) => {
+            let due = cx.now.plus_ms(ms);
+            cx.schedule(d, due);
+        }
+        Hold::UntilPromote => {
+            let deadline = cx.now.plus(cx.settings.timeouts.promote);
+            d.deadline = Some(deadline);
+            cx.schedule(d, deadline);
+        }
+    }
+}
+
+pub(super) fn next_step(cx: &mut Cx<'_>, d: &mut Deployment) {
+    if d.step + 1 < d.plan.steps.len() {
+        enter_step(cx, d, d.step + 1);
+    } else {
+        begin_baking(cx, d);
+    }
+}
+
+fn begin_baking(cx: &mut Cx<'_>, d: &mut Deployment) {
+    if d.skip_bake {
+        begin_finalizing(cx, d);
+        return;
+    }
+    // Baking re-asserts 100 %: the last step's write may have been lost in a crash, and
+    // an operator's promote can move on before the reconciler re-drives it.
+    d.weights = Weights::all(d.target);
+    cx.enter(d, Phase::Baking, EventKind::PhaseChanged, None);
+    cx.establish(d);
+    let due = cx.now.plus_ms(d.plan.bake_ms);
+    cx.schedule(d, due);
+}
+
+pub(super) fn begin_finalizing(cx: &mut Cx<'_>, d: &mut Deployment) {
+    cx.state.live = d.target;
+    cx.state.live_image = Some(d.to_image.pinned());
+    d.weights = Weights::all(d.target);
+    cx.enter(d, Phase::Finalizing, EventKind::PhaseChanged, None);
+    cx.establish(d);
+    let now = cx.now;
+    cx.schedule(d, now);
+}
+
+pub(super) fn succeed(cx: &mut Cx<'_>, d: &mut Deployment) {
+    let warm_until = cx.now.plus_ms(d.plan.termination_wait_ms);
+    d.warm_until = Some(warm_until);
+    cx.enter(
+        d,
+        Phase::Succeeded,
+        EventKind::Succeeded,
+        Some(format!(
+            "{} is live; {} stays warm until {warm_until}",
+            d.target, d.stable
+        )),
+    );
+    cx.schedule(d, warm_until);
+}
+
+pub(super) fn release_old_color(cx: &mut Cx<'_>, id: &str) -> Verdict {
+    let Some(mut d) = cx.state.last.take_if(|d| d.id == id) else {
+        return Ignore(
+            IgnoreCode::Stale,
+            format!("deployment {id} is not the last one"),
+        );
+    };
+    d.warm_until = None;
+    d.next_tick = None;
+    cx.effects.push(Effect::ScaleToZero {
+        deployment_id: d.id.clone(),
+        color: d.stable,
+    });
+    let reason = format!(
+        "termination wait over; {} scaled to zero, rollback no longer possible",
+        d.stable
+    );
+    cx.emit(
+        &mut d,
+        EventKind::OldColorReleased,
+        Phase::Succeeded,
+        Some(reason),
+    );
+    cx.state.last = Some(d);
+    Applied
+}
+
+/// A production write of the decision at `cursor` was read back as `weights`.
+pub(super) fn on_confirmed(cx: &mut Cx<'_>, id: &str, cursor: u32, weights: Weights) -> Verdict {
+    let Some(d) = cx.state.deployment(id) else {
+        return Ignore(IgnoreCode::Stale, format!("unknown deployment {id}"));
+    };
+    if d.cursor != cursor {
+        return Ignore(
+            IgnoreCode::Stale,
+            format!(
+                "read-back for cursor {cursor} of {id}, which is at {}",
+                d.cursor
+            ),
+        );
+    }
+    if cx.state.confirmed == Some(weights) {
+        return Ignore(
+            IgnoreCode::NotApplicable,
+            format!("production already serves {weights}"),
+        );
+    }
+    with_deployment(cx, id, |cx, d| {
+        confirm(cx, d, weights);
+        Applied
+    })
+}
+
+/// Production serves `weights` now: remember it and announce the shift.
+pub(super) fn confirm(cx: &mut Cx<'_>, d: &mut Deployment, weights: Weights) {
+    cx.state.confirmed = Some(weights);
+    let reason = match d.phase {
+        Phase::Shifting => format!(
+            "step {}/{}: {}% to {}",
+            d.step + 1,
+            d.plan.steps.len(),
+            weights.of(d.target),
+            d.target
+        ),
+        Phase::RollingBack | Phase::RolledBack | Phase::Failed => {
+            format!("{}% back on {}", weights.of(d.stable), d.stable)
+        }
+        _ => format!("production serves {weights}"),
+    };
+    let phase = d.phase;
+    cx.emit(d, EventKind::TrafficShifted, phase, Some(reason));
+}

@@ -1,0 +1,166 @@
+//! The way back: rollback alarms, stage timeouts, failed effects, and the rollback path
+//! itself (production to 100 % on the known-good colour first, in one call).
+
+use super::{Applied, Cx, Ignore, Verdict, with_active};
+use crate::flow::effect::{EventKind, IgnoreCode};
+use crate::flow::input::AlarmState;
+use crate::flow::model::{Deployment, Phase, Rollback, Weights};
+
+/// Starts a rollback: production to 100 % known-good first, then the test rule, then the
+/// failed colour to zero. Jumps any timer: the pending tick is replaced by one due now.
+pub(super) fn begin_rollback(cx: &mut Cx<'_>, d: &mut Deployment, reason: String) {
+    d.rollback = Some(Rollback {
+        reason: reason.clone(),
+        from_phase: d.phase,
+        failures: 0,
+        rerun: false,
+    });
+    d.paused_at = None;
+    d.warm_until = None;
+    d.finished_at = None;
+    if cx.state.live != d.stable {
+        cx.state.live = d.stable;
+        cx.state.live_image = d.from_image.clone();
+    }
+    d.weights = Weights::all(d.stable);
+    cx.enter(d, Phase::RollingBack, EventKind::RollingBack, Some(reason));
+    cx.establish(d);
+    let now = cx.now;
+    cx.schedule(d, now);
+}
+
+/// Rolls back because a stage's deadline passed.
+pub(super) fn timed_out(
+    cx: &mut Cx<'_>,
+    d: &mut Deployment,
+    what: &str,
+    limit: std::time::Duration,
+) {
+    let reason = format!("{what} within {}", humantime::format_duration(limit));
+    begin_rollback(cx, d, reason);
+}
+
+/// Whether a firing rollback alarm observed on a tick rolls `d` back now.
+pub(super) fn alarm_gated(d: &Deployment) -> bool {
+    matches!(
+        d.phase,
+        Phase::Requested
+            | Phase::WaitingForGreen
+            | Phase::Testing
+            | Phase::AwaitingApproval
+            | Phase::Shifting
+            | Phase::Baking
+    )
+}
+
+pub(super) fn on_alarm(
+    cx: &mut Cx<'_>,
+    alarm: &str,
+    state: AlarmState,
+    reason: Option<&str>,
+) -> Verdict {
+    if state != AlarmState::Alarm {
+        return Ignore(
+            IgnoreCode::NotApplicable,
+            format!("alarm {alarm} changed to {state:?}; only ALARM rolls back"),
+        );
+    }
+    if !cx.settings.rollback_alarms.iter().any(|a| a == alarm) {
+        return Ignore(
+            IgnoreCode::NotApplicable,
+            format!("{alarm} is not a rollback alarm of {}", cx.state.service),
+        );
+    }
+    let Some(active) = cx.state.active.as_ref() else {
+        return Ignore(
+            IgnoreCode::NotApplicable,
+            format!("{} has no active deployment", cx.state.service),
+        );
+    };
+    if matches!(active.phase, Phase::RollingBack) || active.phase.is_terminal() {
+        return Ignore(
+            IgnoreCode::NotApplicable,
+            format!("{} is already {}", active.id, active.phase),
+        );
+    }
+    let id = active.id.clone();
+    let why = match reason {
+        Some(r) => format!("rollback alarm {alarm} in ALARM: {r}"),
+        None => format!("rollback alarm {alarm} in ALARM"),
+    };
+    with_active(cx, &id, |cx, d| {
+        begin_rollback(cx, d, why);
+        Applied
+    })
+}
+
+pub(super) fn on_effect_failed(
+    cx: &mut Cx<'_>,
+    id: &str,
+    cursor: u32,
+    effect: &str,
+    reason: &str,
+) -> Verdict {
+    if effect == "schedule-tick" {
+        return Ignore(
+            IgnoreCode::NotApplicable,
+            "a tick that could not be sent is re-sent by the reconciler".into(),
+        );
+    }
+    let Some(d) = cx.state.deployment(id) else {
+        return Ignore(IgnoreCode::Stale, format!("unknown deployment {id}"));
+    };
+    if d.cursor != cursor {
+        return Ignore(
+            IgnoreCode::Stale,
+            format!(
+                "{effect} failure is for cursor {cursor}; {id} is at {}",
+                d.cursor
+            ),
+        );
+    }
+    let releasing = effect == "scale-to-zero" && d.warm_until.is_none() && d.next_tick.is_none();
+    if d.phase == Phase::Succeeded && releasing {
+        // The release of the old colour failed: try again after a poll interval.
+        let Some(mut d) = cx.state.last.take_if(|d| d.id == id) else {
+            return Ignore(IgnoreCode::Stale, format!("unknown deployment {id}"));
+        };
+        let due = cx.now.plus_ms(cx.poll_ms());
+        d.warm_until = Some(due);
+        cx.schedule(&mut d, due);
+        cx.state.last = Some(d);
+        return Applied;
+    }
+    if d.phase.is_terminal() {
+        // A write-back of drifted weights while idle fails here too: the reconciler
+        // finds the drift again on its next run.
+        return Ignore(IgnoreCode::Finished, format!("{id} is {}", d.phase));
+    }
+    let attempts = cx.settings.rollback_attempts.max(1);
+    let poll = cx.poll_ms();
+    with_active(cx, id, |cx, d| {
+        if d.phase == Phase::RollingBack {
+            let failures = d.rollback.as_ref().map_or(0, |r| r.failures) + 1;
+            if failures >= attempts {
+                cx.enter(
+                    d,
+                    Phase::Failed,
+                    EventKind::Failed,
+                    Some(format!(
+                        "rollback could not complete: {effect} failed {failures} times, last: {reason}"
+                    )),
+                );
+            } else {
+                if let Some(r) = d.rollback.as_mut() {
+                    r.failures = failures;
+                    r.rerun = true;
+                }
+                let due = cx.now.plus_ms(poll.saturating_mul(u64::from(failures)));
+                cx.schedule(d, due);
+            }
+        } else {
+            begin_rollback(cx, d, format!("{effect} failed: {reason}"));
+        }
+        Applied
+    })
+}

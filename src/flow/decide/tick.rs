@@ -1,0 +1,237 @@
+//! A due tick: the per-phase table of what happens next, decided on what the worker
+//! read just before (alarms, target health, the production rule), and weight drift
+//! (SPEC §4 invariant 10).
+
+use super::{Applied, Cx, Ignore, Verdict, forward, rollback, start, with_active};
+use crate::flow::effect::{Effect, EventKind, IgnoreCode};
+use crate::flow::input::{Observations, TickKey};
+use crate::flow::model::{Deployment, Hold, Phase, Weights};
+use crate::flow::settings::{DriftPolicy, ServiceSettings};
+
+pub(super) fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) -> Verdict {
+    let target = cx
+        .state
+        .deployment(&tick.deployment_id)
+        .map(|d| (d.phase, d.next_tick, d.is_paused()));
+    let Some((phase, pending, paused)) = target else {
+        return Ignore(
+            IgnoreCode::Stale,
+            format!("tick for unknown deployment {}", tick.deployment_id),
+        );
+    };
+    let Some(pending) = pending.filter(|p| p.cursor == tick.cursor && p.attempt == tick.attempt)
+    else {
+        return Ignore(
+            if phase.is_terminal() {
+                IgnoreCode::Finished
+            } else {
+                IgnoreCode::Stale
+            },
+            format!(
+                "tick {} is not the one deployment {} waits for",
+                tick.key(),
+                tick.deployment_id
+            ),
+        );
+    };
+    if paused {
+        return Ignore(
+            IgnoreCode::Paused,
+            format!("deployment {} is paused", tick.deployment_id),
+        );
+    }
+    if cx.now < pending.due {
+        // A delay chain that delivered too soon must not cut a step or a bake short.
+        return Ignore(
+            IgnoreCode::Early,
+            format!(
+                "tick {} is due at {}; deliver it again then",
+                tick.key(),
+                pending.due
+            ),
+        );
+    }
+    if phase == Phase::Succeeded {
+        return forward::release_old_color(cx, &tick.deployment_id);
+    }
+    with_active(cx, &tick.deployment_id, |cx, d| {
+        if let Some(alarms) = firing(observed, cx.settings).filter(|a| !a.is_empty())
+            && rollback::alarm_gated(d)
+        {
+            let reason = if d.phase == Phase::Requested {
+                format!(
+                    "blocked: rollback alarm(s) {} in ALARM when the deployment started",
+                    alarms.join(", ")
+                )
+            } else {
+                format!("rollback alarm(s) {} in ALARM", alarms.join(", "))
+            };
+            rollback::begin_rollback(cx, d, reason);
+            return Applied;
+        }
+        if d.phase == Phase::Requested {
+            start::start_checks(cx, d, observed);
+            return Applied;
+        }
+        if judge_rule(cx, d, observed) {
+            step(cx, d, observed);
+        }
+        Applied
+    })
+}
+
+/// What a due tick does in each phase once alarms and the rule have been judged.
+fn step(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
+    let alarms_known = observed.alarms_firing.is_some();
+    let now = cx.now;
+    let timeouts = cx.settings.timeouts.clone();
+    match d.phase {
+        Phase::Provisioning => {
+            rollback::timed_out(cx, d, "task definition not registered", timeouts.provision);
+        }
+        Phase::WaitingForGreen => match &observed.target_health {
+            Some(h) if h.is_ready(d.revision.as_deref()) && alarms_known => {
+                forward::after_green(cx, d);
+            }
+            seen if d.deadline.is_some_and(|t| now >= t) => {
+                let detail = seen.as_ref().map_or_else(
+                    || "no health reading".to_string(),
+                    |h| {
+                        format!(
+                            "{}/{} tasks running, {}/{} targets healthy, running {}",
+                            h.running,
+                            h.desired,
+                            h.healthy_targets,
+                            h.registered_targets,
+                            h.task_definition
+                                .as_deref()
+                                .unwrap_or("an unknown revision")
+                        )
+                    },
+                );
+                rollback::begin_rollback(
+                    cx,
+                    d,
+                    format!(
+                        "{} colour not healthy within {} ({detail})",
+                        d.target,
+                        humantime::format_duration(timeouts.green)
+                    ),
+                );
+            }
+            _ => cx.poll(d),
+        },
+        Phase::Testing => {
+            if forward::checks_passed(d) {
+                forward::after_testing(cx, d);
+            } else if d.deadline.is_some_and(|t| now >= t) {
+                rollback::timed_out(cx, d, "validations did not pass", timeouts.testing);
+            } else if let Some(t) = d.deadline {
+                cx.schedule(d, t);
+            }
+        }
+        Phase::AwaitingApproval => {
+            rollback::timed_out(cx, d, "not approved", timeouts.approval);
+        }
+        Phase::Shifting => match d.current_step().map(|s| s.hold) {
+            Some(Hold::UntilPromote) => {
+                rollback::timed_out(cx, d, "not promoted", timeouts.promote);
+            }
+            _ if !alarms_known => cx.poll(d),
+            _ => forward::next_step(cx, d),
+        },
+        Phase::Baking => {
+            if alarms_known {
+                forward::begin_finalizing(cx, d);
+            } else {
+                cx.poll(d);
+            }
+        }
+        Phase::Finalizing => forward::succeed(cx, d),
+        Phase::RollingBack => {
+            let rerun = d.rollback.as_ref().is_some_and(|r| r.rerun);
+            if rerun {
+                if let Some(r) = d.rollback.as_mut() {
+                    r.rerun = false;
+                }
+                cx.establish(d);
+                cx.schedule(d, now);
+            } else {
+                let reason = d.rollback.as_ref().map(|r| r.reason.clone());
+                cx.enter(d, Phase::RolledBack, EventKind::RolledBack, reason);
+            }
+        }
+        // Requested is judged by the start checks; terminal phases have no active tick.
+        Phase::Requested | Phase::Succeeded | Phase::RolledBack | Phase::Failed => {}
+    }
+}
+
+fn firing(observed: &Observations, settings: &ServiceSettings) -> Option<Vec<String>> {
+    let firing: Vec<String> = observed
+        .alarms_firing
+        .as_ref()?
+        .iter()
+        .filter(|a| settings.rollback_alarms.contains(a))
+        .cloned()
+        .collect();
+    Some(firing)
+}
+
+/// Judges the production rule as read for `d` before a step (or a re-drive): returns
+/// whether to go on. A deployment that has not read the rule yet (`Requested`) or is
+/// rolling back (it writes the known-good weights anyway) is not judged.
+pub(super) fn judge_rule(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) -> bool {
+    match &observed.production {
+        Some(Ok(found)) if !matches!(d.phase, Phase::Requested | Phase::RollingBack) => {
+            check_drift(cx, d, *found)
+        }
+        _ => true,
+    }
+}
+
+/// Compares the production rule with what the worker wrote. Returns whether the caller
+/// goes on.
+///
+/// * the rule serves the weights `d` intends: fine (and a read-back whose confirmation
+///   was lost in a crash is confirmed now);
+/// * it serves the weights last confirmed: the intended write has not landed yet (a crash
+///   before it); the step's own write follows, nothing drifted;
+/// * anything else is drift: reported, then handled by the service's drift policy.
+fn check_drift(cx: &mut Cx<'_>, d: &mut Deployment, found: Weights) -> bool {
+    let expected = d.weights;
+    if found == expected {
+        if cx.state.confirmed != Some(found) {
+            forward::confirm(cx, d, found);
+        }
+        return true;
+    }
+    if cx.state.confirmed == Some(found) {
+        return true;
+    }
+    drifted(cx, d, expected, found)
+}
+
+/// Records drift on `d` and carries out the policy; returns whether the caller goes on.
+pub(super) fn drifted(
+    cx: &mut Cx<'_>,
+    d: &mut Deployment,
+    expected: Weights,
+    found: Weights,
+) -> bool {
+    // Production serves `found` now: a later read of the same weights is not news, and
+    // the write-back below is confirmed as a shift like any other.
+    cx.state.confirmed = Some(found);
+    let policy = cx.settings.drift;
+    let pause = policy == DriftPolicy::Pause && !d.phase.is_terminal();
+    if pause {
+        d.paused_at = Some(cx.now);
+    }
+    cx.emit_drift(d, expected, found);
+    if policy == DriftPolicy::Reassert {
+        cx.effects.push(Effect::SetProductionWeights {
+            deployment_id: d.id.clone(),
+            weights: expected,
+        });
+    }
+    !pause
+}

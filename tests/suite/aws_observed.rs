@@ -1,0 +1,231 @@
+//! The AWS worker acts only on observed facts, end to end on moto server (SPEC §4
+//! invariants 9 and 10): a service whose green is live, the production rule changed
+//! behind the worker's back while idle and mid-shift, and an image requested by tag.
+//! Every assertion reads what moto holds (ELBv2, ECS) or what reached the bus.
+
+use std::time::Duration;
+
+use bluegreen::flow::{Color, Phase, Weights};
+use bluegreen::schema::{self, SchemaId};
+
+use crate::moto::{Env, Running, Shape};
+
+fn wt(blue: u8, green: u8) -> Weights {
+    Weights { blue, green }
+}
+
+/// The events on the audit queue, each checked against the outbound schema.
+async fn events(env: &Env) -> Vec<serde_json::Value> {
+    env.drain(&env.audit_url)
+        .await
+        .iter()
+        .map(|body| {
+            let event: serde_json::Value = serde_json::from_str(body).expect("JSON");
+            if let Err(errors) = schema::validate(SchemaId::OutboundEvent, &event) {
+                panic!("published event fails the schema: {errors:?}\n{event:#}");
+            }
+            event
+        })
+        .collect()
+}
+
+fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["detail-type"] == kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn green_live_with_no_stored_state_deploys_to_blue_and_never_touches_green() {
+    let env = Env::create(
+        "greenlive",
+        Shape {
+            green_live: true,
+            // Green would be released after this; the test ends long before.
+            termination_wait: "10m",
+            ..Shape::default()
+        },
+    )
+    .await;
+    let green_before = env.ecs_service("green").await;
+    let (worker, world) = env.worker("w1");
+    let running = Running::start(&worker);
+    env.push(&format!("sha256:{}", "5a".repeat(32)), "release-5")
+        .await;
+    let state = env.wait_for_last(Phase::Succeeded, 60).await;
+    running.stop().await;
+
+    let d = state.last.expect("deployment");
+    assert_eq!((d.stable, d.target), (Color::Green, Color::Blue));
+    assert_eq!(state.live, Color::Blue);
+    assert_eq!(env.production().await, wt(100, 0));
+    let green = env.ecs_service("green").await;
+    assert_eq!(
+        (green.task_definition(), green.desired_count()),
+        (green_before.task_definition(), 2),
+        "the colour that carried the traffic was never updated"
+    );
+    let blue = env.ecs_service("blue").await;
+    assert_eq!(blue.task_definition(), d.revision.as_deref());
+    assert_eq!(blue.desired_count(), 2, "blue runs green's count");
+    let applied = world.applied.lock().expect("lock").clone();
+    assert_eq!(applied.first(), Some(&wt(50, 50)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_changed_while_idle_is_detected_and_written_back() {
+    let env = Env::create("idledrift", Shape::default()).await;
+    let (worker, _) = env.worker_with("w1", Duration::from_secs(1));
+    let running = Running::start(&worker);
+    env.push(&format!("sha256:{}", "6b".repeat(32)), "release-6")
+        .await;
+    env.wait_for(60, "success and release of blue", |s| {
+        s.last
+            .as_ref()
+            .is_some_and(|d| d.phase == Phase::Succeeded && d.warm_until.is_none())
+    })
+    .await;
+    // A stack update writes the template's weights back: blue 100.
+    env.rewrite_rule(wt(100, 0)).await;
+    env.wait_for_weights(wt(0, 100), 30).await;
+    running.stop().await;
+
+    let events = events(&env).await;
+    let drift = of_kind(&events, "Weight Drift Detected");
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    let d = &drift[0]["detail"];
+    assert_eq!(
+        d["drift"]["expected"],
+        serde_json::json!({ "blue": 0, "green": 100 })
+    );
+    assert_eq!(
+        d["drift"]["found"],
+        serde_json::json!({ "blue": 100, "green": 0 })
+    );
+    assert_eq!(
+        d["drift"]["rule"].as_str(),
+        env.service().production_listener_rule_arn.as_deref()
+    );
+    assert_eq!(d["drift"]["policy"], "reassert");
+    let shifted = of_kind(&events, "Traffic Shifted");
+    assert_eq!(
+        shifted.last().map(|e| &e["detail"]["weights"]),
+        Some(&serde_json::json!({ "blue": 0, "green": 100 })),
+        "the write-back is announced as read back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_changed_mid_shift_pauses_the_deployment_with_the_pause_policy() {
+    let env = Env::create(
+        "shiftdrift",
+        Shape {
+            strategy: r#"{ kind = "linear", step_percent = 25, interval = "3s" }"#,
+            extra: r#"drift = "pause""#.into(),
+            ..Shape::default()
+        },
+    )
+    .await;
+    let (worker, _) = env.worker("w1");
+    let running = Running::start(&worker);
+    env.push(&format!("sha256:{}", "7c".repeat(32)), "release-7")
+        .await;
+    env.wait_for(60, "the first step", |s| {
+        s.active
+            .as_ref()
+            .is_some_and(|d| d.phase == Phase::Shifting && d.step == 0)
+    })
+    .await;
+    env.wait_for_weights(wt(75, 25), 10).await;
+    env.rewrite_rule(wt(100, 0)).await;
+    let paused = env
+        .wait_for(30, "the deployment to pause", |s| {
+            s.active.as_ref().is_some_and(|d| d.paused_at.is_some())
+        })
+        .await;
+    assert_eq!(paused.active.as_ref().map(|d| d.step), Some(0));
+    assert_eq!(
+        env.production().await,
+        wt(100, 0),
+        "nothing written over it"
+    );
+    env.operator(
+        "Resume Requested",
+        serde_json::json!({ "reason": "the stack update is done" }),
+    )
+    .await;
+    env.wait_for_last(Phase::Succeeded, 60).await;
+    running.stop().await;
+    assert_eq!(env.production().await, wt(0, 100));
+
+    let events = events(&env).await;
+    let drift = of_kind(&events, "Weight Drift Detected");
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    assert_eq!(drift[0]["detail"]["paused"], true);
+    assert_eq!(
+        drift[0]["detail"]["drift"]["expected"],
+        serde_json::json!({ "blue": 75, "green": 25 })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_requested_by_tag_is_resolved_through_ecr_and_deployed_by_digest() {
+    let env = Env::create("bytag", Shape::default()).await;
+    let tag = format!("{}-v5", env.prefix);
+    let digest = env.ecr_image(&tag).await;
+    let (worker, _) = env.worker("w1");
+    let running = Running::start(&worker);
+    env.operator(
+        "Deploy Requested",
+        serde_json::json!({ "image": format!("web:{tag}") }),
+    )
+    .await;
+    let state = env.wait_for_last(Phase::Succeeded, 60).await;
+    env.operator(
+        "Deploy Requested",
+        serde_json::json!({ "image": "web:no-such-tag" }),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let rejected = loop {
+        seen.extend(events(&env).await);
+        if let Some(e) = of_kind(&seen, "Event Rejected").first() {
+            break (*e).clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no Event Rejected");
+    };
+    running.stop().await;
+
+    let d = state.last.expect("deployment");
+    let repository = "123456789012.dkr.ecr.us-east-1.amazonaws.com/web";
+    assert_eq!(d.to_image.digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(d.to_image.tag.as_deref(), Some(tag.as_str()));
+    let td = aws_sdk_ecs::Client::new(&env.sdk)
+        .describe_task_definition()
+        .task_definition(d.revision.expect("revision"))
+        .send()
+        .await
+        .expect("td");
+    let image = td
+        .task_definition()
+        .and_then(|t| {
+            t.container_definitions()
+                .iter()
+                .find(|c| c.name() == Some("app"))
+        })
+        .and_then(|c| c.image())
+        .map(str::to_string);
+    assert_eq!(
+        image,
+        Some(format!("{repository}@{digest}")),
+        "deployed by digest"
+    );
+    let started = of_kind(&seen, "Deployment Started");
+    assert_eq!(started[0]["detail"]["toTag"].as_str(), Some(tag.as_str()));
+    assert_eq!(rejected["detail"]["code"], "image-not-found");
+    assert!(
+        rejected["detail"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no-such-tag")),
+        "{rejected:#}"
+    );
+}

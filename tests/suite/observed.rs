@@ -1,0 +1,369 @@
+//! The worker acts only on observed facts (SPEC §4 invariants 9–11, §5), through the
+//! production runner (see `common`): the live colour is read from the production rule,
+//! `Traffic Shifted` is announced only for weights read back, weight drift is detected
+//! and handled by policy, tags are resolved to digests, effect results never fence the
+//! runner out, and one worker of many runs the reconciler.
+
+use std::time::Duration;
+
+use bluegreen::flow::{
+    Action, Check, Color, DriftPolicy, EventKind, InputKind, OutboundEvent, Outcome, Phase,
+    RejectCode, Weights,
+};
+
+use crate::common::*;
+
+fn wt(blue: u8, green: u8) -> Weights {
+    Weights { blue, green }
+}
+
+fn events_of(w: &World, kind: EventKind) -> Vec<OutboundEvent> {
+    w.log
+        .events
+        .iter()
+        .filter(|e| e.kind == kind)
+        .cloned()
+        .collect()
+}
+
+fn rollback_reason(w: &World) -> String {
+    w.state
+        .last
+        .as_ref()
+        .or(w.state.active.as_ref())
+        .and_then(|d| d.rollback.as_ref())
+        .map(|r| r.reason.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_pending_hook_with_the_reconciler_off_still_times_out_testing() {
+    // Defect 1: an effect's result (the HTTP checks passed) used to be applied in a
+    // nested run that bumped the version, so the runner fenced itself out and dropped
+    // the rest of the decision: the testing deadline tick was never sent.
+    let mut s = settings();
+    s.has_test_listener = true;
+    s.checks = vec![
+        Check::Http {
+            name: "healthz".into(),
+            url: "http://test/healthz".into(),
+            expect_status: 200,
+        },
+        Check::Hook {
+            name: "smoke".into(),
+        },
+    ];
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::Testing));
+    assert_eq!(w.active().checks_passed, ["healthz"]);
+    assert_eq!(
+        w.ticks().len(),
+        1,
+        "the testing deadline tick is sent after the HTTP checks' result"
+    );
+    // Only messages are delivered: no reconciler runs.
+    while w.tick().is_some() {}
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    assert!(
+        rollback_reason(&w).contains("validations did not pass within 10m"),
+        "{}",
+        rollback_reason(&w)
+    );
+}
+
+#[test]
+fn a_service_whose_green_is_live_is_deployed_to_blue() {
+    let mut w = World::new(settings());
+    w.cloud().rule = Weights::all(Color::Green);
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    let d = w.state.last.clone().expect("deployment");
+    assert_eq!((d.stable, d.target), (Color::Green, Color::Blue));
+    assert!(
+        w.log.updates.iter().all(|(color, _)| *color == Color::Blue),
+        "green, which carried the traffic, was never pointed at the new revision: {:?}",
+        w.log.updates
+    );
+    assert_eq!(w.log.production.first(), Some(&wt(25, 75)));
+    assert_eq!(w.cloud().rule, Weights::all(Color::Blue));
+    assert_eq!(w.state.live, Color::Blue);
+    assert_eq!(
+        w.log.scaled_to_zero,
+        [Color::Green],
+        "green is released only after the termination wait"
+    );
+}
+
+#[test]
+fn a_split_rule_refuses_the_deployment_naming_the_weights() {
+    let mut w = World::new(settings());
+    w.cloud().rule = wt(70, 30);
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Failed));
+    let failed = events_of(&w, EventKind::Failed);
+    let reason = failed[0].detail.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("is split (blue 70% / green 30%)"),
+        "{reason}"
+    );
+    assert!(
+        w.log.calls.is_empty(),
+        "nothing was touched: {:?}",
+        w.log.calls
+    );
+}
+
+#[test]
+fn a_rule_that_disagrees_with_the_stored_live_colour_refuses_the_deployment() {
+    let mut s = settings();
+    s.drift = DriftPolicy::Report;
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.state.live, Color::Green);
+    // Someone points production back at blue by hand while the service is idle.
+    w.cloud().rule = Weights::all(Color::Blue);
+    let calls = w.log.calls.len();
+    w.apply(push(2));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Failed));
+    let reason = events_of(&w, EventKind::Failed)[0]
+        .detail
+        .reason
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("serves blue 100% / green 0%")
+            && reason.contains("green is the live colour"),
+        "{reason}"
+    );
+    assert_eq!(w.log.calls.len(), calls, "nothing was touched");
+}
+
+#[test]
+fn traffic_shifted_is_announced_only_for_weights_read_back() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    let shifted = events_of(&w, EventKind::TrafficShifted);
+    assert_eq!(shifted.len(), 1);
+    assert_eq!(
+        shifted[0].detail.weights,
+        wt(75, 25),
+        "the read-back weights"
+    );
+    // The next step's write fails: no Traffic Shifted for 50/50.
+    w.failing_effect = Some("set-production-weights");
+    w.tick();
+    w.failing_effect = None;
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    let shifted: Vec<(Phase, Weights)> = events_of(&w, EventKind::TrafficShifted)
+        .iter()
+        .map(|e| (e.detail.phase.expect("phase"), e.detail.weights))
+        .collect();
+    assert_eq!(
+        shifted,
+        [
+            (Phase::Shifting, wt(75, 25)),
+            (Phase::RollingBack, wt(100, 0))
+        ],
+        "the failed write is never announced; the rollback's restore is"
+    );
+    let rolled_back = events_of(&w, EventKind::RollingBack);
+    assert_eq!(
+        rolled_back[0].detail.weights,
+        wt(75, 25),
+        "Rolling Back says what production served when it began"
+    );
+}
+
+#[test]
+fn a_read_back_lost_in_a_crash_is_confirmed_by_the_next_read_of_the_rule() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.cloud().crash_after_write = true;
+    w.tick(); // 50/50 is written, then the worker dies before recording it
+    assert_eq!(w.cloud().rule, wt(50, 50));
+    assert_eq!(events_of(&w, EventKind::TrafficShifted).len(), 1);
+    w.settle();
+    let shifted: Vec<Weights> = events_of(&w, EventKind::TrafficShifted)
+        .iter()
+        .map(|e| e.detail.weights)
+        .collect();
+    assert_eq!(
+        &shifted[..2],
+        [wt(75, 25), wt(50, 50)],
+        "the lost read-back is announced once the rule is read again"
+    );
+    assert!(
+        events_of(&w, EventKind::WeightDriftDetected).is_empty(),
+        "the worker's own write is not drift"
+    );
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+}
+
+#[test]
+fn drift_mid_shift_is_reported_and_the_next_step_writes_over_it() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    // A stack update writes back the template's weights.
+    w.cloud().rule = Weights::all(Color::Blue);
+    w.tick();
+    let drift = events_of(&w, EventKind::WeightDriftDetected);
+    assert_eq!(drift.len(), 1);
+    let d = drift[0].detail.drift.clone().expect("drift detail");
+    assert_eq!((d.expected, d.found), (wt(75, 25), wt(100, 0)));
+    assert!(d.rule.contains("listener-rule/app/alb"), "{}", d.rule);
+    assert_eq!(d.policy, DriftPolicy::Reassert);
+    assert_eq!(w.active().step, 1, "the step went on");
+    assert_eq!(w.cloud().rule, wt(50, 50));
+    assert_eq!(
+        w.log.production.last(),
+        Some(&wt(50, 50)),
+        "one write: the step's own weights"
+    );
+}
+
+#[test]
+fn drift_while_waiting_is_written_back_with_the_reassert_policy() {
+    let mut w = world_in(settings(), Phase::WaitingForGreen);
+    w.cloud().rule = wt(60, 40);
+    w.health = Some(bluegreen::flow::TargetHealth {
+        healthy_targets: 0,
+        ..healthy()
+    });
+    w.tick();
+    assert_eq!(events_of(&w, EventKind::WeightDriftDetected).len(), 1);
+    assert_eq!(w.cloud().rule, wt(100, 0), "written back");
+    let restored = events_of(&w, EventKind::TrafficShifted);
+    assert_eq!(restored.last().map(|e| e.detail.weights), Some(wt(100, 0)));
+    assert_eq!(w.phase(), Some(Phase::WaitingForGreen));
+}
+
+#[test]
+fn drift_with_the_pause_policy_pauses_the_deployment_until_an_operator_resumes() {
+    let mut s = settings();
+    s.drift = DriftPolicy::Pause;
+    let mut w = world_in(s, Phase::Shifting);
+    w.cloud().rule = wt(100, 0);
+    w.tick();
+    assert!(w.active().is_paused());
+    assert_eq!(w.active().step, 0, "no step taken over drifted weights");
+    let drift = events_of(&w, EventKind::WeightDriftDetected);
+    assert!(drift[0].detail.paused);
+    assert_eq!(w.cloud().rule, wt(100, 0), "nothing written");
+    w.apply(op("resume", Action::Resume));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+}
+
+#[test]
+fn drift_while_idle_is_found_by_the_reconciler_and_written_back() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.state.live, Color::Green);
+    assert_eq!(
+        ignored_code(&w.reconcile()),
+        Some(bluegreen::flow::IgnoreCode::NothingOverdue)
+    );
+    w.cloud().rule = wt(50, 50);
+    assert_eq!(w.reconcile(), Outcome::Applied);
+    let drift = events_of(&w, EventKind::WeightDriftDetected);
+    assert_eq!(drift.len(), 1);
+    let d = drift[0].detail.drift.clone().expect("drift");
+    assert_eq!((d.expected, d.found), (wt(0, 100), wt(50, 50)));
+    assert_eq!(drift[0].detail.deployment_id.as_deref(), Some("web-1"));
+    assert_eq!(w.cloud().rule, wt(0, 100), "written back");
+    assert_eq!(
+        events_of(&w, EventKind::TrafficShifted)
+            .last()
+            .map(|e| e.detail.weights),
+        Some(wt(0, 100))
+    );
+    assert_eq!(
+        ignored_code(&w.reconcile()),
+        Some(bluegreen::flow::IgnoreCode::NothingOverdue),
+        "nothing to do once production serves the live colour again"
+    );
+}
+
+#[test]
+fn drift_while_idle_with_the_report_policy_is_reported_once() {
+    let mut s = settings();
+    s.drift = DriftPolicy::Report;
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.settle();
+    w.cloud().rule = wt(50, 50);
+    w.reconcile();
+    w.advance(30);
+    w.reconcile();
+    assert_eq!(events_of(&w, EventKind::WeightDriftDetected).len(), 1);
+    assert_eq!(w.cloud().rule, wt(50, 50), "reported, not written");
+}
+
+fn ignored_code(outcome: &Outcome) -> Option<bluegreen::flow::IgnoreCode> {
+    match outcome {
+        Outcome::Ignored { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_tag_is_resolved_to_its_digest_and_both_are_recorded() {
+    let mut w = World::new(settings());
+    w.cloud().tags.insert("v7".into(), digest(7));
+    let mut by_tag = push(7);
+    by_tag.key = "event:by-tag".into();
+    if let InputKind::Deploy { image, .. } = &mut by_tag.kind {
+        image.digest = None;
+        image.tag = Some("v7".into());
+    }
+    assert_eq!(w.apply(by_tag), Outcome::Applied);
+    let d = w.active().clone();
+    assert_eq!(d.to_image.digest, Some(digest(7)));
+    assert_eq!(d.to_image.tag.as_deref(), Some("v7"));
+    let started = &events_of(&w, EventKind::Started)[0];
+    assert_eq!(
+        started.detail.to_image.as_deref(),
+        Some(format!("{REPO}@{}", digest(7)).as_str()),
+        "deployed by digest"
+    );
+    assert_eq!(started.detail.to_tag.as_deref(), Some("v7"));
+    let mut unknown = push(8);
+    unknown.key = "event:unknown-tag".into();
+    if let InputKind::Deploy { image, .. } = &mut unknown.kind {
+        image.digest = None;
+        image.tag = Some("nope".into());
+    }
+    let outcome = w.apply(unknown);
+    assert!(
+        matches!(&outcome, Outcome::Rejected { code: RejectCode::ImageNotFound, reason } if reason.contains("tag nope does not exist")),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn one_worker_of_many_runs_the_reconciler_until_its_lease_lapses() {
+    let mut w = World::new(settings());
+    let a = w.other_worker("a");
+    let b = w.other_worker("b");
+    assert!(w.block_on(a.reconcile_if_leader()));
+    assert!(!w.block_on(b.reconcile_if_leader()), "a holds the lease");
+    assert!(w.block_on(a.reconcile_if_leader()), "a renews it");
+    w.advance(61);
+    assert!(
+        w.block_on(b.reconcile_if_leader()),
+        "b takes over once a stopped renewing"
+    );
+    assert!(!w.block_on(a.reconcile_if_leader()));
+}
+
+#[test]
+fn the_reconciler_runs_by_default() {
+    assert_eq!(
+        bluegreen::worker::Options::default().reconcile_every,
+        Duration::from_secs(30)
+    );
+}
