@@ -321,7 +321,17 @@ async fn duplicates_and_a_crash_between_commit_and_effects_change_nothing() {
     env.push(&digest(3), "release-3").await; // the same image pushed twice
     env.wait_for(30, "the deployment to be committed", |s| s.active.is_some())
         .await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while first_world
+        .crash_after_next_commit
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never died"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     running.stop().await;
     let stalled = env.state().await;
     assert_eq!(
@@ -349,7 +359,7 @@ async fn duplicates_and_a_crash_between_commit_and_effects_change_nothing() {
     .to_string();
     env.send_raw(&pause).await;
     env.send_raw(&pause).await;
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    env.wait_for_empty_queue(30).await;
     running.stop().await;
 
     assert_eq!(

@@ -190,6 +190,27 @@ impl Load {
         }
     }
 
+    /// How many successful answers had exactly this body so far.
+    fn served(&self, body: &str) -> usize {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| *b == body)
+            .count()
+    }
+
+    /// Waits until `n` more answers with `body` arrived (the load reaches that colour).
+    async fn wait_served(&self, body: &str, n: usize) {
+        let target = self.served(body) + n;
+        wait_for(
+            &format!("{n} answers {body:?}"),
+            Duration::from_secs(20),
+            || self.served(body) >= target,
+        )
+        .await;
+    }
+
     /// Stops the clients; returns (requests sent, failures, bodies of the successes).
     async fn stop(mut self) -> (u64, Vec<String>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -252,7 +273,7 @@ async fn a_good_deployment_under_continuous_load_fails_no_request() {
     let proxy = runtime.proxy_addr(SERVICE).unwrap();
     let load = Load::start(proxy, 4);
     let (stop_watch, weights) = watch_weights(&runtime);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.wait_served("v1 blue\n", 50).await;
 
     runtime.deploy(SERVICE, "v2").await.unwrap();
     assert_eq!(wait_finished(&runtime, 1).await, Phase::Succeeded);
@@ -268,7 +289,7 @@ async fn a_good_deployment_under_continuous_load_fails_no_request() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.wait_served("v2 green\n", 50).await;
     let (sent, failed, bodies) = load.stop().await;
     stop_watch.store(true, Ordering::Relaxed);
     let weights = weights.await.unwrap();
@@ -351,7 +372,7 @@ async fn a_faulty_version_is_rolled_back_by_the_alarm_within_its_window() {
     .await;
     let route = runtime.local.routes[SERVICE].clone();
     let load = Load::start(runtime.proxy_addr(SERVICE).unwrap(), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.wait_served("v1 blue\n", 50).await;
 
     runtime.deploy(SERVICE, "bad").await.unwrap();
     assert_eq!(wait_finished(&runtime, 1).await, Phase::RolledBack);
@@ -364,7 +385,7 @@ async fn a_faulty_version_is_rolled_back_by_the_alarm_within_its_window() {
         "weights restored {took:?} after the alarm"
     );
     assert_eq!(route.weights(), Weights::all(Color::Blue));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.wait_served("v1 blue\n", 50).await;
     let (_, failed, bodies) = load.stop().await;
     // The faulty colour answered some 500s before the alarm; then blue serves again.
     assert!(!failed.is_empty(), "the faulty version was exercised");
@@ -406,7 +427,25 @@ async fn a_worker_killed_mid_shift_resumes_from_the_database_without_regression(
     .await;
     runtime.kill_worker().await;
     let at_kill = route.weights();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait until the next step was due, and some more.
+    let due = runtime
+        .local
+        .db
+        .load(SERVICE, Color::Blue)
+        .await
+        .unwrap()
+        .state
+        .active
+        .and_then(|d| d.next_tick)
+        .expect("a step pending")
+        .due;
+    let clock = system_clock();
+    wait_for(
+        "the next step to be overdue",
+        Duration::from_secs(10),
+        || clock().since(due) > 500,
+    )
+    .await;
     assert_eq!(
         route.weights(),
         at_kill,

@@ -206,7 +206,15 @@ async fn a_colour_taken_to_zero_finishes_its_open_requests() {
     .await;
     let proxy = b.proxy;
     let slow = tokio::spawn(async move { get(proxy, "/").await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.route.metrics(Color::Green).in_flight() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow request never arrived"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(b.route.metrics(Color::Green).in_flight(), 1);
     b.route.set_weights(Weights::all(Color::Blue));
     // New requests go to blue at once; the open one on green still completes.

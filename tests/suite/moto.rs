@@ -717,6 +717,36 @@ account_id = "123456789012"
 }
 
 impl Env {
+    /// Waits until the worker's queue holds no message, visible, delayed or in flight
+    /// (at most `secs`): everything sent was handled.
+    pub async fn wait_for_empty_queue(&self, secs: u64) {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let out = sqs
+                .get_queue_attributes()
+                .queue_url(&self.queue_url)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+                .send()
+                .await
+                .expect("queue attributes");
+            let waiting: u64 = out
+                .attributes()
+                .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+                .unwrap_or(0);
+            if waiting == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{waiting} messages still in the queue"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Rewrites the production rule's forward weights with a plain ELBv2 call, as a
     /// stack update or a person in the console does (stickiness kept as created).
     pub async fn rewrite_rule(&self, weights: Weights) {
