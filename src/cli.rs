@@ -466,7 +466,7 @@ fn run_worker(config: Config, options: crate::worker::Options) -> Result<String,
         let aws = crate::aws::Aws::from_env(&config).await;
         let worker = crate::worker::Worker::new(
             std::sync::Arc::new(aws),
-            config,
+            crate::fleet::Fleet::from(&config),
             crate::ports::system_clock(),
             options,
         );

@@ -416,9 +416,7 @@ impl Config {
                     );
                 }
             }
-            if s.timeouts.poll.is_some_and(|d| d.is_zero()) {
-                err(at("timeouts.poll"), "must be greater than zero".into());
-            }
+            check_timeouts(&s.timeouts, &at("timeouts"), &mut err);
         }
         if errors.is_empty() {
             Ok(())
@@ -434,7 +432,19 @@ impl Config {
     }
 }
 
-fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut(String, String)) {
+/// Timeouts a schema cannot judge: the poll interval must be positive.
+pub(crate) fn check_timeouts(
+    timeouts: &TimeoutsConfig,
+    at: &str,
+    err: &mut impl FnMut(String, String),
+) {
+    if timeouts.poll.is_some_and(|d| d.is_zero()) {
+        err(format!("{at}.poll"), "must be greater than zero".into());
+    }
+}
+
+/// A strategy's numbers: canary and linear percentages, steps increasing to 100.
+pub(crate) fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut(String, String)) {
     match strategy {
         Strategy::AllAtOnce => {}
         Strategy::Canary { percent, bake } => {
@@ -554,21 +564,9 @@ impl ServiceConfig {
             .or_else(|| self.test_listener_arn.clone().map(TrafficTarget::Listener))
     }
 
-    /// Whether a pushed tag matches `tag_pattern` (no pattern: any tag, even none).
-    #[must_use]
-    pub fn matches_tag(&self, tag: Option<&str>) -> bool {
-        match (&self.tag_pattern, tag) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(p), Some(t)) => glob::Pattern::new(p).is_ok_and(|p| p.matches(t)),
-        }
-    }
-
     /// The settings the decision core uses for this service.
     #[must_use]
     pub fn settings(&self) -> ServiceSettings {
-        let d = Timeouts::default();
-        let t = &self.timeouts;
         ServiceSettings {
             strategy: self.strategy.clone(),
             bake: self.bake,
@@ -582,15 +580,7 @@ impl ServiceConfig {
                 .map(ValidationConfig::to_check)
                 .collect(),
             concurrency: self.concurrency,
-            timeouts: Timeouts {
-                provision: t.provision.unwrap_or(d.provision),
-                green: t.green.unwrap_or(d.green),
-                testing: t.testing.unwrap_or(d.testing),
-                approval: t.approval.unwrap_or(d.approval),
-                promote: t.promote.unwrap_or(d.promote),
-                poll: t.poll.unwrap_or(d.poll),
-                reconcile_grace: t.reconcile_grace.unwrap_or(d.reconcile_grace),
-            },
+            timeouts: self.timeouts.resolve(),
             rollback_attempts: self.rollback_attempts,
             drift: self.drift,
             production_rule: self
@@ -598,6 +588,23 @@ impl ServiceConfig {
                 .clone()
                 .or_else(|| self.production_listener_arn.clone())
                 .unwrap_or_default(),
+        }
+    }
+}
+
+impl TimeoutsConfig {
+    /// The timeouts with defaults for what is not set.
+    #[must_use]
+    pub fn resolve(&self) -> Timeouts {
+        let d = Timeouts::default();
+        Timeouts {
+            provision: self.provision.unwrap_or(d.provision),
+            green: self.green.unwrap_or(d.green),
+            testing: self.testing.unwrap_or(d.testing),
+            approval: self.approval.unwrap_or(d.approval),
+            promote: self.promote.unwrap_or(d.promote),
+            poll: self.poll.unwrap_or(d.poll),
+            reconcile_grace: self.reconcile_grace.unwrap_or(d.reconcile_grace),
         }
     }
 }

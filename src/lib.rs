@@ -6,6 +6,7 @@
 //! * [`contract`] — the wire shapes: inbound EventBridge envelopes, outbound events;
 //! * [`schema`] — the JSON Schemas in `schemas/`, compiled once, and validation;
 //! * [`config`] — the configuration document, parsed and validated once at start-up;
+//! * [`fleet`] — the services as the worker sees them (names, triggers, settings);
 //! * [`plan`] — the schedule a strategy produces, for `bluegreen plan`;
 //! * [`ports`] — what the worker needs from the world, as traits;
 //! * [`aws`] — the AWS adapters of the ports;
@@ -21,6 +22,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod fleet;
 pub mod flow;
 pub mod local;
 pub mod plan;

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::ServiceConfig;
 use crate::contract::Entry;
 use crate::flow::{Color, Deployment, ServiceState, TargetHealth, Timestamp, Weights};
 
@@ -188,36 +187,34 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = PortResult<bool>> + Send;
 }
 
-/// The load balancer.
+/// The load balancer. Services are named; each adapter knows where a service's rules
+/// are (ALB listener rules, the embedded proxy).
 pub trait Traffic: Send + Sync {
     /// Current production weights of the service.
-    fn production(
-        &self,
-        service: &ServiceConfig,
-    ) -> impl Future<Output = PortResult<Weights>> + Send;
+    fn production(&self, service: &str) -> impl Future<Output = PortResult<Weights>> + Send;
     /// Writes production weights, preserving everything else on the rule, then reads them
     /// back and returns what was read; a mismatch is an error.
     fn set_production(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         weights: Weights,
     ) -> impl Future<Output = PortResult<Weights>> + Send;
     /// Same for the test listener rule (a no-op without one).
     fn set_test(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         weights: Weights,
     ) -> impl Future<Output = PortResult<()>> + Send;
 }
 
-/// ECS.
+/// Where the colours run (ECS services, local processes), by service name.
 pub trait Platform: Send + Sync {
     /// Registers the deployment's task definition: `template`'s current one with only the
     /// configured container's image replaced. Finds an earlier registration of the same
     /// deployment instead of registering twice. Returns its ARN.
     fn register_revision(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         deployment_id: &str,
         template: Color,
         image: &str,
@@ -225,7 +222,7 @@ pub trait Platform: Send + Sync {
     /// Points `color`'s service at `task_definition` with `match_count_of`'s desired count.
     fn update_service(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         color: Color,
         task_definition: &str,
         match_count_of: Color,
@@ -233,13 +230,13 @@ pub trait Platform: Send + Sync {
     /// Scales `color`'s service to zero.
     fn scale_to_zero(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         color: Color,
     ) -> impl Future<Output = PortResult<()>> + Send;
     /// Rollout state and target health of `color`.
     fn health(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         color: Color,
     ) -> impl Future<Output = PortResult<TargetHealth>> + Send;
 }

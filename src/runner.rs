@@ -24,11 +24,11 @@ use std::time::Duration;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::config::{Config, ServiceConfig};
 use crate::contract::Entry;
+use crate::fleet::{Fleet, Service};
 use crate::flow::{
     self, CheckOutcome, Decision, Effect, IgnoreCode, Input, InputKind, Observations, Outcome,
-    ServiceSettings, TickKey, Timestamp,
+    TickKey, Timestamp,
 };
 use crate::ports::{Clock, Commit, Lease, PortError, PortResult, World};
 
@@ -63,7 +63,7 @@ pub type Listener = Arc<dyn Fn(&Decided<'_>) + Send + Sync>;
 /// Carries inputs through decide → commit → effects → outbox.
 pub struct Runner<W> {
     world: Arc<W>,
-    settings: HashMap<String, ServiceSettings>,
+    services: Arc<HashMap<String, Service>>,
     source: String,
     clock: Clock,
     lease: Duration,
@@ -75,7 +75,7 @@ impl<W> Clone for Runner<W> {
     fn clone(&self) -> Self {
         Runner {
             world: self.world.clone(),
-            settings: self.settings.clone(),
+            services: self.services.clone(),
             source: self.source.clone(),
             clock: self.clock.clone(),
             lease: self.lease,
@@ -115,23 +115,25 @@ fn queued(decision: &Decision) -> Vec<Queued> {
 }
 
 impl<W: World> Runner<W> {
-    /// A runner over `world` for `config`'s services; `lease` is how long a service lease
+    /// A runner over `world` for `fleet`'s services; `lease` is how long a service lease
     /// lasts without renewal, `worker_id` names the lease owner.
     pub fn new(
         world: Arc<W>,
-        config: &Config,
+        fleet: &Fleet,
         clock: Clock,
         lease: Duration,
         worker_id: &str,
     ) -> Runner<W> {
         Runner {
             world,
-            settings: config
-                .services
-                .iter()
-                .map(|s| (s.name.clone(), s.settings()))
-                .collect(),
-            source: config.worker.source.clone(),
+            services: Arc::new(
+                fleet
+                    .services
+                    .iter()
+                    .map(|s| (s.name.clone(), s.clone()))
+                    .collect(),
+            ),
+            source: fleet.source.clone(),
             clock,
             lease,
             worker_id: worker_id.to_string(),
@@ -175,13 +177,18 @@ impl<W: World> Runner<W> {
         (self.clock)()
     }
 
-    /// Decides `input` for `svc` and carries the decision out, with every effect result
-    /// after it; returns the outcome of `input` itself.
+    /// Decides `input` for the service named `service` and carries the decision out,
+    /// with every effect result after it; returns the outcome of `input` itself.
     ///
     /// # Errors
     /// A retryable port failure before the first commit (the caller puts the message
-    /// back), or one while running effects (the reconciler re-drives what was left).
-    pub async fn apply(&self, svc: &ServiceConfig, input: Input) -> PortResult<Outcome> {
+    /// back), or one while running effects (the reconciler re-drives what was left);
+    /// a permanent one for a service the fleet does not have.
+    pub async fn apply(&self, service: &str, input: Input) -> PortResult<Outcome> {
+        let svc = self
+            .services
+            .get(service)
+            .ok_or_else(|| PortError::Permanent(format!("unknown service {service}")))?;
         let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{}#{token}", self.worker_id);
         let outcome = self.run(svc, input, &owner).await;
@@ -191,11 +198,8 @@ impl<W: World> Runner<W> {
         outcome
     }
 
-    async fn run(&self, svc: &ServiceConfig, input: Input, owner: &str) -> PortResult<Outcome> {
-        let settings = self
-            .settings
-            .get(&svc.name)
-            .ok_or_else(|| PortError::Permanent(format!("unknown service {}", svc.name)))?;
+    async fn run(&self, svc: &Service, input: Input, owner: &str) -> PortResult<Outcome> {
+        let settings = &svc.settings;
         let reconciling = matches!(input.kind, InputKind::Reconcile { .. });
         let (decision, mut version) = match self.decide_first(svc, settings, input, owner).await? {
             First::Committed(decision, version) => (*decision, version),
@@ -279,8 +283,8 @@ impl<W: World> Runner<W> {
     /// compare-and-swap for a while.
     async fn decide_first(
         &self,
-        svc: &ServiceConfig,
-        settings: &ServiceSettings,
+        svc: &Service,
+        settings: &flow::ServiceSettings,
         input: Input,
         owner: &str,
     ) -> PortResult<First> {
@@ -338,7 +342,7 @@ impl<W: World> Runner<W> {
     /// Commits `decision` (made on `version`) with its outbox, dedup key and records.
     async fn commit(
         &self,
-        svc: &ServiceConfig,
+        svc: &Service,
         decision: &Decision,
         input: &Input,
         version: u64,
@@ -375,7 +379,7 @@ impl<W: World> Runner<W> {
     /// made right before every effect.
     async fn fenced(
         &self,
-        svc: &ServiceConfig,
+        svc: &Service,
         version: u64,
         owner: &str,
         now: Timestamp,
@@ -391,7 +395,7 @@ impl<W: World> Runner<W> {
     /// read is passed on as unknown, which the core never takes as healthy.
     async fn observe(
         &self,
-        svc: &ServiceConfig,
+        svc: &Service,
         state: &flow::ServiceState,
         input: &Input,
     ) -> PortResult<Input> {
@@ -420,7 +424,7 @@ impl<W: World> Runner<W> {
         Ok(input)
     }
 
-    async fn read(&self, svc: &ServiceConfig, needs: flow::Needs) -> Observations {
+    async fn read(&self, svc: &Service, needs: flow::Needs) -> Observations {
         let mut observed = Observations::default();
         if needs.alarms {
             observed.alarms_firing = match self.world.firing(&svc.rollback_alarms).await {
@@ -432,7 +436,7 @@ impl<W: World> Runner<W> {
             };
         }
         if let Some(color) = needs.target_health {
-            observed.target_health = match self.world.health(svc, color).await {
+            observed.target_health = match self.world.health(&svc.name, color).await {
                 Ok(h) => Some(h),
                 Err(e) => {
                     warn!(error = %e, "cannot read target health");
@@ -441,7 +445,7 @@ impl<W: World> Runner<W> {
             };
         }
         if needs.production {
-            observed.production = match self.world.production(svc).await {
+            observed.production = match self.world.production(&svc.name).await {
                 Ok(w) => Some(Ok(w)),
                 Err(PortError::Permanent(why)) => Some(Err(why)),
                 Err(e) => {
@@ -455,7 +459,7 @@ impl<W: World> Runner<W> {
 
     async fn resend_early_tick(
         &self,
-        svc: &ServiceConfig,
+        svc: &Service,
         state: &flow::ServiceState,
         input: &Input,
         now: Timestamp,
@@ -473,7 +477,7 @@ impl<W: World> Runner<W> {
     /// Sends `tick` to the worker's own queue, due at `due`.
     async fn send_tick(
         &self,
-        svc: &ServiceConfig,
+        svc: &Service,
         tick: &TickKey,
         due: Timestamp,
         now: Timestamp,
@@ -532,7 +536,7 @@ impl<W: World> Runner<W> {
     /// Carries out one effect; some produce an input to decide next.
     async fn execute(
         &self,
-        svc: &ServiceConfig,
+        svc: &Service,
         effect: &Effect,
         cursor: u32,
         now: Timestamp,
@@ -545,7 +549,7 @@ impl<W: World> Runner<W> {
             } => {
                 let arn = self
                     .world
-                    .register_revision(svc, deployment_id, *template, image)
+                    .register_revision(&svc.name, deployment_id, *template, image)
                     .await?;
                 Ok(Some(Input::revision_registered(deployment_id, arn)))
             }
@@ -556,23 +560,23 @@ impl<W: World> Runner<W> {
                 ..
             } => {
                 self.world
-                    .update_service(svc, *color, task_definition, *match_count_of)
+                    .update_service(&svc.name, *color, task_definition, *match_count_of)
                     .await?;
                 Ok(None)
             }
             Effect::ScaleToZero { color, .. } => {
-                self.world.scale_to_zero(svc, *color).await?;
+                self.world.scale_to_zero(&svc.name, *color).await?;
                 Ok(None)
             }
             Effect::SetProductionWeights {
                 deployment_id,
                 weights,
             } => {
-                let read = self.world.set_production(svc, *weights).await?;
+                let read = self.world.set_production(&svc.name, *weights).await?;
                 Ok(Some(Input::traffic_confirmed(deployment_id, cursor, read)))
             }
             Effect::SetTestWeights { weights, .. } => {
-                self.world.set_test(svc, *weights).await?;
+                self.world.set_test(&svc.name, *weights).await?;
                 Ok(None)
             }
             Effect::RunValidations {

@@ -19,8 +19,8 @@ use std::time::Duration;
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::{Config, ServiceConfig};
 use crate::contract::{self, Entry, Routed, Sources};
+use crate::fleet::Fleet;
 use crate::flow::{self, Input, Outcome};
 use crate::ports::{Clock, Lease, PortResult, Received, World};
 use crate::runner::{Runner, describe};
@@ -74,7 +74,7 @@ impl Default for Options {
 /// The worker.
 pub struct Worker<W> {
     runner: Runner<W>,
-    config: Arc<Config>,
+    fleet: Arc<Fleet>,
     sources: Sources,
     options: Options,
 }
@@ -83,7 +83,7 @@ impl<W> Clone for Worker<W> {
     fn clone(&self) -> Self {
         Worker {
             runner: self.runner.clone(),
-            config: self.config.clone(),
+            fleet: self.fleet.clone(),
             sources: self.sources.clone(),
             options: self.options.clone(),
         }
@@ -91,16 +91,16 @@ impl<W> Clone for Worker<W> {
 }
 
 impl<W: World> Worker<W> {
-    /// A worker over `world` for `config`.
-    pub fn new(world: Arc<W>, config: Config, clock: Clock, options: Options) -> Worker<W> {
-        let runner = Runner::new(world, &config, clock, options.lease, &options.worker_id);
+    /// A worker over `world` for `fleet`'s services.
+    pub fn new(world: Arc<W>, fleet: Fleet, clock: Clock, options: Options) -> Worker<W> {
+        let runner = Runner::new(world, &fleet, clock, options.lease, &options.worker_id);
         let sources = Sources {
-            own: config.worker.source.clone(),
-            manual: config.worker.manual_source.clone(),
+            own: fleet.source.clone(),
+            manual: fleet.manual_source.clone(),
         };
         Worker {
             runner,
-            config: Arc::new(config),
+            fleet: Arc::new(fleet),
             sources,
             options,
         }
@@ -130,7 +130,7 @@ impl<W: World> Worker<W> {
                 return Disposition::DeadLetter(e.to_string());
             }
         };
-        let routed = match contract::route(&msg, &self.config) {
+        let routed = match contract::route(&msg, &self.fleet) {
             Ok(r) => r,
             Err(e) => {
                 warn!(message_id, code = e.code, error = %e, "message rejected");
@@ -148,11 +148,8 @@ impl<W: World> Worker<W> {
         };
         let mut summary = Vec::new();
         for (service, input) in inputs {
-            let Some(svc) = self.config.service(&service).cloned() else {
-                continue;
-            };
             let span = info_span!("input", service = %service, key = %input.key);
-            match self.apply(&svc, input).instrument(span).await {
+            match self.apply(&service, input).instrument(span).await {
                 Ok(outcome) => summary.push(format!("{service}: {}", describe(&outcome))),
                 Err(e) => return Disposition::Retry(format!("{service}: {e}")),
             }
@@ -187,7 +184,7 @@ impl<W: World> Worker<W> {
             "input": format!("message:{message_id}"),
         });
         let entry = Entry {
-            source: self.config.worker.source.clone(),
+            source: self.fleet.source.clone(),
             detail_type: flow::EventKind::Rejected.detail_type(),
             detail: detail.to_string(),
             resources: Vec::new(),
@@ -203,16 +200,16 @@ impl<W: World> Worker<W> {
     ///
     /// # Errors
     /// A retryable port failure; the caller puts the message back.
-    pub async fn apply(&self, svc: &ServiceConfig, input: Input) -> PortResult<Outcome> {
-        self.runner.apply(svc, input).await
+    pub async fn apply(&self, service: &str, input: Input) -> PortResult<Outcome> {
+        self.runner.apply(service, input).await
     }
 
     /// Feeds a reconciler input to every service.
     pub async fn reconcile_all(&self) {
         let now = self.runner.now();
-        for svc in self.config.services.clone() {
+        for svc in &self.fleet.services {
             let input = Input::reconcile(format!("reconcile:{}", now.millis()));
-            if let Err(e) = self.apply(&svc, input).await {
+            if let Err(e) = self.apply(&svc.name, input).await {
                 warn!(service = %svc.name, error = %e, "reconcile failed");
             }
         }

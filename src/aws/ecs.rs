@@ -109,11 +109,12 @@ fn with_image(
 impl Platform for Aws {
     async fn register_revision(
         &self,
-        svc: &ServiceConfig,
+        service: &str,
         deployment_id: &str,
         template: Color,
         image: &str,
     ) -> PortResult<String> {
+        let svc = self.resources(service)?;
         let live = self.describe_service(svc, template).await?;
         let current = live.task_definition().ok_or_else(|| {
             PortError::Permanent(format!(
@@ -180,11 +181,12 @@ impl Platform for Aws {
 
     async fn update_service(
         &self,
-        svc: &ServiceConfig,
+        service: &str,
         color: Color,
         task_definition: &str,
         match_count_of: Color,
     ) -> PortResult<()> {
+        let svc = self.resources(service)?;
         let live = self.describe_service(svc, match_count_of).await?;
         let desired = live.desired_count().max(1);
         self.ecs
@@ -199,7 +201,8 @@ impl Platform for Aws {
         Ok(())
     }
 
-    async fn scale_to_zero(&self, svc: &ServiceConfig, color: Color) -> PortResult<()> {
+    async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
+        let svc = self.resources(service)?;
         self.ecs
             .update_service()
             .cluster(&svc.cluster)
@@ -211,9 +214,10 @@ impl Platform for Aws {
         Ok(())
     }
 
-    async fn health(&self, svc: &ServiceConfig, color: Color) -> PortResult<TargetHealth> {
-        let service = self.describe_service(svc, color).await?;
-        let primary = service
+    async fn health(&self, service: &str, color: Color) -> PortResult<TargetHealth> {
+        let svc = self.resources(service)?;
+        let described = self.describe_service(svc, color).await?;
+        let primary = described
             .deployments()
             .iter()
             .find(|d| d.status() == Some("PRIMARY"));
@@ -222,15 +226,15 @@ impl Platform for Aws {
             Some(d) => (
                 d.task_definition().map(str::to_string),
                 d.rollout_state() == Some(&DeploymentRolloutState::Completed)
-                    && service.deployments().len() == 1,
+                    && described.deployments().len() == 1,
                 count(d.running_count()),
                 count(d.desired_count()),
             ),
             None => (
-                service.task_definition().map(str::to_string),
+                described.task_definition().map(str::to_string),
                 false,
-                count(service.running_count()),
-                count(service.desired_count()),
+                count(described.running_count()),
+                count(described.desired_count()),
             ),
         };
         let targets = self

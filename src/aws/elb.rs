@@ -183,30 +183,26 @@ pub fn with_weights(
 }
 
 impl Traffic for Aws {
-    async fn production(&self, service: &ServiceConfig) -> PortResult<Weights> {
-        let target = service
+    async fn production(&self, service: &str) -> PortResult<Weights> {
+        let svc = self.resources(service)?;
+        let target = svc
             .production()
             .ok_or_else(|| PortError::Permanent("no production listener configured".into()))?;
-        self.weights_of(service, &target).await
+        self.weights_of(svc, &target).await
     }
 
-    async fn set_production(
-        &self,
-        service: &ServiceConfig,
-        weights: Weights,
-    ) -> PortResult<Weights> {
-        let target = service
+    async fn set_production(&self, service: &str, weights: Weights) -> PortResult<Weights> {
+        let svc = self.resources(service)?;
+        let target = svc
             .production()
             .ok_or_else(|| PortError::Permanent("no production listener configured".into()))?;
-        self.set_weights(service, &target, weights).await
+        self.set_weights(svc, &target, weights).await
     }
 
-    async fn set_test(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
-        match service.test() {
-            Some(target) => self
-                .set_weights(service, &target, weights)
-                .await
-                .map(|_| ()),
+    async fn set_test(&self, service: &str, weights: Weights) -> PortResult<()> {
+        let svc = self.resources(service)?;
+        match svc.test() {
+            Some(target) => self.set_weights(svc, &target, weights).await.map(|_| ()),
             None => Ok(()),
         }
     }

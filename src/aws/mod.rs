@@ -21,15 +21,19 @@ pub mod events;
 pub mod http;
 pub mod sqs;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use crate::config::Config;
-use crate::ports::PortError;
+use crate::config::{Config, ServiceConfig};
+use crate::ports::{PortError, PortResult};
 
-/// Every AWS client the worker uses, plus the names of its own resources.
+/// Every AWS client the worker uses, the names of its own resources, and where each
+/// service lives (the ports name services; this adapter looks their resources up).
 #[derive(Debug, Clone)]
 pub struct Aws {
     pub(crate) sqs: aws_sdk_sqs::Client,
@@ -43,6 +47,7 @@ pub struct Aws {
     pub(crate) table: String,
     pub(crate) bus: String,
     pub(crate) http: http::HttpChecks,
+    services: Arc<HashMap<String, ServiceConfig>>,
 }
 
 impl Aws {
@@ -71,7 +76,21 @@ impl Aws {
             table: config.worker.table.clone(),
             bus: config.worker.event_bus.clone(),
             http: http::HttpChecks::new(),
+            services: Arc::new(
+                config
+                    .services
+                    .iter()
+                    .map(|s| (s.name.clone(), s.clone()))
+                    .collect(),
+            ),
         }
+    }
+
+    /// The AWS resources of the service named `name`.
+    pub(crate) fn resources(&self, name: &str) -> PortResult<&ServiceConfig> {
+        self.services
+            .get(name)
+            .ok_or_else(|| PortError::Permanent(format!("service {name} is not configured")))
     }
 }
 

@@ -4,7 +4,7 @@
 //! matches; an alarm concerns every service that lists it; operator events and ticks
 //! name their service. Dedup keys are built here (SPEC §4 invariant 4).
 
-use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::flow::{ImageRef, Input, InputKind, Observations, TickKey};
 
 use super::inbound::{Body, Message, OperatorKind};
@@ -32,12 +32,12 @@ fn reject(code: &'static str, reason: String) -> Rejection {
     Rejection { code, reason }
 }
 
-/// Routes `msg` for `config`.
+/// Routes `msg` for `fleet`.
 ///
 /// # Errors
 /// A [`Rejection`] for unknown services, wrong account or region, an image that cannot
 /// be named, or a tick that lacks its service.
-pub fn route(msg: &Message, config: &Config) -> Result<Routed, Rejection> {
+pub fn route(msg: &Message, config: &Fleet) -> Result<Routed, Rejection> {
     check_origin(msg, config)?;
     if let Some(reason) = msg.ignorable() {
         return Ok(Routed::Ignored(reason));
@@ -202,9 +202,9 @@ pub fn route(msg: &Message, config: &Config) -> Result<Routed, Rejection> {
 
 /// Operator actions are refused for another account or region when those are
 /// configured; AWS events from elsewhere are refused the same way.
-fn check_origin(msg: &Message, config: &Config) -> Result<(), Rejection> {
+fn check_origin(msg: &Message, config: &Fleet) -> Result<(), Rejection> {
     let env = &msg.envelope;
-    if let (Some(want), Some(got)) = (&config.worker.account_id, &env.account)
+    if let (Some(want), Some(got)) = (&config.account_id, &env.account)
         && want != got
     {
         return Err(reject(
@@ -212,7 +212,7 @@ fn check_origin(msg: &Message, config: &Config) -> Result<(), Rejection> {
             format!("event from account {got}; this worker serves {want}"),
         ));
     }
-    if let (Some(want), Some(got)) = (&config.worker.region, &env.region)
+    if let (Some(want), Some(got)) = (&config.region, &env.region)
         && want != got
     {
         return Err(reject(
@@ -223,9 +223,9 @@ fn check_origin(msg: &Message, config: &Config) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn registry(account: Option<&String>, region: Option<&String>, config: &Config) -> Option<String> {
-    let account = account.or(config.worker.account_id.as_ref())?;
-    let region = region.or(config.worker.region.as_ref())?;
+fn registry(account: Option<&String>, region: Option<&String>, config: &Fleet) -> Option<String> {
+    let account = account.or(config.account_id.as_ref())?;
+    let region = region.or(config.region.as_ref())?;
     let suffix = if region.starts_with("cn-") {
         "amazonaws.com.cn"
     } else {

@@ -1,10 +1,10 @@
 //! The embedded mode's configuration: the user's own app as a command template, a health
 //! path, a strategy and alarm rules over the proxy's metrics.
 //!
-//! It is turned into the worker's [`Config`] with loopback stand-ins for the AWS names
-//! (`local:` queue and table, synthetic ARNs in a `local` region), and that document goes
-//! through the same schema and semantic checks as a production one, so a strategy that is
-//! wrong locally is wrong with the same message in production.
+//! The worker sees it as a [`Fleet`] (names, alarms, the core's settings), like a
+//! production configuration; nothing AWS-shaped is made up for it. Strategies and
+//! timeouts are checked by the same rules as in production, so a strategy that is wrong
+//! locally is wrong with the same message there.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError, ServiceConfig, TimeoutsConfig, WorkerConfig};
-use crate::flow::{Concurrency, DriftPolicy, Strategy};
+use crate::config::{ConfigError, TimeoutsConfig, check_strategy, check_timeouts};
+use crate::fleet::{Fleet, Service};
+use crate::flow::{Concurrency, DriftPolicy, ServiceSettings, Strategy};
 use crate::schema::FieldError;
 
 /// The whole document.
@@ -165,21 +166,18 @@ fn default_min_requests() -> u64 {
     20
 }
 
-/// The synthetic account and region of the embedded mode's stand-in ARNs.
-const LOCAL_SCOPE: &str = "local:000000000000";
-
 impl LocalConfig {
     /// Parses a TOML document and checks it.
     ///
     /// # Errors
-    /// Malformed TOML, unknown or mistyped fields, or what [`LocalConfig::worker_config`]
+    /// Malformed TOML, unknown or mistyped fields, or what [`LocalConfig::validate`]
     /// refuses.
     pub fn from_toml_str(text: &str) -> Result<LocalConfig, ConfigError> {
         let config: LocalConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             format: "TOML",
             message: e.to_string().trim().replace('\n', " "),
         })?;
-        config.worker_config()?;
+        config.validate()?;
         Ok(config)
     }
 
@@ -201,112 +199,120 @@ impl LocalConfig {
         self.services.iter().find(|s| s.name == name)
     }
 
-    /// The worker's configuration for these services, checked like a production one.
+    /// Checks what serde cannot: commands, instances, paths, alarm rules, listen
+    /// addresses, names, and the strategy and timeouts by the production rules.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming each wrong field.
-    pub fn worker_config(&self) -> Result<Config, ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         for (i, s) in self.services.iter().enumerate() {
-            let mut err = |field: &str, message: &str| {
-                errors.push(FieldError {
-                    field: format!("services[{i}].{field}"),
-                    message: message.into(),
-                });
+            let at = |field: &str| format!("services[{i}].{field}");
+            let mut err = |field: String, message: String| {
+                errors.push(FieldError { field, message });
             };
+            if !is_name(&s.name) {
+                err(
+                    at("name"),
+                    "must be 1 to 64 lower-case letters, digits, '-' or '_', starting and ending with a letter or digit (it names the service's local image repository)".into(),
+                );
+            }
             if !s.command.contains("{port}") {
                 err(
-                    "command",
-                    "must contain {port}, the port the instance listens on",
+                    at("command"),
+                    "must contain {port}, the port the instance listens on".into(),
                 );
             }
             if s.instances == 0 {
-                err("instances", "must be at least 1");
+                err(at("instances"), "must be at least 1".into());
             }
             if !s.health_path.starts_with('/') {
-                err("health_path", "must start with /");
+                err(at("health_path"), "must start with /".into());
             }
             for (j, a) in s.alarms.iter().enumerate() {
-                let field = format!("alarms[{j}]");
+                let field = at(&format!("alarms[{j}]"));
                 match (a.error_rate_above, a.p99_above) {
                     (Some(r), None) if !(0.0..1.0).contains(&r) => {
-                        err(&field, "error_rate_above must be in [0, 1)");
+                        err(field.clone(), "error_rate_above must be in [0, 1)".into());
                     }
                     (Some(_), None) | (None, Some(_)) => {}
-                    _ => err(&field, "needs exactly one of error_rate_above, p99_above"),
+                    _ => err(
+                        field.clone(),
+                        "needs exactly one of error_rate_above, p99_above".into(),
+                    ),
                 }
                 if a.window.is_zero() {
-                    err(&field, "window must be positive");
+                    err(field.clone(), "window must be positive".into());
+                }
+                if s.alarms[..j].iter().any(|b| b.name == a.name) {
+                    err(field, format!("duplicate alarm name {:?}", a.name));
                 }
             }
-            // Port 0 asks for any free port, so it never collides.
+            check_strategy(&s.strategy, &at("strategy"), &mut err);
+            check_timeouts(&s.timeouts, &at("timeouts"), &mut err);
             for (j, other) in self.services.iter().enumerate().skip(i + 1) {
+                // Port 0 asks for any free port, so it never collides.
                 if other.listen == s.listen && s.listen.port() != 0 {
-                    err("listen", &format!("is also services[{j}].listen"));
+                    err(at("listen"), format!("is also services[{j}].listen"));
+                }
+                if other.name == s.name {
+                    err(
+                        format!("services[{j}].name"),
+                        format!("duplicate service name {:?} (also services[{i}])", s.name),
+                    );
                 }
             }
         }
-        if !errors.is_empty() {
-            return Err(ConfigError::Invalid(errors));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
         }
-        let config = Config {
-            worker: WorkerConfig {
-                queue_url: "http://127.0.0.1/bluegreen-local/inbox".into(),
-                table: "bluegreen-local".into(),
-                event_bus: "bluegreen-local".into(),
-                source: "bluegreen".into(),
-                manual_source: "bluegreen.manual".into(),
-                region: None,
-                account_id: None,
-            },
-            services: self
-                .services
-                .iter()
-                .enumerate()
-                .map(|(i, s)| s.stand_in(i))
-                .collect(),
-        };
-        let json = serde_json::to_string(&config).map_err(|e| {
-            ConfigError::Invalid(vec![FieldError {
-                field: String::new(),
-                message: e.to_string(),
-            }])
-        })?;
-        Config::from_json_str(&json)
+    }
+
+    /// The worker's view of these services: the embedded mode has no account, region or
+    /// registry host, and its repository names are the service names.
+    #[must_use]
+    pub fn fleet(&self) -> Fleet {
+        Fleet {
+            source: "bluegreen".into(),
+            manual_source: "bluegreen.manual".into(),
+            account_id: None,
+            region: None,
+            services: self.services.iter().map(LocalService::service).collect(),
+        }
     }
 }
 
+/// A local service name: it is also the repository name of its local image registry.
+fn is_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let word = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=64).contains(&bytes.len())
+        && bytes.first().is_some_and(word)
+        && bytes.last().is_some_and(word)
+        && bytes.iter().all(|b| word(b) || *b == b'-' || *b == b'_')
+}
+
 impl LocalService {
-    /// The production-shaped service this one (the `index`th) stands in for.
-    fn stand_in(&self, index: usize) -> ServiceConfig {
-        let name = &self.name;
-        let elb = |what: &str| format!("arn:aws:elasticloadbalancing:{LOCAL_SCOPE}:{what}");
-        let id = |n: usize| format!("{:016x}", index * 3 + n);
-        ServiceConfig {
-            name: name.clone(),
-            cluster: "local".into(),
-            blue_service: format!("{name}-blue"),
-            green_service: format!("{name}-green"),
-            blue_target_group_arn: elb(&format!("targetgroup/local-blue/{}", id(1))),
-            green_target_group_arn: elb(&format!("targetgroup/local-green/{}", id(2))),
-            production_listener_rule_arn: None,
-            production_listener_arn: Some(elb(&format!("listener/app/local/{}/{}", id(0), id(0)))),
-            test_listener_rule_arn: None,
-            test_listener_arn: None,
-            container_name: "app".into(),
-            ecr_repository: name.clone(),
+    /// The worker's view of this service.
+    fn service(&self) -> Service {
+        let mut settings = ServiceSettings::with_strategy(self.strategy.clone());
+        settings.bake = self.bake;
+        settings.termination_wait = self.termination_wait;
+        settings.rollback_alarms = self.alarms.iter().map(|a| a.name.clone()).collect();
+        settings.approval = self.approval;
+        settings.concurrency = self.concurrency;
+        settings.timeouts = self.timeouts.resolve();
+        // Only bluegreen writes the embedded router's weights.
+        settings.drift = DriftPolicy::default();
+        settings.production_rule = format!("local proxy {}", self.listen);
+        Service {
+            name: self.name.clone(),
+            ecr_repository: self.name.clone(),
             tag_pattern: None,
-            strategy: self.strategy.clone(),
-            bake: self.bake,
-            termination_wait: self.termination_wait,
-            rollback_alarms: self.alarms.iter().map(|a| a.name.clone()).collect(),
-            approval: self.approval,
-            concurrency: self.concurrency,
-            validations: Vec::new(),
-            rollback_attempts: 5,
-            timeouts: self.timeouts.clone(),
-            // Only bluegreen writes the embedded router's weights.
-            drift: DriftPolicy::default(),
+            rollback_alarms: settings.rollback_alarms.clone(),
+            settings,
         }
     }
 }

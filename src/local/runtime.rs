@@ -27,7 +27,7 @@ use super::metrics::serve_metrics;
 use super::platform::{LocalPlatform, register_image};
 use super::proxy::{Route, serve_on_threads};
 use super::world::{Local, weights_key};
-use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::flow::{Color, Weights};
 use crate::ports::Clock;
 use crate::ports::{Inbox, PortResult, Store};
@@ -102,7 +102,7 @@ pub async fn enqueue_deploy(
 pub struct Runtime {
     /// The adapters (router, platform, store, alarms, bus).
     pub local: Arc<Local>,
-    worker_config: Config,
+    fleet: Fleet,
     clock: Clock,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -142,7 +142,8 @@ impl Runtime {
     /// # Errors
     /// An invalid configuration, an unusable state directory, or an address in use.
     pub async fn start(config: &LocalConfig, clock: Clock) -> anyhow::Result<Runtime> {
-        let worker_config = config.worker_config()?;
+        config.validate()?;
+        let fleet = config.fleet();
         let dir = &config.local.state_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
@@ -229,7 +230,7 @@ impl Runtime {
         };
         let mut runtime = Runtime {
             local,
-            worker_config,
+            fleet,
             clock,
             stop,
             tasks,
@@ -250,7 +251,7 @@ impl Runtime {
         }
         let worker = Worker::new(
             self.local.clone(),
-            self.worker_config.clone(),
+            self.fleet.clone(),
             self.clock.clone(),
             worker_options(),
         );

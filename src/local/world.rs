@@ -12,7 +12,6 @@ use super::db::LocalDb;
 use super::platform::LocalPlatform;
 use super::proxy::Route;
 use crate::aws::http::HttpChecks;
-use crate::config::ServiceConfig;
 use crate::contract::Entry;
 use crate::flow::{Color, TargetHealth, Weights};
 use crate::ports::{
@@ -122,21 +121,17 @@ impl Store for Local {
 }
 
 impl Traffic for Local {
-    async fn production(&self, service: &ServiceConfig) -> PortResult<Weights> {
-        Ok(self.route(&service.name)?.weights())
+    async fn production(&self, service: &str) -> PortResult<Weights> {
+        Ok(self.route(service)?.weights())
     }
 
-    async fn set_production(
-        &self,
-        service: &ServiceConfig,
-        weights: Weights,
-    ) -> PortResult<Weights> {
-        let route = self.route(&service.name)?;
+    async fn set_production(&self, service: &str, weights: Weights) -> PortResult<Weights> {
+        let route = self.route(service)?;
         // Persist first: a crash after switching but before persisting would otherwise
         // come back on the old split.
         let text = serde_json::to_string(&weights)
             .map_err(|e| PortError::Permanent(format!("cannot encode weights: {e}")))?;
-        self.db.put(&weights_key(&service.name), &text)?;
+        self.db.put(&weights_key(service), &text)?;
         route.set_weights(weights);
         let read = route.weights();
         if read == weights {
@@ -149,7 +144,7 @@ impl Traffic for Local {
         }
     }
 
-    async fn set_test(&self, _service: &ServiceConfig, _weights: Weights) -> PortResult<()> {
+    async fn set_test(&self, _service: &str, _weights: Weights) -> PortResult<()> {
         // The embedded router has no test listener; validations are not configurable
         // locally, so nothing routes test traffic.
         Ok(())
@@ -159,31 +154,31 @@ impl Traffic for Local {
 impl Platform for Local {
     async fn register_revision(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         deployment_id: &str,
         _template: Color,
         image: &str,
     ) -> PortResult<String> {
-        self.platform.register(&service.name, deployment_id, image)
+        self.platform.register(service, deployment_id, image)
     }
 
     async fn update_service(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         color: Color,
         task_definition: &str,
         match_count_of: Color,
     ) -> PortResult<()> {
         self.platform
-            .update(&service.name, color, task_definition, match_count_of)
+            .update(service, color, task_definition, match_count_of)
     }
 
-    async fn scale_to_zero(&self, service: &ServiceConfig, color: Color) -> PortResult<()> {
-        self.platform.scale_to_zero(&service.name, color)
+    async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
+        self.platform.scale_to_zero(service, color)
     }
 
-    async fn health(&self, service: &ServiceConfig, color: Color) -> PortResult<TargetHealth> {
-        self.platform.health(&service.name, color)
+    async fn health(&self, service: &str, color: Color) -> PortResult<TargetHealth> {
+        self.platform.health(service, color)
     }
 }
 

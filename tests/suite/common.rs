@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bluegreen::config::{Config, ServiceConfig, TimeoutsConfig, ValidationConfig, WorkerConfig};
 use bluegreen::contract::Entry;
+use bluegreen::fleet::{Fleet, Service};
 use bluegreen::flow::{
-    Action, AlarmState, Check, Color, Decision, EventDetail, EventKind, ImageRef, Input, InputKind,
+    Action, AlarmState, Color, Decision, EventDetail, EventKind, ImageRef, Input, InputKind,
     OutboundEvent, Outcome, Phase, ServiceSettings, ServiceState, Strategy, TargetHealth, TickKey,
     Timestamp, Weights,
 };
@@ -115,83 +115,27 @@ pub fn healthy() -> TargetHealth {
     }
 }
 
-/// The production-shaped service entry `settings` come from (the worker derives its
-/// settings from configuration, as in production).
-pub fn service_config(s: &ServiceSettings) -> ServiceConfig {
-    let elb = |what: &str| format!("arn:aws:elasticloadbalancing:us-east-1:{ACCOUNT}:{what}");
-    let t = &s.timeouts;
-    ServiceConfig {
-        name: SERVICE.into(),
-        cluster: "prod".into(),
-        blue_service: "web-blue".into(),
-        green_service: "web-green".into(),
-        blue_target_group_arn: elb("targetgroup/web-blue/6d0ecf831eec9f09"),
-        green_target_group_arn: elb("targetgroup/web-green/7e1fd0942ffd0a1a"),
-        production_listener_rule_arn: Some(elb(
-            "listener-rule/app/alb/50dc6c495c0c9188/f2f7dc8efc522ab2/9683b2d02a6cabee",
-        )),
-        production_listener_arn: None,
-        test_listener_rule_arn: s.has_test_listener.then(|| {
-            elb("listener-rule/app/alb/50dc6c495c0c9188/f2f7dc8efc522ab2/1111b2d02a6cabee")
-        }),
-        test_listener_arn: None,
-        container_name: "app".into(),
-        ecr_repository: "web".into(),
-        tag_pattern: None,
-        strategy: s.strategy.clone(),
-        bake: s.bake,
-        termination_wait: s.termination_wait,
-        rollback_alarms: s.rollback_alarms.clone(),
-        approval: s.approval,
-        concurrency: s.concurrency,
-        validations: s
-            .checks
-            .iter()
-            .map(|c| match c {
-                Check::Http {
-                    name,
-                    url,
-                    expect_status,
-                } => ValidationConfig {
-                    name: Some(name.clone()),
-                    url: Some(url.clone()),
-                    expect_status: Some(*expect_status),
-                    hook: None,
-                },
-                Check::Hook { name } => ValidationConfig {
-                    name: None,
-                    url: None,
-                    expect_status: None,
-                    hook: Some(name.clone()),
-                },
-            })
-            .collect(),
-        rollback_attempts: s.rollback_attempts,
-        timeouts: TimeoutsConfig {
-            provision: Some(t.provision),
-            green: Some(t.green),
-            testing: Some(t.testing),
-            approval: Some(t.approval),
-            promote: Some(t.promote),
-            poll: Some(t.poll),
-            reconcile_grace: Some(t.reconcile_grace),
-        },
-        drift: s.drift,
-    }
-}
+/// The production listener rule events name.
+pub const RULE: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/alb/50dc6c495c0c9188/f2f7dc8efc522ab2/9683b2d02a6cabee";
 
-fn config(s: &ServiceSettings) -> Config {
-    Config {
-        worker: WorkerConfig {
-            queue_url: "https://sqs.us-east-1.amazonaws.com/123456789012/bluegreen-events".into(),
-            table: "bluegreen-deployments".into(),
-            event_bus: "bluegreen".into(),
-            source: "bluegreen".into(),
-            manual_source: "bluegreen.manual".into(),
-            region: Some("us-east-1".into()),
-            account_id: Some(ACCOUNT.into()),
-        },
-        services: vec![service_config(s)],
+/// The worker's view of the one service, deploying with `settings`.
+pub fn fleet(s: &ServiceSettings) -> Fleet {
+    let mut settings = s.clone();
+    if settings.production_rule.is_empty() {
+        settings.production_rule = RULE.into();
+    }
+    Fleet {
+        source: "bluegreen".into(),
+        manual_source: "bluegreen.manual".into(),
+        account_id: Some(ACCOUNT.into()),
+        region: Some("us-east-1".into()),
+        services: vec![Service {
+            name: SERVICE.into(),
+            ecr_repository: "web".into(),
+            tag_pattern: None,
+            rollback_alarms: settings.rollback_alarms.clone(),
+            settings,
+        }],
     }
 }
 
@@ -390,18 +334,14 @@ impl Store for Sim {
 }
 
 impl Traffic for Sim {
-    async fn production(&self, _service: &ServiceConfig) -> PortResult<Weights> {
+    async fn production(&self, _service: &str) -> PortResult<Weights> {
         let c = self.cloud();
         match &c.rule_error {
             Some(why) => Err(PortError::Permanent(why.clone())),
             None => Ok(c.rule),
         }
     }
-    async fn set_production(
-        &self,
-        _service: &ServiceConfig,
-        weights: Weights,
-    ) -> PortResult<Weights> {
+    async fn set_production(&self, _service: &str, weights: Weights) -> PortResult<Weights> {
         self.effect("set-production-weights").await?;
         let die = {
             let mut c = self.cloud();
@@ -415,7 +355,7 @@ impl Traffic for Sim {
         }
         Ok(weights)
     }
-    async fn set_test(&self, _service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+    async fn set_test(&self, _service: &str, weights: Weights) -> PortResult<()> {
         self.effect("set-test-weights").await?;
         let mut c = self.cloud();
         c.test_rule = weights;
@@ -428,7 +368,7 @@ impl Traffic for Sim {
 impl Platform for Sim {
     async fn register_revision(
         &self,
-        _service: &ServiceConfig,
+        _service: &str,
         deployment_id: &str,
         _template: Color,
         _image: &str,
@@ -446,7 +386,7 @@ impl Platform for Sim {
     }
     async fn update_service(
         &self,
-        _service: &ServiceConfig,
+        _service: &str,
         color: Color,
         task_definition: &str,
         match_count_of: Color,
@@ -463,7 +403,7 @@ impl Platform for Sim {
         });
         Ok(())
     }
-    async fn scale_to_zero(&self, _service: &ServiceConfig, color: Color) -> PortResult<()> {
+    async fn scale_to_zero(&self, _service: &str, color: Color) -> PortResult<()> {
         self.effect("scale-to-zero").await?;
         let mut c = self.cloud();
         if let Some(entry) = c.colors.get_mut(&color) {
@@ -473,7 +413,7 @@ impl Platform for Sim {
         c.log.calls.push(Call::ScaleToZero(color));
         Ok(())
     }
-    async fn health(&self, _service: &ServiceConfig, color: Color) -> PortResult<TargetHealth> {
+    async fn health(&self, _service: &str, color: Color) -> PortResult<TargetHealth> {
         let c = self.cloud();
         let h = c
             .health
@@ -544,7 +484,6 @@ pub struct World {
     rt: tokio::runtime::Runtime,
     clock: Clock,
     worker: Worker<Sim>,
-    svc: ServiceConfig,
     pub sim: Arc<Sim>,
     journal: Arc<Mutex<Vec<Record>>>,
     /// The settings the worker runs with (derived from its configuration).
@@ -594,8 +533,7 @@ impl World {
             cloud: Mutex::new(Cloud::default()),
             crashed: tokio::sync::Notify::new(),
         });
-        let config = config(&settings);
-        let svc = config.services[0].clone();
+        let fleet = fleet(&settings);
         let journal = Arc::new(Mutex::new(Vec::new()));
         let sink = journal.clone();
         let options = Options {
@@ -606,7 +544,8 @@ impl World {
             worker_id: "sim".into(),
             reconcile_every: Duration::ZERO,
         };
-        let worker = Worker::new(sim.clone(), config, clock.clone(), options).with_listener(
+        let settings = fleet.services[0].settings.clone();
+        let worker = Worker::new(sim.clone(), fleet, clock.clone(), options).with_listener(
             Arc::new(move |d: &Decided<'_>| {
                 sink.lock().expect("journal").push(Record {
                     before: d.before.clone(),
@@ -620,8 +559,7 @@ impl World {
             rt,
             clock,
             worker,
-            settings: svc.settings(),
-            svc,
+            settings,
             sim,
             journal,
             state: ServiceState::new(SERVICE, Color::Blue),
@@ -695,9 +633,8 @@ impl World {
         self.sync_in();
         let from = self.records.len();
         let worker = self.worker.clone();
-        let svc = self.svc.clone();
         let key = input.key.clone();
-        let result = self.run(async move { worker.apply(&svc, input).await });
+        let result = self.run(async move { worker.apply(SERVICE, input).await });
         self.sync_out();
         match result {
             Some(Ok(outcome)) => outcome,
@@ -828,7 +765,7 @@ impl World {
         };
         Worker::new(
             self.sim.clone(),
-            config(&self.settings),
+            fleet(&self.settings),
             self.clock.clone(),
             options,
         )

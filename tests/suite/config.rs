@@ -41,6 +41,11 @@ fn the_shipped_example_loads_with_two_services() {
     let api = c.service("api").expect("api");
     assert_eq!(api.concurrency, Concurrency::Supersede);
     assert_eq!(api.settings().timeouts.poll, Duration::from_secs(10));
+    let fleet = bluegreen::fleet::Fleet::from(&c);
+    let (web, api) = (
+        fleet.service("web").expect("web"),
+        fleet.service("api").expect("api"),
+    );
     assert!(web.matches_tag(Some("release-7")));
     assert!(!web.matches_tag(Some("latest")));
     assert!(api.matches_tag(None));

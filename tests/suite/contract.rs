@@ -6,6 +6,7 @@ use std::path::Path;
 
 use bluegreen::config::Config;
 use bluegreen::contract::{self, Body, Entry, ParseError, Routed, Sources, parse_image};
+use bluegreen::fleet::Fleet;
 use bluegreen::flow::{Action, Check, Color, Concurrency, EventKind, InputKind, Phase, Weights};
 use bluegreen::schema::{self, SchemaId};
 use proptest::prelude::*;
@@ -140,8 +141,8 @@ fn rejected_messages_carry_a_stable_code() {
     assert_eq!(e.code(), "invalid-event");
 }
 
-fn example_config() -> Config {
-    Config::load(Path::new("examples/bluegreen.toml")).expect("example config")
+fn example_config() -> Fleet {
+    Fleet::from(&Config::load(Path::new("examples/bluegreen.toml")).expect("example config"))
 }
 
 #[test]

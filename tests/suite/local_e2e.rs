@@ -696,6 +696,52 @@ async fn a_malformed_message_is_dead_lettered_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deploy_requested_by_tag_resolves_through_the_local_registry() {
+    let dir = state_dir("tag");
+    let runtime = start(&config(dir.clone(), |_| {})).await;
+    let pinned =
+        bluegreen::local::platform::register_image(&runtime.local.db, SERVICE, "v2").unwrap();
+    let request = |id: &str, image: &str| {
+        serde_json::json!({
+            "version": "0", "id": id, "detail-type": "Deploy Requested",
+            "source": "bluegreen.manual", "time": "2026-12-01T10:00:00Z", "resources": [],
+            "detail": { "service": SERVICE, "image": image, "requestedBy": "alice" }
+        })
+        .to_string()
+    };
+    let db = &runtime.local.db;
+    db.send(request("by-tag", "shop:v2"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(wait_finished(&runtime, 1).await, Phase::Succeeded);
+    let state = db.load(SERVICE, Color::Blue).await.unwrap().state;
+    assert_eq!(
+        state.live_image.as_deref(),
+        Some(pinned.as_str()),
+        "deployed by digest"
+    );
+    assert_eq!(
+        runtime
+            .local
+            .platform
+            .version(SERVICE, Color::Green)
+            .as_deref(),
+        Some("v2")
+    );
+    db.send(request("unknown-tag", "shop:v9"), Duration::ZERO)
+        .await
+        .unwrap();
+    wait_for("the rejection", Duration::from_secs(20), || {
+        events(&dir)
+            .iter()
+            .any(|e| e["detail"]["code"] == "image-not-found")
+    })
+    .await;
+    runtime.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_stops_every_app_process() {
     let dir = state_dir("stop");
     let config = config(dir.clone(), |s| s.instances = 2);

@@ -572,7 +572,12 @@ account_id = "123456789012"
         };
         let world = std::sync::Arc::new(self.world());
         (
-            Worker::new(world.clone(), self.config.clone(), system_clock(), options),
+            Worker::new(
+                world.clone(),
+                bluegreen::fleet::Fleet::from(&self.config),
+                system_clock(),
+                options,
+            ),
             world,
         )
     }
@@ -698,7 +703,7 @@ account_id = "123456789012"
     /// Current production weights on the listener rule.
     pub async fn production(&self) -> Weights {
         Aws::new(&self.sdk, &self.config)
-            .production(&self.service())
+            .production("web")
             .await
             .expect("weights")
     }
@@ -960,24 +965,20 @@ impl Store for MotoWorld {
 }
 
 impl Traffic for MotoWorld {
-    async fn production(&self, service: &ServiceConfig) -> PortResult<Weights> {
+    async fn production(&self, service: &str) -> PortResult<Weights> {
         self.aws.production(service).await
     }
-    async fn set_production(
-        &self,
-        service: &ServiceConfig,
-        weights: Weights,
-    ) -> PortResult<Weights> {
+    async fn set_production(&self, service: &str, weights: Weights) -> PortResult<Weights> {
         let read = self.aws.set_production(service, weights).await?;
         self.applied.lock().expect("lock").push(read);
         self.applied_at.lock().expect("lock").push((
             tokio::time::Instant::now(),
-            service.name.clone(),
+            service.to_string(),
             read,
         ));
         Ok(read)
     }
-    async fn set_test(&self, service: &ServiceConfig, weights: Weights) -> PortResult<()> {
+    async fn set_test(&self, service: &str, weights: Weights) -> PortResult<()> {
         self.aws.set_test(service, weights).await
     }
 }
@@ -985,7 +986,7 @@ impl Traffic for MotoWorld {
 impl Platform for MotoWorld {
     async fn register_revision(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         deployment_id: &str,
         template: Color,
         image: &str,
@@ -996,7 +997,7 @@ impl Platform for MotoWorld {
     }
     async fn update_service(
         &self,
-        service: &ServiceConfig,
+        service: &str,
         color: Color,
         task_definition: &str,
         match_count_of: Color,
@@ -1005,10 +1006,10 @@ impl Platform for MotoWorld {
             .update_service(service, color, task_definition, match_count_of)
             .await
     }
-    async fn scale_to_zero(&self, service: &ServiceConfig, color: Color) -> PortResult<()> {
+    async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
         self.aws.scale_to_zero(service, color).await
     }
-    async fn health(&self, service: &ServiceConfig, color: Color) -> PortResult<TargetHealth> {
+    async fn health(&self, service: &str, color: Color) -> PortResult<TargetHealth> {
         self.aws.health(service, color).await
     }
 }

@@ -213,9 +213,10 @@ rollback_alarms = ["ServerCpuTooHigh"]
 "#;
 
 fn routed(file: &str, config: &Config) -> Vec<(String, Input)> {
+    let fleet = bluegreen::fleet::Fleet::from(config);
     let text = std::fs::read_to_string(format!("tests/fixtures/aws/{file}")).expect("fixture");
     let msg = contract::parse_str(&text, &Sources::default()).expect("fixture parses");
-    match contract::route(&msg, config).expect("routes") {
+    match contract::route(&msg, &fleet).expect("routes") {
         Routed::Inputs(inputs) => inputs,
         Routed::Ignored(why) => panic!("{file} was ignored: {why}"),
     }
@@ -225,8 +226,9 @@ fn routed(file: &str, config: &Config) -> Vec<(String, Input)> {
 fn the_aws_push_and_alarm_samples_drive_a_deployment_into_rollback() {
     let config = Config::from_toml_str(CONFIG).expect("config");
     let service = config.service("web").expect("web");
-    let mut w = World::new(service.settings());
-    w.settings.rollback_alarms = service.rollback_alarms.clone();
+    let w_settings = service.settings();
+    assert_eq!(w_settings.rollback_alarms, service.rollback_alarms);
+    let mut w = World::new(w_settings);
     let push = routed("ecr-image-push.json", &config);
     assert_eq!(push.len(), 1);
     assert_eq!(push[0].0, "web");
