@@ -109,17 +109,22 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// The service's stored state.
+async fn stored(runtime: &Runtime) -> bluegreen::flow::ServiceState {
+    runtime
+        .local
+        .db
+        .load(SERVICE, Color::Blue)
+        .await
+        .expect("load")
+        .state
+}
+
 /// Waits until the service has no active deployment and the last one is terminal.
 async fn wait_finished(runtime: &Runtime, deployments: u64) -> Phase {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let state = runtime
-            .local
-            .db
-            .load(SERVICE, Color::Blue)
-            .await
-            .expect("load")
-            .state;
+        let state = stored(runtime).await;
         if state.deployments_started >= deployments
             && state.active.is_none()
             && let Some(last) = &state.last
@@ -428,13 +433,8 @@ async fn a_worker_killed_mid_shift_resumes_from_the_database_without_regression(
     runtime.kill_worker().await;
     let at_kill = route.weights();
     // Wait until the next step was due, and some more.
-    let due = runtime
-        .local
-        .db
-        .load(SERVICE, Color::Blue)
+    let due = stored(&runtime)
         .await
-        .unwrap()
-        .state
         .active
         .and_then(|d| d.next_tick)
         .expect("a step pending")
@@ -616,16 +616,7 @@ async fn a_sticky_client_stays_on_its_colour_until_finalization() {
     }
 
     // Promote to 100 %: the blue client is moved to green and stays there.
-    let deployment = runtime
-        .local
-        .db
-        .load(SERVICE, Color::Blue)
-        .await
-        .unwrap()
-        .state
-        .active
-        .unwrap()
-        .id;
+    let deployment = stored(&runtime).await.active.unwrap().id;
     let promote = serde_json::json!({
         "version": "0", "id": "promote-1", "detail-type": "Promote Requested",
         "source": "bluegreen.manual", "time": "2026-11-26T10:00:00Z", "resources": [],
@@ -714,7 +705,7 @@ async fn a_deploy_requested_by_tag_resolves_through_the_local_registry() {
         .await
         .unwrap();
     assert_eq!(wait_finished(&runtime, 1).await, Phase::Succeeded);
-    let state = db.load(SERVICE, Color::Blue).await.unwrap().state;
+    let state = stored(&runtime).await;
     assert_eq!(
         state.live_image.as_deref(),
         Some(pinned.as_str()),

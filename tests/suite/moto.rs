@@ -324,27 +324,11 @@ impl Env {
             let suffix = if k == 0 { String::new() } else { k.to_string() };
             let blue_tg = tg(format!("{p}-b{suffix}")).await;
             let green_tg = tg(format!("{p}-g{suffix}")).await;
-            let (blue_weight, green_weight) = if shape.green_live { (0, 100) } else { (100, 0) };
-            let forward = ForwardActionConfig::builder()
-                .target_groups(
-                    TargetGroupTuple::builder()
-                        .target_group_arn(&blue_tg)
-                        .weight(blue_weight)
-                        .build(),
-                )
-                .target_groups(
-                    TargetGroupTuple::builder()
-                        .target_group_arn(&green_tg)
-                        .weight(green_weight)
-                        .build(),
-                )
-                .target_group_stickiness_config(
-                    TargetGroupStickinessConfig::builder()
-                        .enabled(true)
-                        .duration_seconds(300)
-                        .build(),
-                )
-                .build();
+            let live = if shape.green_live {
+                Color::Green
+            } else {
+                Color::Blue
+            };
             let rule_arn = elb
                 .create_rule()
                 .listener_arn(&listener)
@@ -359,12 +343,7 @@ impl Env {
                         })
                         .build(),
                 )
-                .actions(
-                    Action::builder()
-                        .r#type(ActionTypeEnum::Forward)
-                        .forward_config(forward)
-                        .build(),
-                )
+                .actions(forward_action(&blue_tg, &green_tg, Weights::all(live)))
                 .send()
                 .await
                 .expect("rule")
@@ -407,9 +386,8 @@ impl Env {
                         .expect("vpc config"),
                 )
                 .build();
-            let live = if shape.green_live { "green" } else { "blue" };
             for (name, group) in [("blue", &blue_tg), ("green", &green_tg)] {
-                let count = if name == live { 2 } else { 0 };
+                let count = if name == live.as_str() { 2 } else { 0 };
                 ecs.create_service()
                     .cluster(&cluster)
                     .service_name(format!("{p}-{name}{suffix}"))
@@ -756,31 +734,14 @@ impl Env {
     /// stack update or a person in the console does (stickiness kept as created).
     pub async fn rewrite_rule(&self, weights: Weights) {
         let svc = self.service();
-        let tuple = |arn: &str, weight: u8| {
-            TargetGroupTuple::builder()
-                .target_group_arn(arn)
-                .weight(i32::from(weight))
-                .build()
-        };
-        let forward = ForwardActionConfig::builder()
-            .target_groups(tuple(&svc.blue_target_group_arn, weights.blue))
-            .target_groups(tuple(&svc.green_target_group_arn, weights.green))
-            .target_group_stickiness_config(
-                TargetGroupStickinessConfig::builder()
-                    .enabled(true)
-                    .duration_seconds(300)
-                    .build(),
-            )
-            .build();
         aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk)
             .modify_rule()
             .rule_arn(svc.production_listener_rule_arn.expect("a rule"))
-            .actions(
-                Action::builder()
-                    .r#type(ActionTypeEnum::Forward)
-                    .forward_config(forward)
-                    .build(),
-            )
+            .actions(forward_action(
+                &svc.blue_target_group_arn,
+                &svc.green_target_group_arn,
+                weights,
+            ))
             .send()
             .await
             .expect("modify rule");
@@ -813,6 +774,31 @@ impl Env {
             .expect("digest")
             .to_string()
     }
+}
+
+/// A production rule's forward action over the two groups, sticky for 5 minutes, built
+/// here rather than by the adapter under test.
+fn forward_action(blue: &str, green: &str, weights: Weights) -> Action {
+    let tuple = |arn: &str, weight: u8| {
+        TargetGroupTuple::builder()
+            .target_group_arn(arn)
+            .weight(i32::from(weight))
+            .build()
+    };
+    let forward = ForwardActionConfig::builder()
+        .target_groups(tuple(blue, weights.blue))
+        .target_groups(tuple(green, weights.green))
+        .target_group_stickiness_config(
+            TargetGroupStickinessConfig::builder()
+                .enabled(true)
+                .duration_seconds(300)
+                .build(),
+        )
+        .build();
+    Action::builder()
+        .r#type(ActionTypeEnum::Forward)
+        .forward_config(forward)
+        .build()
 }
 
 pub async fn set_alarm(sdk: &SdkConfig, name: &str, state: &str) {

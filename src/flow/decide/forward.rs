@@ -2,7 +2,7 @@
 //! baking → finalizing → succeeded, the old colour's release, and traffic read-backs
 //! (`Traffic Shifted` is announced only for weights read back from the rule).
 
-use super::{Applied, Cx, Ignore, Verdict, rollback, with_deployment};
+use super::{Applied, Cx, Ignore, Verdict, at_cursor, rollback, with_deployment};
 use crate::flow::effect::{Effect, EventKind, IgnoreCode};
 use crate::flow::input::CheckOutcome;
 use crate::flow::model::{Deployment, Hold, Phase, Weights};
@@ -245,17 +245,8 @@ pub(super) fn release_old_color(cx: &mut Cx<'_>, id: &str) -> Verdict {
 
 /// A production write of the decision at `cursor` was read back as `weights`.
 pub(super) fn on_confirmed(cx: &mut Cx<'_>, id: &str, cursor: u32, weights: Weights) -> Verdict {
-    let Some(d) = cx.state.deployment(id) else {
-        return Ignore(IgnoreCode::Stale, format!("unknown deployment {id}"));
-    };
-    if d.cursor != cursor {
-        return Ignore(
-            IgnoreCode::Stale,
-            format!(
-                "read-back for cursor {cursor} of {id}, which is at {}",
-                d.cursor
-            ),
-        );
+    if let Err(stale) = at_cursor(&cx.state, id, cursor, "the read-back") {
+        return stale;
     }
     if cx.state.confirmed == Some(weights) {
         return Ignore(

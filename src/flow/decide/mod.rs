@@ -442,6 +442,29 @@ pub fn waits_for(state: &ServiceState, tick: &TickKey) -> bool {
     })
 }
 
+/// The deployment named `id` if it is still at `cursor` (the step that asked for an
+/// effect whose result or failure this is); otherwise why the input is stale.
+fn at_cursor<'s>(
+    state: &'s ServiceState,
+    id: &str,
+    cursor: u32,
+    what: &str,
+) -> Result<&'s Deployment, Verdict> {
+    let d = state
+        .deployment(id)
+        .ok_or_else(|| Ignore(IgnoreCode::Stale, format!("unknown deployment {id}")))?;
+    if d.cursor != cursor {
+        return Err(Ignore(
+            IgnoreCode::Stale,
+            format!(
+                "{what} is for cursor {cursor} of {id}, which is at {}",
+                d.cursor
+            ),
+        ));
+    }
+    Ok(d)
+}
+
 /// Runs `f` on the active deployment named `id`, or ignores the input as stale.
 fn with_active(
     cx: &mut Cx<'_>,

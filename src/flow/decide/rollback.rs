@@ -1,7 +1,7 @@
 //! The way back: rollback alarms, stage timeouts, failed effects, and the rollback path
 //! itself (production to 100 % on the known-good colour first, in one call).
 
-use super::{Applied, Cx, Ignore, Verdict, with_active};
+use super::{Applied, Cx, Ignore, Verdict, at_cursor, with_active};
 use crate::flow::effect::{EventKind, IgnoreCode};
 use crate::flow::input::AlarmState;
 use crate::flow::model::{Deployment, Phase, Rollback, Weights};
@@ -107,18 +107,10 @@ pub(super) fn on_effect_failed(
             "a tick that could not be sent is re-sent by the reconciler".into(),
         );
     }
-    let Some(d) = cx.state.deployment(id) else {
-        return Ignore(IgnoreCode::Stale, format!("unknown deployment {id}"));
+    let d = match at_cursor(&cx.state, id, cursor, &format!("the {effect} failure")) {
+        Ok(d) => d,
+        Err(stale) => return stale,
     };
-    if d.cursor != cursor {
-        return Ignore(
-            IgnoreCode::Stale,
-            format!(
-                "{effect} failure is for cursor {cursor}; {id} is at {}",
-                d.cursor
-            ),
-        );
-    }
     let releasing = effect == "scale-to-zero" && d.warm_until.is_none() && d.next_tick.is_none();
     if d.phase == Phase::Succeeded && releasing {
         // The release of the old colour failed: try again after a poll interval.
