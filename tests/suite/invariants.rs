@@ -538,22 +538,27 @@ proptest! {
         }
     }
 
-    /// SPEC §4.9: the colour that carries traffic is never pointed at another task
-    /// definition, and a deployment deploys to the colour the rule did not serve.
+    /// SPEC §4.9: a colour is never updated in place nor scaled to zero while the rule,
+    /// as the worker last read or wrote it, sends it traffic; nothing is touched before
+    /// the rule was read.
     #[test]
-    fn the_live_colour_is_never_updated_in_place(
+    fn a_colour_that_carries_traffic_is_never_updated_or_scaled_down(
         settings in service_settings(),
         ops in proptest::collection::vec(any_op(), 1..60),
     ) {
         let mut r = run(settings, &ops);
         finish(&mut r);
-        let w = &r.w;
-        for rec in &w.records {
+        for rec in &r.w.records {
+            // What the worker knows production serves, effect by effect.
+            let mut known = rec.decision.state.confirmed;
             for e in &rec.decision.effects {
-                if let Effect::UpdateService { color, .. } = e {
-                    let serving = rec.before.confirmed.map(|c| c.of(*color));
-                    prop_assert_ne!(serving, Some(100), "{} updated while it carried all traffic", color);
-                    prop_assert!(rec.before.live_observed, "a colour updated before the rule was read");
+                match e {
+                    Effect::SetProductionWeights { weights, .. } => known = Some(*weights),
+                    Effect::UpdateService { color, .. } | Effect::ScaleToZero { color, .. } => {
+                        let share = known.map(|w| w.of(*color));
+                        prop_assert_eq!(share, Some(0), "{} touched ({:?}) while it serves {:?}% (input {})", color, e.name(), share, rec.input.key);
+                    }
+                    _ => {}
                 }
             }
         }

@@ -367,3 +367,58 @@ fn the_reconciler_runs_by_default() {
         Duration::from_secs(30)
     );
 }
+
+#[test]
+fn traffic_moved_onto_the_new_colour_before_it_is_updated_pauses_even_the_report_policy() {
+    let mut s = settings();
+    s.drift = DriftPolicy::Report;
+    let mut w = world_in(s, Phase::WaitingForGreen);
+    let updates = w.log.updates.len();
+    // Someone sends a share of production to green by hand, and the tick that would
+    // re-point green is lost: the reconciler re-drives WaitingForGreen.
+    w.cloud().rule = wt(90, 10);
+    let due = w.active().next_tick.expect("poll").due;
+    let grace = w.settings.timeouts.reconcile_grace;
+    while w.tick().is_some() {}
+    w.advance_to(due.plus(grace + Duration::from_secs(1)));
+    w.reconcile();
+    assert!(w.active().is_paused(), "{:?}", w.active());
+    assert_eq!(
+        w.log.updates.len(),
+        updates,
+        "green is not updated while it serves traffic"
+    );
+    let drift = events_of(&w, EventKind::WeightDriftDetected);
+    assert!(
+        drift[0]
+            .detail
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("green is about to be updated")),
+        "{:?}",
+        drift[0].detail.reason
+    );
+}
+
+#[test]
+fn the_old_colour_is_not_released_while_the_rule_sends_it_traffic() {
+    let mut s = settings();
+    s.drift = DriftPolicy::Report;
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.run_until(|w| w.last_phase() == Some(Phase::Succeeded));
+    // Before the termination wait ends, someone moves production back to blue by hand.
+    w.cloud().rule = Weights::all(Color::Blue);
+    w.tick();
+    assert!(
+        w.log.scaled_to_zero.is_empty(),
+        "blue still serves: kept warm"
+    );
+    assert_eq!(events_of(&w, EventKind::WeightDriftDetected).len(), 1);
+    assert!(events_of(&w, EventKind::OldColorReleased).is_empty());
+    // Once production is back on green, the release goes ahead.
+    w.cloud().rule = Weights::all(Color::Green);
+    w.settle();
+    assert_eq!(w.log.scaled_to_zero, [Color::Blue]);
+    assert_eq!(events_of(&w, EventKind::OldColorReleased).len(), 1);
+}

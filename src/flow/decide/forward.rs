@@ -2,11 +2,11 @@
 //! baking → finalizing → succeeded, the old colour's release, and traffic read-backs
 //! (`Traffic Shifted` is announced only for weights read back from the rule).
 
-use super::{Applied, Cx, Ignore, Verdict, at_cursor, rollback, with_deployment};
+use super::{Applied, Cx, Ignore, Verdict, at_cursor, rollback, tick, with_deployment};
 use crate::flow::effect::{Effect, EventKind, IgnoreCode};
-use crate::flow::input::CheckOutcome;
+use crate::flow::input::{CheckOutcome, Observations};
 use crate::flow::model::{Deployment, Hold, Phase, Weights};
-use crate::flow::settings::Check;
+use crate::flow::settings::{Check, DriftPolicy};
 
 pub(super) fn begin_provisioning(cx: &mut Cx<'_>, d: &mut Deployment) {
     cx.enter(d, Phase::Provisioning, EventKind::PhaseChanged, None);
@@ -216,13 +216,32 @@ pub(super) fn succeed(cx: &mut Cx<'_>, d: &mut Deployment) {
     cx.schedule(d, warm_until);
 }
 
-pub(super) fn release_old_color(cx: &mut Cx<'_>, id: &str) -> Verdict {
+/// The termination wait is over: the old colour is scaled to zero, unless the rule as
+/// read sends it traffic (someone moved production back to it): then that drift is
+/// reported and, unless the policy writes the live colour's weights back first, the old
+/// colour stays warm and is looked at again after a poll interval.
+pub(super) fn release_old_color(cx: &mut Cx<'_>, id: &str, observed: &Observations) -> Verdict {
     let Some(mut d) = cx.state.last.take_if(|d| d.id == id) else {
         return Ignore(
             IgnoreCode::Stale,
             format!("deployment {id} is not the last one"),
         );
     };
+    if let Some(Ok(found)) = &observed.production
+        && found.of(d.stable) > 0
+    {
+        let expected = Weights::all(cx.state.live);
+        if cx.state.confirmed != Some(*found) {
+            tick::drifted(cx, &mut d, expected, *found);
+        }
+        if cx.settings.drift != DriftPolicy::Reassert {
+            let due = cx.now.plus_ms(cx.poll_ms());
+            d.warm_until = Some(due);
+            cx.schedule(&mut d, due);
+            cx.state.last = Some(d);
+            return Applied;
+        }
+    }
     d.warm_until = None;
     d.next_tick = None;
     cx.effects.push(Effect::ScaleToZero {

@@ -175,7 +175,15 @@ pub fn needs(state: &ServiceState, input: &Input) -> Needs {
     match &input.kind {
         InputKind::Tick { tick, .. } => {
             let Some(d) = state.active.as_ref().filter(|d| d.id == tick.deployment_id) else {
-                return Needs::default();
+                // The old colour's release reads the rule first: it must carry nothing.
+                let releasing = state
+                    .last
+                    .as_ref()
+                    .is_some_and(|d| d.id == tick.deployment_id && d.phase == Phase::Succeeded);
+                return Needs {
+                    production: releasing,
+                    ..Needs::default()
+                };
             };
             let untimed = matches!(d.current_step().map(|s| s.hold), Some(Hold::UntilPromote));
             Needs {
@@ -342,9 +350,11 @@ impl Cx<'_> {
         let rule = self.settings.production_rule.clone();
         let what = match policy {
             super::DriftPolicy::Reassert => format!("writing {expected} back"),
-            super::DriftPolicy::Pause if !d.phase.is_terminal() => {
-                "the deployment is paused for an operator".to_string()
-            }
+            _ if d.is_paused() && policy == super::DriftPolicy::Report => format!(
+                "the deployment is paused for an operator: {} is about to be updated and the rule sends it traffic",
+                d.target
+            ),
+            _ if d.is_paused() => "the deployment is paused for an operator".to_string(),
             super::DriftPolicy::Pause | super::DriftPolicy::Report => "reported only".to_string(),
         };
         let reason = format!(

@@ -52,7 +52,7 @@ pub(super) fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) 
         );
     }
     if phase == Phase::Succeeded {
-        return forward::release_old_color(cx, &tick.deployment_id);
+        return forward::release_old_color(cx, &tick.deployment_id, observed);
     }
     with_active(cx, &tick.deployment_id, |cx, d| {
         if let Some(alarms) = firing(observed, cx.settings).filter(|a| !a.is_empty())
@@ -212,6 +212,9 @@ fn check_drift(cx: &mut Cx<'_>, d: &mut Deployment, found: Weights) -> bool {
 }
 
 /// Records drift on `d` and carries out the policy; returns whether the caller goes on.
+///
+/// `report` never lets a deployment update the new colour in place while the rule sends
+/// it traffic (someone switched to it by hand): that deployment is paused instead.
 pub(super) fn drifted(
     cx: &mut Cx<'_>,
     d: &mut Deployment,
@@ -222,7 +225,10 @@ pub(super) fn drifted(
     // the write-back below is confirmed as a shift like any other.
     cx.state.confirmed = Some(found);
     let policy = cx.settings.drift;
-    let pause = policy == DriftPolicy::Pause && !d.phase.is_terminal();
+    let target_exposed =
+        matches!(d.phase, Phase::Provisioning | Phase::WaitingForGreen) && found.of(d.target) > 0;
+    let pause = !d.phase.is_terminal()
+        && (policy == DriftPolicy::Pause || (policy == DriftPolicy::Report && target_exposed));
     if pause {
         d.paused_at = Some(cx.now);
     }
