@@ -229,3 +229,106 @@ async fn a_deploy_requested_by_tag_is_resolved_through_ecr_and_deployed_by_diges
         "{rejected:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_outbox_claims_and_the_reconciler_lease_exclude_a_second_worker() {
+    use bluegreen::contract::Entry;
+    use bluegreen::flow::{ServiceState, Timestamp};
+    use bluegreen::ports::{Commit, Lease, Store};
+
+    let env = Env::create("claims", Shape::default()).await;
+    let (a, b) = (env.world(), env.world());
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let lease = |owner, now: Timestamp| Lease {
+        owner,
+        until: now.plus(Duration::from_secs(30)),
+        now,
+    };
+    let entry = |id: &str| Entry {
+        source: "bluegreen".into(),
+        detail_type: "Deployment Started",
+        detail: "{}".into(),
+        resources: vec![],
+        event_id: id.into(),
+        time: "2026-12-01T10:00:00.000Z".into(),
+    };
+    let events = [entry("web-1:1"), entry("web-1:2")];
+    a.aws
+        .commit(
+            "web",
+            Commit {
+                state: &ServiceState::new("web", Color::Blue),
+                expected_version: 0,
+                outbox: &events,
+                dedup_key: None,
+                deployments: &[],
+                lease: lease("a", now),
+            },
+        )
+        .await
+        .expect("commit");
+    let first = a
+        .aws
+        .claim_outbox("web", lease("a", now))
+        .await
+        .expect("a claims");
+    assert_eq!(first, events);
+    let second = b
+        .aws
+        .claim_outbox("web", lease("b", now))
+        .await
+        .expect("b claims");
+    assert!(
+        second.is_empty(),
+        "claimed entries go to no one else: {second:?}"
+    );
+    let later = now.plus(Duration::from_secs(31));
+    let third = b
+        .aws
+        .claim_outbox("web", lease("b", later))
+        .await
+        .expect("b claims");
+    assert_eq!(third, events, "an expired claim (a died) is taken over");
+    b.aws
+        .outbox_done("web", &["web-1:1".into(), "web-1:2".into()])
+        .await
+        .expect("done");
+    assert!(
+        b.aws
+            .claim_outbox("web", lease("b", later))
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+
+    assert!(
+        a.aws
+            .try_lease("reconciler", lease("a", now))
+            .await
+            .expect("a")
+    );
+    assert!(
+        !b.aws
+            .try_lease("reconciler", lease("b", now))
+            .await
+            .expect("b")
+    );
+    assert!(
+        a.aws
+            .try_lease("reconciler", lease("a", now))
+            .await
+            .expect("a renews")
+    );
+    assert!(
+        b.aws
+            .try_lease("reconciler", lease("b", later))
+            .await
+            .expect("b after expiry")
+    );
+    assert!(
+        !a.aws
+            .try_lease("reconciler", lease("a", later))
+            .await
+            .expect("a is out")
+    );
+}
