@@ -251,7 +251,19 @@ pub enum ParseError {
     /// A known kind whose fields are wrong; the first error names the field.
     #[error("{}", describe(.0))]
     Invalid(Vec<FieldError>),
+    /// Larger than any event the worker consumes; not parsed at all.
+    #[error(
+        "message of {bytes} bytes is larger than the {MAX_MESSAGE_BYTES} bytes any event bluegreen consumes may have"
+    )]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
 }
+
+/// The largest message the worker parses. The events it consumes are a few KiB (an
+/// alarm with its metric configuration is the largest); SQS allows 256 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 impl ParseError {
     /// Stable machine-readable code for `Event Rejected`.
@@ -261,6 +273,7 @@ impl ParseError {
             ParseError::Malformed { .. } => "malformed-json",
             ParseError::UnknownKind { .. } => "unknown-kind",
             ParseError::Invalid(_) => "invalid-event",
+            ParseError::TooLarge { .. } => "too-large",
         }
     }
 }
@@ -278,6 +291,11 @@ fn describe(errors: &[FieldError]) -> String {
 /// # Errors
 /// See [`ParseError`]. Never panics, whatever the input.
 pub fn parse_str(text: &str, sources: &Sources) -> Result<Message, ParseError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(ParseError::TooLarge { bytes: text.len() });
+    }
+    // serde_json refuses nesting deeper than 128 levels, so hostile depth cannot
+    // exhaust the stack.
     let value: Value = serde_json::from_str(text).map_err(|e| ParseError::Malformed {
         line: e.line(),
         column: e.column(),

@@ -241,7 +241,7 @@ pub fn parse_image(text: &str) -> Option<ImageRef> {
     if let Some((repository, digest)) = text.split_once('@') {
         // `repo:tag@sha256:…` is legal; the digest wins and the tag is dropped.
         let repository = strip_tag(repository);
-        return (!repository.is_empty() && digest.starts_with("sha256:")).then(|| ImageRef {
+        return (!repository.is_empty() && ImageRef::is_digest(digest)).then(|| ImageRef {
             repository: repository.to_string(),
             digest: Some(digest.to_string()),
             tag: None,

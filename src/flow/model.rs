@@ -201,6 +201,17 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
+    /// Whether `digest` names an image exactly: `sha256:` and 64 lower-case hex digits.
+    #[must_use]
+    pub fn is_digest(digest: &str) -> bool {
+        digest.strip_prefix("sha256:").is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    }
+
     /// `repository@digest`, or `repository:tag` when unresolved.
     #[must_use]
     pub fn pinned(&self) -> String {

@@ -74,7 +74,7 @@ fn validate_exit_codes_are_0_valid_1_invalid_2_usage() {
     let ok = bluegreen(&[
         "validate",
         "event",
-        "tests/fixtures/aws/ecr-image-push.json",
+        "tests/fixtures/valid/ecr-image-push.json",
     ]);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     let ignored = bluegreen(&[

@@ -170,6 +170,8 @@ pub struct Log {
     pub events: Vec<OutboundEvent>,
     /// Outbound events as they reached the bus.
     pub published: Vec<OutboundEvent>,
+    /// `Event Rejected` details for messages the worker could not read or route.
+    pub unreadable: Vec<serde_json::Value>,
     pub calls: Vec<Call>,
 }
 
@@ -435,8 +437,14 @@ impl Bus for Sim {
                 .into_iter()
                 .find(|k| k.detail_type() == e.detail_type)
                 .expect("a known detail type");
-            let detail: EventDetail = serde_json::from_str(&e.detail).expect("detail JSON");
-            c.log.published.push(OutboundEvent { kind, detail });
+            match serde_json::from_str::<EventDetail>(&e.detail) {
+                Ok(detail) => c.log.published.push(OutboundEvent { kind, detail }),
+                // A message-level rejection names no service or weights (they are null).
+                Err(_) => c
+                    .log
+                    .unreadable
+                    .push(serde_json::from_str(&e.detail).expect("detail JSON")),
+            }
         }
         Ok(Vec::new())
     }

@@ -9,6 +9,8 @@
 //! * `invariants` — property tests of SPEC §4 on the production worker, named after the
 //!   invariants;
 //! * `contract` — AWS samples and every emitted event against `schemas/`;
+//! * `hostile` — events that must neither deploy nor roll back, and fuzzing of the whole
+//!   inbound path;
 //! * `config` — the configuration document and its errors;
 //! * `local_db` — the embedded store and inbox;
 //! * `local_e2e` — the embedded mode end to end: proxy, processes, alarms, worker;
@@ -25,6 +27,7 @@ mod cli;
 mod common;
 mod config;
 mod contract;
+mod hostile;
 mod invariants;
 mod local_db;
 mod local_e2e;

@@ -214,7 +214,7 @@ rollback_alarms = ["ServerCpuTooHigh"]
 
 fn routed(file: &str, config: &Config) -> Vec<(String, Input)> {
     let fleet = bluegreen::fleet::Fleet::from(config);
-    let text = std::fs::read_to_string(format!("tests/fixtures/aws/{file}")).expect("fixture");
+    let text = std::fs::read_to_string(format!("tests/fixtures/{file}")).expect("fixture");
     let msg = contract::parse_str(&text, &Sources::default()).expect("fixture parses");
     match contract::route(&msg, &fleet).expect("routes") {
         Routed::Inputs(inputs) => inputs,
@@ -229,16 +229,16 @@ fn the_aws_push_and_alarm_samples_drive_a_deployment_into_rollback() {
     let w_settings = service.settings();
     assert_eq!(w_settings.rollback_alarms, service.rollback_alarms);
     let mut w = World::new(w_settings);
-    let push = routed("ecr-image-push.json", &config);
+    let push = routed("valid/ecr-image-push.json", &config);
     assert_eq!(push.len(), 1);
     assert_eq!(push[0].0, "web");
     assert_eq!(
         push[0].1.key,
-        "push:123456789012.dkr.ecr.us-west-2.amazonaws.com/my-repository-name@sha256:7f5b2640fe6fb4f46592dfd3410c4a79dac4f89e4782432e0378abcd1234"
+        "push:123456789012.dkr.ecr.us-west-2.amazonaws.com/my-repository-name@sha256:7f5b2640fe6fb4f46592dfd3410c4a79dac4f89e4782432e0378abcd12345678"
     );
     w.apply(push[0].1.clone());
     w.run_until(|w| w.state.active.as_ref().is_some_and(|d| d.step == 1));
-    let alarm = routed("cloudwatch-alarm-single-metric.json", &config);
+    let alarm = routed("aws/cloudwatch-alarm-single-metric.json", &config);
     assert_eq!(
         alarm[0].1.key,
         "alarm:ServerCpuTooHigh:2019-10-02T17:04:40.989+0000"
