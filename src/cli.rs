@@ -87,6 +87,18 @@ pub enum Command {
         /// This worker's identity in service leases (default: host name and process id).
         #[arg(long, env = "BLUEGREEN_WORKER_ID")]
         id: Option<String>,
+        /// How long a service lease lasts without renewal: how soon another worker takes
+        /// a service over from one that died while carrying out its effects.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        lease: std::time::Duration,
+        /// Attempts per AWS call, the first included (the SDK's standard retry mode,
+        /// exponential back-off with jitter); 1 turns the SDK's retries off.
+        #[arg(long, env = "AWS_MAX_ATTEMPTS", default_value_t = 4)]
+        aws_attempts: u32,
+        /// How long one attempt of an AWS call may take; must exceed --wait, the long
+        /// poll.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        aws_timeout: std::time::Duration,
     },
     /// Run the whole product on this machine, no AWS account: blue v1 under HTTP load
     /// through the embedded proxy, a clean v2 deployment, then a faulty v3 that the
@@ -229,15 +241,30 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             wait,
             reconcile_every,
             id,
+            lease,
+            aws_attempts,
+            aws_timeout,
         } => load_config(config.as_deref()).and_then(|config| {
+            if aws_timeout <= wait {
+                return Err(format!(
+                    "--aws-timeout ({}) must exceed --wait ({}), the long poll",
+                    humantime::format_duration(aws_timeout),
+                    humantime::format_duration(wait)
+                ));
+            }
             let options = crate::worker::Options {
                 concurrency,
                 wait,
                 worker_id: id.unwrap_or_else(default_worker_id),
                 reconcile_every,
+                lease,
                 ..crate::worker::Options::default()
             };
-            run_worker(config, options)
+            let calls = crate::aws::CallPolicy {
+                attempts: aws_attempts.max(1),
+                attempt_timeout: aws_timeout,
+            };
+            run_worker(config, options, calls)
         }),
         Command::Demo {
             scenario,
@@ -461,9 +488,13 @@ fn default_worker_id() -> String {
 }
 
 /// Runs the AWS worker until SIGTERM or Ctrl-C.
-fn run_worker(config: Config, options: crate::worker::Options) -> Result<String, String> {
+fn run_worker(
+    config: Config,
+    options: crate::worker::Options,
+    calls: crate::aws::CallPolicy,
+) -> Result<String, String> {
     runtime()?.block_on(async move {
-        let aws = crate::aws::Aws::from_env(&config).await;
+        let aws = crate::aws::Aws::from_env(&config, calls).await;
         let worker = crate::worker::Worker::new(
             std::sync::Arc::new(aws),
             crate::fleet::Fleet::from(&config),

@@ -31,6 +31,35 @@ pub enum PortError {
 /// Result of a port call.
 pub type PortResult<T> = Result<T, PortError>;
 
+/// Attempts of a call that is safe to repeat, when its failure is retryable.
+const CALL_ATTEMPTS: u32 = 4;
+
+/// Pause before the n-th repeat of a call: n times this.
+const CALL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Runs `call`, repeating it a few times with a short back-off while it fails with
+/// [`PortError::Retryable`] (throttling, a reset, a lost answer). Only for calls that are
+/// safe to repeat: reads, and writes that are idempotent or conditional.
+///
+/// # Errors
+/// The last failure, or the first one that is not retryable.
+pub async fn patiently<T, F, Fut>(mut call: F) -> PortResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = PortResult<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(PortError::Retryable(_)) if attempt < CALL_ATTEMPTS => {
+                tokio::time::sleep(CALL_BACKOFF * attempt).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Everything the worker talks to, in one object (the AWS or the embedded adapters).
 pub trait World:
     Inbox + Store + Traffic + Platform + Bus + Alarms + Checks + Registry + 'static
@@ -128,6 +157,15 @@ pub struct Lease<'a> {
     pub now: Timestamp,
 }
 
+/// An outbox entry claimed for publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// Where the store keeps the entry: what [`Store::outbox_done`] removes it by.
+    pub key: String,
+    /// The entry.
+    pub entry: Entry,
+}
+
 /// What the effect runner re-checks right before every effect: the stored version is the
 /// fencing token, and the lease must still be ours.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +201,16 @@ pub trait Store: Send + Sync {
     fn fence(&self, service: &str) -> impl Future<Output = PortResult<Fence>> + Send;
     /// Gives the lease up if `owner` holds it.
     fn release(&self, service: &str, owner: &str) -> impl Future<Output = PortResult<()>> + Send;
+    /// Extends `lease.owner`'s lease to `lease.until` while the state is still at
+    /// `version` under that owner: false when a newer decision or another owner came
+    /// in between (the caller is fenced out). A run whose effects take long keeps its
+    /// lease this way instead of writing after it lapsed.
+    fn extend(
+        &self,
+        service: &str,
+        version: u64,
+        lease: Lease<'_>,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
     /// Claims the outbox entries not yet published, oldest first: those nobody claimed
     /// and those whose claim expired. A claimed entry is handed to no other caller until
     /// `claim.until`, so two workers never publish one entry; only a publisher that dies
@@ -171,12 +219,12 @@ pub trait Store: Send + Sync {
         &self,
         service: &str,
         claim: Lease<'_>,
-    ) -> impl Future<Output = PortResult<Vec<Entry>>> + Send;
-    /// Removes published entries from the outbox.
+    ) -> impl Future<Output = PortResult<Vec<Claimed>>> + Send;
+    /// Removes published entries from the outbox, by the keys their claim gave.
     fn outbox_done(
         &self,
         service: &str,
-        event_ids: &[String],
+        keys: &[String],
     ) -> impl Future<Output = PortResult<()>> + Send;
     /// Takes or renews the named lease (not a service's): true when `lease.owner` holds
     /// it until `lease.until`, false while another owner's lease is unexpired.

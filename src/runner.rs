@@ -6,7 +6,9 @@
 //!    rule, a tag's digest), [`decide`](flow::decide()), and commit the decision with its
 //!    outbox and dedup key: a compare-and-swap on the version, under the service lease;
 //! 2. run the decision's effects in order, each right after a fencing check (the stored
-//!    version must still be the one committed, the lease still ours);
+//!    version must still be the one committed, the lease still ours); effects are
+//!    idempotent, so one that fails transiently (throttling, a reset, a lost answer) is
+//!    tried again a few times before it counts as failed;
 //! 3. an effect's result — a registered revision, the weights read back after a write,
 //!    validation outcomes, a failure — is decided on the committed state and committed
 //!    with the next version; its effects run next, then whatever the earlier decisions
@@ -30,11 +32,22 @@ use crate::flow::{
     self, CheckOutcome, Decision, Effect, IgnoreCode, Input, InputKind, Observations, Outcome,
     TickKey, Timestamp,
 };
-use crate::ports::{Clock, Commit, Lease, PortError, PortResult, World};
+use crate::ports::{Clock, Commit, Lease, PortError, PortResult, World, patiently};
 
 /// How long a decision keeps retrying a lost compare-and-swap (another task holds the
 /// service lease while it runs effects) before the message is put back.
 const CONFLICT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Attempts of an effect whose failure is retryable, before it counts as failed.
+const EFFECT_ATTEMPTS: u32 = 3;
+
+/// Pause before the n-th retry of an effect: n times this.
+const EFFECT_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Time kept in hand between an effect's last possible AWS call and the end of the lease
+/// it runs under: an effect still running then is cut off and tried again under a fresh
+/// extension, so that no write is sent under a lease that lapsed.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// How long an outbox claim keeps other publishers off an entry.
 const OUTBOX_CLAIM: Duration = Duration::from_secs(30);
@@ -192,7 +205,7 @@ impl<W: World> Runner<W> {
         let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{}#{token}", self.worker_id);
         let outcome = self.run(svc, input, &owner).await;
-        if let Err(e) = self.world.release(&svc.name, &owner).await {
+        if let Err(e) = patiently(|| self.world.release(&svc.name, &owner)).await {
             warn!(error = %e, "could not release the lease; it expires by itself");
         }
         outcome
@@ -224,22 +237,58 @@ impl<W: World> Runner<W> {
             {
                 continue;
             }
-            let now = (self.clock)();
-            match self.fenced(svc, version, owner, now).await {
-                Ok(false) => {}
-                Ok(true) => {
-                    info!(
-                        effect = effect.name(),
-                        "fenced: a newer decision or another lease holder; stopping"
-                    );
-                    break Ok(());
+            let mut now = (self.clock)();
+            let mut attempt = 1;
+            let outcome = loop {
+                let until = match self.hold(svc, version, owner, now).await {
+                    Ok(Some(until)) => until,
+                    Ok(None) => {
+                        info!(
+                            effect = effect.name(),
+                            "fenced: a newer decision or another lease holder; stopping"
+                        );
+                        break Err(PortError::Fenced);
+                    }
+                    Err(e) => break Err(e),
+                };
+                let budget = Duration::from_millis(until.since(now)).saturating_sub(LEASE_MARGIN);
+                let executed =
+                    tokio::time::timeout(budget, self.execute(svc, &effect, cursor, now)).await;
+                let executed = executed.unwrap_or_else(|_| {
+                    Err(PortError::Retryable(format!(
+                        "still running {} before the lease ends",
+                        humantime::format_duration(LEASE_MARGIN)
+                    )))
+                });
+                match executed {
+                    // Effects are idempotent: a transient failure (throttling, a lost
+                    // answer) is tried again before it counts as the step's failure.
+                    Err(PortError::Retryable(why)) if attempt < EFFECT_ATTEMPTS => {
+                        warn!(effect = effect.name(), attempt, error = %why, "effect failed; trying again");
+                        tokio::time::sleep(EFFECT_BACKOFF * attempt).await;
+                        attempt += 1;
+                        now = (self.clock)();
+                    }
+                    other => break other,
                 }
-                Err(e) => break Err(e),
-            }
-            let next = match self.execute(svc, &effect, cursor, now).await {
+            };
+            let next = match outcome {
                 Ok(None) => continue,
                 Ok(Some(result)) => result,
                 Err(PortError::Fenced) => break Ok(()),
+                Err(e)
+                    if self
+                        .hold(svc, version, owner, now)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_none() =>
+                {
+                    // Whatever failed, a newer decision or another lease holder owns
+                    // the service now: not this run's failure to report.
+                    warn!(effect = effect.name(), error = %e, "effect failed after being fenced out");
+                    break Ok(());
+                }
                 Err(e) => {
                     warn!(effect = effect.name(), error = %e, "effect failed");
                     // What was decided after it waits for the failure's own decision.
@@ -291,14 +340,16 @@ impl<W: World> Runner<W> {
         let keyed = input.is_keyed();
         let started = tokio::time::Instant::now();
         loop {
-            let (stored, seen) =
-                tokio::join!(self.world.load(&svc.name, flow::Color::Blue), async {
+            let (stored, seen) = tokio::join!(
+                patiently(|| self.world.load(&svc.name, flow::Color::Blue)),
+                async {
                     if keyed {
-                        self.world.seen(&svc.name, &input.key).await
+                        patiently(|| self.world.seen(&svc.name, &input.key)).await
                     } else {
                         Ok(false)
                     }
-                });
+                }
+            );
             let stored = stored?;
             if seen? {
                 return Ok(First::Unchanged(Outcome::Ignored {
@@ -330,16 +381,50 @@ impl<W: World> Runner<W> {
                     self.tell(&svc.name, &stored.state, &input, now, &decision);
                     return Ok(First::Committed(Box::new(decision), version));
                 }
-                Err(PortError::Conflict) if started.elapsed() < CONFLICT_PATIENCE => {
-                    // Another task holds the lease for the duration of a few API calls.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                Err(PortError::Conflict) => {
+                    // Another task committed first, or holds the lease while it carries
+                    // out effects: wait for the lease (reading only the lease, not
+                    // observing again) before deciding again on the new state.
+                    self.await_lease(svc, owner, started).await?;
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// Waits, with a growing pause, until no other owner holds `svc`'s lease; gives up
+    /// with [`PortError::Conflict`] once [`CONFLICT_PATIENCE`] since `started` is spent.
+    async fn await_lease(
+        &self,
+        svc: &Service,
+        owner: &str,
+        started: tokio::time::Instant,
+    ) -> PortResult<()> {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if started.elapsed() >= CONFLICT_PATIENCE {
+                return Err(PortError::Conflict);
+            }
+            let fence = patiently(|| self.world.fence(&svc.name)).await?;
+            // The stores count a lease as held up to and including its last millisecond.
+            let held =
+                fence.owner.as_deref().is_some_and(|o| o != owner) && fence.until >= (self.clock)();
+            if !held {
+                // A lost race on the version: decide again at once, but never spin.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
     /// Commits `decision` (made on `version`) with its outbox, dedup key and records.
+    ///
+    /// A commit whose answer is lost may have landed: after a retryable failure the
+    /// store is read, and a stored state that is exactly this decision's, at the next
+    /// version and under this run's lease, counts as committed; otherwise the commit is
+    /// tried again (it is conditional on the version, so it never applies twice).
     async fn commit(
         &self,
         svc: &Service,
@@ -372,20 +457,59 @@ impl<W: World> Runner<W> {
                 now,
             },
         };
-        self.world.commit(&svc.name, commit).await
+        let mut attempt = 1;
+        loop {
+            match self.world.commit(&svc.name, commit).await {
+                Err(PortError::Retryable(why)) => {
+                    let landed = patiently(|| self.world.load(&svc.name, flow::Color::Blue))
+                        .await
+                        .is_ok_and(|s| s.version == version + 1 && s.state == decision.state);
+                    let ours = patiently(|| self.world.fence(&svc.name))
+                        .await
+                        .is_ok_and(|f| {
+                            f.version == version + 1 && f.owner.as_deref() == Some(owner)
+                        });
+                    if landed && ours {
+                        return Ok(version + 1);
+                    }
+                    if attempt >= EFFECT_ATTEMPTS {
+                        return Err(PortError::Retryable(why));
+                    }
+                    tokio::time::sleep(EFFECT_BACKOFF * attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
-    /// Whether a newer decision or another lease holder fences this one out: the check
-    /// made right before every effect.
-    async fn fenced(
+    /// The check made right before every effect: `None` when a newer decision or another
+    /// lease holder fences this run out, otherwise until when its lease holds.
+    async fn hold(
         &self,
         svc: &Service,
         version: u64,
         owner: &str,
         now: Timestamp,
-    ) -> PortResult<bool> {
-        let fence = self.world.fence(&svc.name).await?;
-        Ok(fence.version != version || fence.owner.as_deref() != Some(owner) || fence.until <= now)
+    ) -> PortResult<Option<Timestamp>> {
+        let fence = patiently(|| self.world.fence(&svc.name)).await?;
+        if fence.version != version || fence.owner.as_deref() != Some(owner) {
+            return Ok(None);
+        }
+        // Effects that took long (retries, slow calls) have eaten into the lease: extend
+        // it while at least half remains short of running out, so that no write is sent
+        // under a lease that lapsed. The extension is conditional on the version and the
+        // owner, so it fails (fenced) if anyone came in between.
+        if fence.until.since(now) < self.lease.as_millis() as u64 / 2 {
+            let lease = Lease {
+                owner,
+                until: now.plus(self.lease),
+                now,
+            };
+            let extended = patiently(|| self.world.extend(&svc.name, version, lease)).await?;
+            return Ok(extended.then_some(lease.until));
+        }
+        Ok(Some(fence.until))
     }
 
     /// Reads what the core needs before deciding `input`.
@@ -406,7 +530,7 @@ impl<W: World> Runner<W> {
                 image, unresolved, ..
             } if needs.resolve_tag => {
                 let tag = image.tag.clone().unwrap_or_else(|| "latest".into());
-                match self.world.resolve(&image.repository, &tag).await {
+                match patiently(|| self.world.resolve(&image.repository, &tag)).await {
                     Ok(digest) => {
                         info!(repository = %image.repository, %tag, %digest, "tag resolved");
                         image.digest = Some(digest);
@@ -427,16 +551,17 @@ impl<W: World> Runner<W> {
     async fn read(&self, svc: &Service, needs: flow::Needs) -> Observations {
         let mut observed = Observations::default();
         if needs.alarms {
-            observed.alarms_firing = match self.world.firing(&svc.rollback_alarms).await {
-                Ok(firing) => Some(firing),
-                Err(e) => {
-                    warn!(error = %e, "cannot read rollback alarms; the step holds");
-                    None
-                }
-            };
+            observed.alarms_firing =
+                match patiently(|| self.world.firing(&svc.rollback_alarms)).await {
+                    Ok(firing) => Some(firing),
+                    Err(e) => {
+                        warn!(error = %e, "cannot read rollback alarms; the step holds");
+                        None
+                    }
+                };
         }
         if let Some(color) = needs.target_health {
-            observed.target_health = match self.world.health(&svc.name, color).await {
+            observed.target_health = match patiently(|| self.world.health(&svc.name, color)).await {
                 Ok(h) => Some(h),
                 Err(e) => {
                     warn!(error = %e, "cannot read target health");
@@ -445,7 +570,7 @@ impl<W: World> Runner<W> {
             };
         }
         if needs.production {
-            observed.production = match self.world.production(&svc.name).await {
+            observed.production = match patiently(|| self.world.production(&svc.name)).await {
                 Ok(w) => Some(Ok(w)),
                 Err(PortError::Permanent(why)) => Some(Err(why)),
                 Err(e) => {
@@ -510,22 +635,23 @@ impl<W: World> Runner<W> {
             until: now.plus(OUTBOX_CLAIM),
             now,
         };
-        let pending = match self.world.claim_outbox(service, claim).await {
-            Ok(p) if !p.is_empty() => p,
+        let claimed = match patiently(|| self.world.claim_outbox(service, claim)).await {
+            Ok(c) if !c.is_empty() => c,
             Ok(_) => return,
             Err(e) => {
                 warn!(error = %e, "cannot claim the outbox");
                 return;
             }
         };
-        match self.world.publish(&pending).await {
+        let pending: Vec<Entry> = claimed.iter().map(|c| c.entry.clone()).collect();
+        match patiently(|| self.world.publish(&pending)).await {
             Ok(failed) => {
-                let done: Vec<String> = pending
+                let done: Vec<String> = claimed
                     .iter()
-                    .map(|e| e.event_id.clone())
-                    .filter(|id| !failed.contains(id))
+                    .filter(|c| !failed.contains(&c.entry.event_id))
+                    .map(|c| c.key.clone())
                     .collect();
-                if let Err(e) = self.world.outbox_done(service, &done).await {
+                if let Err(e) = patiently(|| self.world.outbox_done(service, &done)).await {
                     warn!(error = %e, "published events stay in the outbox");
                 }
             }

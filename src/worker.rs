@@ -22,7 +22,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::contract::{self, Entry, Routed, Sources};
 use crate::fleet::Fleet;
 use crate::flow::{self, Input, Outcome};
-use crate::ports::{Clock, Lease, PortResult, Received, World};
+use crate::ports::{Clock, Lease, PortResult, Received, World, patiently};
 use crate::runner::{Runner, describe};
 
 /// The lease that lets one worker of many run the reconciler.
@@ -191,7 +191,7 @@ impl<W: World> Worker<W> {
             event_id: format!("rejected:message:{message_id}"),
             time: now.rfc3339(),
         };
-        if let Err(e) = self.world().publish(std::slice::from_ref(&entry)).await {
+        if let Err(e) = patiently(|| self.world().publish(std::slice::from_ref(&entry))).await {
             warn!(error = %e, "could not publish Event Rejected");
         }
     }
@@ -225,7 +225,7 @@ impl<W: World> Worker<W> {
             until: now.plus(self.options.reconcile_every * 2),
             now,
         };
-        match self.world().try_lease(RECONCILER_LEASE, lease).await {
+        match patiently(|| self.world().try_lease(RECONCILER_LEASE, lease)).await {
             Ok(true) => {
                 self.reconcile_all().await;
                 true
@@ -324,16 +324,16 @@ impl<W: World> Worker<W> {
             let result = match &disposition {
                 Disposition::Done(why) => {
                     info!(result = %why, "done");
-                    self.world().delete(&m.receipt).await
+                    patiently(|| self.world().delete(&m.receipt)).await
                 }
                 Disposition::DeadLetter(why) => {
                     warn!(reason = %why, "rejected; released to the dead-letter redrive");
-                    self.world().set_visibility(&m.receipt, Duration::ZERO).await
+                    patiently(|| self.world().set_visibility(&m.receipt, Duration::ZERO)).await
                 }
                 Disposition::Retry(why) => {
                     warn!(reason = %why, "will retry");
                     let backoff = Duration::from_secs(u64::from(m.receive_count.min(30)));
-                    self.world().set_visibility(&m.receipt, backoff).await
+                    patiently(|| self.world().set_visibility(&m.receipt, backoff)).await
                 }
             };
             if let Err(e) = result {

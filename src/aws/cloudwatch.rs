@@ -5,7 +5,7 @@
 
 use aws_sdk_cloudwatch::types::{AlarmType, StateValue};
 
-use super::{Aws, port_error};
+use super::{Aws, repeat};
 use crate::ports::{Alarms, PortError, PortResult};
 
 impl Alarms for Aws {
@@ -17,15 +17,15 @@ impl Alarms for Aws {
         let mut firing = Vec::new();
         // DescribeAlarms takes at most 100 names.
         for chunk in names.chunks(100) {
-            let out = self
-                .cloudwatch
-                .describe_alarms()
-                .set_alarm_names(Some(chunk.to_vec()))
-                .alarm_types(AlarmType::MetricAlarm)
-                .alarm_types(AlarmType::CompositeAlarm)
-                .send()
-                .await
-                .map_err(|e| port_error("DescribeAlarms", e))?;
+            let out = repeat("DescribeAlarms", || {
+                self.cloudwatch
+                    .describe_alarms()
+                    .set_alarm_names(Some(chunk.to_vec()))
+                    .alarm_types(AlarmType::MetricAlarm)
+                    .alarm_types(AlarmType::CompositeAlarm)
+                    .send()
+            })
+            .await?;
             let metric = out
                 .metric_alarms()
                 .iter()

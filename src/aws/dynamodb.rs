@@ -17,10 +17,10 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
-use super::{Aws, port_error};
+use super::{Aws, port_error, repeat};
 use crate::contract::Entry;
 use crate::flow::{Color, ServiceState, Timestamp};
-use crate::ports::{Commit, Fence, Lease, PortError, PortResult, Store, Stored};
+use crate::ports::{Claimed, Commit, Fence, Lease, PortError, PortResult, Store, Stored};
 
 /// How long dedup keys are remembered beyond the state's own window.
 pub const DEDUP_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -66,15 +66,15 @@ fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> PortResult<T> {
 
 impl Store for Aws {
     async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
-        let out = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(state_key(service)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| port_error("GetItem", e))?;
+        let out = repeat("GetItem", || {
+            self.dynamodb
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(state_key(service)))
+                .consistent_read(true)
+                .send()
+        })
+        .await?;
         let Some(item) = out.item() else {
             return Ok(Stored {
                 state: ServiceState::new(service, initial),
@@ -178,29 +178,29 @@ impl Store for Aws {
     }
 
     async fn seen(&self, service: &str, key: &str) -> PortResult<bool> {
-        let out = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(dedup_key(service, key)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| port_error("GetItem", e))?;
+        let out = repeat("GetItem", || {
+            self.dynamodb
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(dedup_key(service, key)))
+                .consistent_read(true)
+                .send()
+        })
+        .await?;
         Ok(out.item().is_some())
     }
 
     async fn fence(&self, service: &str) -> PortResult<Fence> {
-        let out = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(state_key(service)))
-            .projection_expression("version, lease_owner, lease_until")
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| port_error("GetItem", e))?;
+        let out = repeat("GetItem", || {
+            self.dynamodb
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(state_key(service)))
+                .projection_expression("version, lease_owner, lease_until")
+                .consistent_read(true)
+                .send()
+        })
+        .await?;
         let empty = HashMap::new();
         let item = out.item().unwrap_or(&empty);
         Ok(Fence {
@@ -208,6 +208,31 @@ impl Store for Aws {
             owner: get_s(item, "lease_owner").map(str::to_string),
             until: Timestamp::from_millis(get_n(item, "lease_until")),
         })
+    }
+
+    async fn extend(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(state_key(service)))
+            .update_expression("SET lease_until = :until")
+            .condition_expression("version = :v AND lease_owner = :me")
+            .expression_attribute_values(":v", n(version))
+            .expression_attribute_values(":me", s(lease.owner))
+            .expression_attribute_values(":until", n(lease.until.millis()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(port_error("UpdateItem", e)),
+        }
     }
 
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
@@ -233,18 +258,18 @@ impl Store for Aws {
         }
     }
 
-    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
-        let out = self
-            .dynamodb
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(format!("SERVICE#{service}")))
-            .expression_attribute_values(":prefix", s("OUTBOX#"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| port_error("Query", e))?;
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
+        let out = repeat("Query", || {
+            self.dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(format!("SERVICE#{service}")))
+                .expression_attribute_values(":prefix", s("OUTBOX#"))
+                .consistent_read(true)
+                .send()
+        })
+        .await?;
         let now = claim.now.millis();
         let mut claimed = Vec::new();
         for item in out.items() {
@@ -274,7 +299,10 @@ impl Store for Aws {
                 .send()
                 .await;
             match result {
-                Ok(_) => claimed.push(entry),
+                Ok(_) => claimed.push(Claimed {
+                    key: sk.to_string(),
+                    entry,
+                }),
                 // Someone else claimed (or published and deleted) it meanwhile.
                 Err(e)
                     if e.as_service_error()
@@ -285,34 +313,17 @@ impl Store for Aws {
         Ok(claimed)
     }
 
-    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
-        let out = self
-            .dynamodb
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(format!("SERVICE#{service}")))
-            .expression_attribute_values(":prefix", s("OUTBOX#"))
-            .projection_expression("pk, sk")
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| port_error("Query", e))?;
-        for item in out.items() {
-            let Some(sk) = get_s(item, "sk") else {
-                continue;
-            };
-            if !event_ids.iter().any(|id| sk.ends_with(&format!("#{id}"))) {
-                continue;
-            }
-            self.dynamodb
-                .delete_item()
-                .table_name(&self.table)
-                .key("pk", s(format!("SERVICE#{service}")))
-                .key("sk", s(sk))
-                .send()
-                .await
-                .map_err(|e| port_error("DeleteItem", e))?;
+    async fn outbox_done(&self, service: &str, keys: &[String]) -> PortResult<()> {
+        for sk in keys {
+            repeat("DeleteItem", || {
+                self.dynamodb
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key("pk", s(format!("SERVICE#{service}")))
+                    .key("sk", s(sk))
+                    .send()
+            })
+            .await?;
         }
         Ok(())
     }

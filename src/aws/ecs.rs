@@ -10,7 +10,7 @@ use aws_sdk_ecs::types::{
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 
-use super::{Aws, port_error};
+use super::{Aws, port_error, repeat};
 use crate::config::ServiceConfig;
 use crate::flow::{Color, TargetHealth};
 use crate::ports::{Platform, PortError, PortResult};
@@ -39,14 +39,14 @@ impl Aws {
         color: Color,
     ) -> PortResult<aws_sdk_ecs::types::Service> {
         let name = service_name(svc, color);
-        let out = self
-            .ecs
-            .describe_services()
-            .cluster(&svc.cluster)
-            .services(name)
-            .send()
-            .await
-            .map_err(|e| port_error("DescribeServices", e))?;
+        let out = repeat("DescribeServices", || {
+            self.ecs
+                .describe_services()
+                .cluster(&svc.cluster)
+                .services(name)
+                .send()
+        })
+        .await?;
         out.services().first().cloned().ok_or_else(|| {
             PortError::Permanent(format!("ECS service {name} not found in {}", svc.cluster))
         })
@@ -57,23 +57,20 @@ impl Aws {
         family: &str,
         deployment_id: &str,
     ) -> PortResult<Option<String>> {
-        let list = self
-            .ecs
-            .list_task_definitions()
-            .family_prefix(family)
-            .sort(SortOrder::Desc)
-            .max_results(10)
-            .send()
-            .await
-            .map_err(|e| port_error("ListTaskDefinitions", e))?;
-        for arn in list.task_definition_arns() {
-            let tags = self
-                .ecs
-                .list_tags_for_resource()
-                .resource_arn(arn)
+        let list = repeat("ListTaskDefinitions", || {
+            self.ecs
+                .list_task_definitions()
+                .family_prefix(family)
+                .sort(SortOrder::Desc)
+                .max_results(10)
                 .send()
-                .await
-                .map_err(|e| port_error("ListTagsForResource", e))?;
+        })
+        .await?;
+        for arn in list.task_definition_arns() {
+            let tags = repeat("ListTagsForResource", || {
+                self.ecs.list_tags_for_resource().resource_arn(arn).send()
+            })
+            .await?;
             let ours = tags
                 .tags()
                 .iter()
@@ -122,14 +119,14 @@ impl Platform for Aws {
                 service_name(svc, template)
             ))
         })?;
-        let out = self
-            .ecs
-            .describe_task_definition()
-            .task_definition(current)
-            .include(TaskDefinitionField::Tags)
-            .send()
-            .await
-            .map_err(|e| port_error("DescribeTaskDefinition", e))?;
+        let out = repeat("DescribeTaskDefinition", || {
+            self.ecs
+                .describe_task_definition()
+                .task_definition(current)
+                .include(TaskDefinitionField::Tags)
+                .send()
+        })
+        .await?;
         let td = out
             .task_definition()
             .ok_or_else(|| PortError::Permanent(format!("task definition {current} not found")))?;
@@ -189,28 +186,30 @@ impl Platform for Aws {
         let svc = self.resources(service)?;
         let live = self.describe_service(svc, match_count_of).await?;
         let desired = live.desired_count().max(1);
-        self.ecs
-            .update_service()
-            .cluster(&svc.cluster)
-            .service(service_name(svc, color))
-            .task_definition(task_definition)
-            .desired_count(desired)
-            .send()
-            .await
-            .map_err(|e| port_error("UpdateService", e))?;
+        repeat("UpdateService", || {
+            self.ecs
+                .update_service()
+                .cluster(&svc.cluster)
+                .service(service_name(svc, color))
+                .task_definition(task_definition)
+                .desired_count(desired)
+                .send()
+        })
+        .await?;
         Ok(())
     }
 
     async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
         let svc = self.resources(service)?;
-        self.ecs
-            .update_service()
-            .cluster(&svc.cluster)
-            .service(service_name(svc, color))
-            .desired_count(0)
-            .send()
-            .await
-            .map_err(|e| port_error("UpdateService", e))?;
+        repeat("UpdateService", || {
+            self.ecs
+                .update_service()
+                .cluster(&svc.cluster)
+                .service(service_name(svc, color))
+                .desired_count(0)
+                .send()
+        })
+        .await?;
         Ok(())
     }
 
@@ -237,13 +236,13 @@ impl Platform for Aws {
                 count(described.desired_count()),
             ),
         };
-        let targets = self
-            .elb
-            .describe_target_health()
-            .target_group_arn(target_group(svc, color))
-            .send()
-            .await
-            .map_err(|e| port_error("DescribeTargetHealth", e))?;
+        let targets = repeat("DescribeTargetHealth", || {
+            self.elb
+                .describe_target_health()
+                .target_group_arn(target_group(svc, color))
+                .send()
+        })
+        .await?;
         let states: Vec<Option<&TargetHealthStateEnum>> = targets
             .target_health_descriptions()
             .iter()

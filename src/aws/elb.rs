@@ -5,13 +5,14 @@
 //! action, the rule's conditions and the stickiness configuration are written back as
 //! read (SPEC §4 invariant 1). After each write the weights are read back; a mismatch is
 //! an error, which the core treats as a failed step, and a match is what the core
-//! announces as `Traffic Shifted`.
+//! announces as `Traffic Shifted`. A write that fails transiently is checked the same
+//! way: if the rule holds the weights, the answer was lost, not the write.
 
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetGroupTuple,
 };
 
-use super::{Aws, port_error};
+use super::{Aws, repeat};
 use crate::config::{ServiceConfig, TrafficTarget};
 use crate::flow::Weights;
 use crate::ports::{PortError, PortResult, Traffic};
@@ -20,26 +21,20 @@ impl Aws {
     async fn read_actions(&self, target: &TrafficTarget) -> PortResult<Vec<Action>> {
         match target {
             TrafficTarget::Rule(arn) => {
-                let out = self
-                    .elb
-                    .describe_rules()
-                    .rule_arns(arn)
-                    .send()
-                    .await
-                    .map_err(|e| port_error("DescribeRules", e))?;
+                let out = repeat("DescribeRules", || {
+                    self.elb.describe_rules().rule_arns(arn).send()
+                })
+                .await?;
                 let rule = out.rules().first().ok_or_else(|| {
                     PortError::Permanent(format!("listener rule {arn} not found"))
                 })?;
                 Ok(rule.actions().to_vec())
             }
             TrafficTarget::Listener(arn) => {
-                let out = self
-                    .elb
-                    .describe_listeners()
-                    .listener_arns(arn)
-                    .send()
-                    .await
-                    .map_err(|e| port_error("DescribeListeners", e))?;
+                let out = repeat("DescribeListeners", || {
+                    self.elb.describe_listeners().listener_arns(arn).send()
+                })
+                .await?;
                 let listener = out
                     .listeners()
                     .first()
@@ -52,22 +47,24 @@ impl Aws {
     async fn write_actions(&self, target: &TrafficTarget, actions: Vec<Action>) -> PortResult<()> {
         match target {
             TrafficTarget::Rule(arn) => {
-                self.elb
-                    .modify_rule()
-                    .rule_arn(arn)
-                    .set_actions(Some(actions))
-                    .send()
-                    .await
-                    .map_err(|e| port_error("ModifyRule", e))?;
+                repeat("ModifyRule", || {
+                    self.elb
+                        .modify_rule()
+                        .rule_arn(arn)
+                        .set_actions(Some(actions.clone()))
+                        .send()
+                })
+                .await?;
             }
             TrafficTarget::Listener(arn) => {
-                self.elb
-                    .modify_listener()
-                    .listener_arn(arn)
-                    .set_default_actions(Some(actions))
-                    .send()
-                    .await
-                    .map_err(|e| port_error("ModifyListener", e))?;
+                repeat("ModifyListener", || {
+                    self.elb
+                        .modify_listener()
+                        .listener_arn(arn)
+                        .set_default_actions(Some(actions.clone()))
+                        .send()
+                })
+                .await?;
             }
         }
         Ok(())
@@ -90,7 +87,15 @@ impl Aws {
     ) -> PortResult<Weights> {
         let actions = self.read_actions(target).await?;
         let updated = with_weights(service, &actions, weights)?;
-        self.write_actions(target, updated).await?;
+        if let Err(e) = self.write_actions(target, updated).await {
+            // A write whose answer was lost may have landed: the rule says.
+            match self.weights_of(service, target).await {
+                Ok(seen) if seen == weights && matches!(e, PortError::Retryable(_)) => {
+                    return Ok(seen);
+                }
+                _ => return Err(e),
+            }
+        }
         let seen = self.weights_of(service, target).await?;
         if seen != weights {
             return Err(PortError::Permanent(format!(

@@ -25,12 +25,31 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use crate::config::{Config, ServiceConfig};
-use crate::ports::{PortError, PortResult};
+use crate::ports::{PortError, PortResult, patiently};
+
+/// How the SDK calls AWS: attempts per call and how long one attempt may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallPolicy {
+    /// Attempts per call, the first included (1 = no SDK retries).
+    pub attempts: u32,
+    /// Longest time one attempt may take (above the long poll's wait).
+    pub attempt_timeout: std::time::Duration,
+}
+
+impl Default for CallPolicy {
+    fn default() -> CallPolicy {
+        CallPolicy {
+            attempts: 4,
+            attempt_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
 
 /// Every AWS client the worker uses, the names of its own resources, and where each
 /// service lives (the ports name services; this adapter looks their resources up).
@@ -51,11 +70,16 @@ pub struct Aws {
 }
 
 impl Aws {
-    /// Clients from the default chain with the SDK's `standard` retry mode (exponential
-    /// back-off with jitter).
-    pub async fn from_env(config: &Config) -> Aws {
+    /// Clients from the default chain with `calls`' attempts (the SDK's `standard` retry
+    /// mode: exponential back-off with jitter) and attempt timeout.
+    pub async fn from_env(config: &Config, calls: CallPolicy) -> Aws {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::standard().with_max_attempts(4))
+            .retry_config(RetryConfig::standard().with_max_attempts(calls.attempts))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(calls.attempt_timeout)
+                    .build(),
+            )
             .load()
             .await;
         Aws::new(&sdk, config)
@@ -92,6 +116,23 @@ impl Aws {
             .get(name)
             .ok_or_else(|| PortError::Permanent(format!("service {name} is not configured")))
     }
+}
+
+/// Sends an AWS call that is safe to repeat (a read, an idempotent or conditional write),
+/// repeating it a few times while it fails retryably ([`patiently`]): what the SDK's own
+/// retries do, kept even when those are turned off, so that a lossy network reaches the
+/// worker's logic as a slower call rather than a failed step.
+pub(crate) async fn repeat<T, E, F, Fut>(operation: &str, mut send: F) -> PortResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    patiently(|| {
+        let sent = send();
+        async move { sent.await.map_err(|e| port_error(operation, e)) }
+    })
+    .await
 }
 
 /// Error codes worth retrying whatever the HTTP status says.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 
-use super::{Aws, port_error};
+use super::{Aws, repeat};
 use crate::ports::{Inbox, PortResult, Received};
 
 /// SQS's maximum `DelaySeconds`.
@@ -16,16 +16,16 @@ pub const MAX_DELAY: Duration = Duration::from_secs(900);
 
 impl Inbox for Aws {
     async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
-        let out = self
-            .sqs
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
-            .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await
-            .map_err(|e| port_error("ReceiveMessage", e))?;
+        let out = repeat("ReceiveMessage", || {
+            self.sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
+                .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .send()
+        })
+        .await?;
         Ok(out
             .messages()
             .iter()
@@ -43,25 +43,27 @@ impl Inbox for Aws {
     }
 
     async fn delete(&self, receipt: &str) -> PortResult<()> {
-        self.sqs
-            .delete_message()
-            .queue_url(&self.queue_url)
-            .receipt_handle(receipt)
-            .send()
-            .await
-            .map_err(|e| port_error("DeleteMessage", e))?;
+        repeat("DeleteMessage", || {
+            self.sqs
+                .delete_message()
+                .queue_url(&self.queue_url)
+                .receipt_handle(receipt)
+                .send()
+        })
+        .await?;
         Ok(())
     }
 
     async fn set_visibility(&self, receipt: &str, timeout: Duration) -> PortResult<()> {
-        self.sqs
-            .change_message_visibility()
-            .queue_url(&self.queue_url)
-            .receipt_handle(receipt)
-            .visibility_timeout(i32::try_from(timeout.as_secs().min(43_200)).unwrap_or(0))
-            .send()
-            .await
-            .map_err(|e| port_error("ChangeMessageVisibility", e))?;
+        repeat("ChangeMessageVisibility", || {
+            self.sqs
+                .change_message_visibility()
+                .queue_url(&self.queue_url)
+                .receipt_handle(receipt)
+                .visibility_timeout(i32::try_from(timeout.as_secs().min(43_200)).unwrap_or(0))
+                .send()
+        })
+        .await?;
         Ok(())
     }
 
@@ -71,14 +73,15 @@ impl Inbox for Aws {
             .as_millis()
             .div_ceil(1000)
             .min(u128::from(MAX_DELAY.as_secs()));
-        self.sqs
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .delay_seconds(i32::try_from(secs).unwrap_or(0))
-            .send()
-            .await
-            .map_err(|e| port_error("SendMessage", e))?;
+        repeat("SendMessage", || {
+            self.sqs
+                .send_message()
+                .queue_url(&self.queue_url)
+                .message_body(body.clone())
+                .delay_seconds(i32::try_from(secs).unwrap_or(0))
+                .send()
+        })
+        .await?;
         Ok(())
     }
 }

@@ -22,7 +22,9 @@ use crate::contract::Entry;
 use crate::flow::model::duration_ms;
 use crate::flow::{Color, ServiceState, Timestamp};
 use crate::ports::Clock;
-use crate::ports::{Commit, Fence, Inbox, Lease, PortError, PortResult, Received, Store, Stored};
+use crate::ports::{
+    Claimed, Commit, Fence, Inbox, Lease, PortError, PortResult, Received, Store, Stored,
+};
 
 /// Queue behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -575,6 +577,17 @@ impl Store for LocalDb {
         })
     }
 
+    async fn extend(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        let conn = self.lock()?;
+        let changed = exec(
+            &conn,
+            "UPDATE services SET lease_until = ?4 WHERE name = ?1 AND version = ?2 AND lease_owner = ?3",
+            params![service, to_i64(version), lease.owner, to_i64(lease.until.millis())],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(changed == 1)
+    }
+
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
         let conn = self.lock()?;
         exec(
@@ -586,11 +599,11 @@ impl Store for LocalDb {
         Ok(())
     }
 
-    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
         let now = to_i64(claim.now.millis());
         let mut conn = self.lock()?;
         let tx = conn.transaction().map_err(|e| db_error(&e))?;
-        let texts: Vec<String> = {
+        let texts: Vec<(i64, String)> = {
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE outbox SET claim_owner = ?2, claim_until = ?3
@@ -607,20 +620,28 @@ impl Store for LocalDb {
             let mut rows: Vec<(i64, String)> =
                 rows.collect::<Result<_, _>>().map_err(|e| db_error(&e))?;
             rows.sort_by_key(|(seq, _)| *seq);
-            rows.into_iter().map(|(_, text)| text).collect()
+            rows
         };
         tx.commit().map_err(|e| db_error(&e))?;
-        Ok(texts.iter().filter_map(|t| Entry::from_json(t)).collect())
+        Ok(texts
+            .iter()
+            .filter_map(|(seq, text)| {
+                Entry::from_json(text).map(|entry| Claimed {
+                    key: seq.to_string(),
+                    entry,
+                })
+            })
+            .collect())
     }
 
-    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
+    async fn outbox_done(&self, service: &str, keys: &[String]) -> PortResult<()> {
         let mut conn = self.lock()?;
         let tx = conn.transaction().map_err(|e| db_error(&e))?;
-        for id in event_ids {
+        for seq in keys {
             exec(
                 &tx,
-                "DELETE FROM outbox WHERE service = ?1 AND event_id = ?2",
-                params![service, id],
+                "DELETE FROM outbox WHERE service = ?1 AND seq = ?2",
+                params![service, seq.parse::<i64>().unwrap_or(-1)],
             )
             .map_err(|e| db_error(&e))?;
         }

@@ -15,8 +15,8 @@ use crate::aws::http::HttpChecks;
 use crate::contract::Entry;
 use crate::flow::{Color, TargetHealth, Weights};
 use crate::ports::{
-    Alarms, Bus, Checks, Commit, Fence, Inbox, Lease, Platform, PortError, PortResult, Received,
-    Registry, Store, Stored, Traffic,
+    Alarms, Bus, Checks, Claimed, Commit, Fence, Inbox, Lease, Platform, PortError, PortResult,
+    Received, Registry, Store, Stored, Traffic,
 };
 
 /// The embedded world.
@@ -106,14 +106,17 @@ impl Store for Local {
     async fn fence(&self, service: &str) -> PortResult<Fence> {
         self.db.fence(service).await
     }
+    async fn extend(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        self.db.extend(service, version, lease).await
+    }
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
         self.db.release(service, owner).await
     }
-    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
         self.db.claim_outbox(service, claim).await
     }
-    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
-        self.db.outbox_done(service, event_ids).await
+    async fn outbox_done(&self, service: &str, keys: &[String]) -> PortResult<()> {
+        self.db.outbox_done(service, keys).await
     }
     async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
         self.db.try_lease(name, lease).await

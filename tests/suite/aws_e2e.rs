@@ -289,7 +289,7 @@ async fn malformed_and_hostile_messages_are_rejected_and_dead_lettered() {
         codes,
         [
             "malformed-json",
-            "malformed-json",
+            "too-large",
             "unknown-kind",
             "unknown-service"
         ],

@@ -22,8 +22,8 @@ use bluegreen::flow::{
 };
 use bluegreen::local::db::{LocalDb, QueueOptions};
 use bluegreen::ports::{
-    Alarms, Bus, Checks, Clock, Commit, Fence, Inbox, Lease, Platform, PortError, PortResult,
-    Received, Registry, Store, Stored, Traffic,
+    Alarms, Bus, Checks, Claimed, Clock, Commit, Fence, Inbox, Lease, Platform, PortError,
+    PortResult, Received, Registry, Store, Stored, Traffic,
 };
 use bluegreen::runner::Decided;
 use bluegreen::worker::{Options, Worker};
@@ -205,6 +205,7 @@ pub struct Cloud {
     /// read-back.
     pub crash_after_write: bool,
     pub crashes: u32,
+    calls_this_op: u64,
 }
 
 impl Default for Cloud {
@@ -228,6 +229,7 @@ impl Default for Cloud {
             crash_before_call: None,
             crash_after_write: false,
             crashes: 0,
+            calls_this_op: 0,
         }
     }
 }
@@ -249,6 +251,16 @@ impl Sim {
         self.cloud().crashes += 1;
         self.crashed.notify_one();
         std::future::pending::<()>().await;
+    }
+
+    /// Fails the test when one operation runs away (a loop in the runner).
+    fn guard(&self) {
+        let mut c = self.cloud();
+        c.calls_this_op += 1;
+        assert!(
+            c.calls_this_op < 20_000,
+            "one operation made 20 000 store calls: a runaway loop"
+        );
     }
 
     /// The worker dies here if its last commit was to be its last act.
@@ -304,6 +316,7 @@ impl Inbox for Sim {
 
 impl Store for Sim {
     async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
+        self.guard();
         self.db.load(service, initial).await
     }
     async fn commit(&self, service: &str, commit: Commit<'_>) -> PortResult<u64> {
@@ -317,18 +330,23 @@ impl Store for Sim {
     }
     async fn fence(&self, service: &str) -> PortResult<Fence> {
         self.after_commit().await;
+        self.guard();
         self.db.fence(service).await
+    }
+    async fn extend(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        self.after_commit().await;
+        self.db.extend(service, version, lease).await
     }
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
         self.after_commit().await;
         self.db.release(service, owner).await
     }
-    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
         self.after_commit().await;
         self.db.claim_outbox(service, claim).await
     }
-    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
-        self.db.outbox_done(service, event_ids).await
+    async fn outbox_done(&self, service: &str, keys: &[String]) -> PortResult<()> {
+        self.db.outbox_done(service, keys).await
     }
     async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
         self.db.try_lease(name, lease).await
@@ -593,6 +611,7 @@ impl World {
 
     fn sync_in(&mut self) {
         let mut c = self.sim.cloud();
+        c.calls_this_op = 0;
         c.alarms_firing = self.alarms_firing.clone();
         c.health = self.health.clone();
         c.validations_pass = self.validations_pass;

@@ -18,15 +18,19 @@
 //! * `cli` — the binary's commands and exit codes;
 //! * `aws_e2e` (with the `moto` harness) — the AWS worker end to end on moto server;
 //! * `aws_observed` — on moto too: green live at first sight, the rule changed behind the
-//!   worker's back (idle and mid-shift), an image requested by tag.
+//!   worker's back (idle and mid-shift), an image requested by tag;
+//! * `chaos` (with the `faults` proxy) — worker binaries killed at random behind a faulty
+//!   AWS, under load, judged by an oracle from the outside.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod aws_e2e;
 mod aws_observed;
+mod chaos;
 mod cli;
 mod common;
 mod config;
 mod contract;
+mod faults;
 mod hostile;
 mod invariants;
 mod local_db;

@@ -34,8 +34,8 @@ use bluegreen::config::{Config, ServiceConfig};
 use bluegreen::contract::Entry;
 use bluegreen::flow::{Color, ServiceState, TargetHealth, Weights};
 use bluegreen::ports::{
-    Alarms, Bus, Checks, Commit, Fence, Inbox, Lease, Platform, PortResult, Received, Registry,
-    Store, Stored, Traffic, system_clock,
+    Alarms, Bus, Checks, Claimed, Commit, Fence, Inbox, Lease, Platform, PortResult, Received,
+    Registry, Store, Stored, Traffic, system_clock,
 };
 use bluegreen::worker::{Options, Worker};
 
@@ -76,6 +76,8 @@ pub struct Env {
     pub bus: String,
     pub cluster: String,
     pub alarm: String,
+    /// Every rollback alarm (the first is `alarm`).
+    pub alarms: Vec<String>,
 }
 
 pub struct Shape {
@@ -91,6 +93,14 @@ pub struct Shape {
     pub test_listener: bool,
     /// Green serves production (100 %) and runs the tasks; blue is idle at zero.
     pub green_live: bool,
+    /// Per service (cycled): strategies and concurrency policies instead of the one
+    /// `strategy` and `concurrency`.
+    pub strategies: &'static [&'static str],
+    pub concurrencies: &'static [&'static str],
+    /// Each service its own rollback alarm (`…-alarm<k>`) and repository (`web<k>`).
+    pub own_alarm_and_repository: bool,
+    /// The queue's redrive policy.
+    pub max_receive_count: u32,
 }
 
 impl Default for Shape {
@@ -104,6 +114,10 @@ impl Default for Shape {
             extra: String::new(),
             test_listener: false,
             green_live: false,
+            strategies: &[],
+            concurrencies: &[],
+            own_alarm_and_repository: false,
+            max_receive_count: 3,
         }
     }
 }
@@ -143,7 +157,7 @@ impl Env {
             .attributes(QueueAttributeName::VisibilityTimeout, "30")
             .attributes(
                 QueueAttributeName::RedrivePolicy,
-                serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3" })
+                serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": shape.max_receive_count.to_string() })
                     .to_string(),
             )
             .send()
@@ -319,6 +333,7 @@ impl Env {
             .await
             .expect("cluster");
         let alarm = format!("{p}-green-5xx");
+        let mut alarms = vec![alarm.clone()];
         let mut services = String::new();
         for k in 0..shape.services {
             let suffix = if k == 0 { String::new() } else { k.to_string() };
@@ -447,6 +462,24 @@ impl Env {
             } else {
                 String::new()
             };
+            let k_usize = usize::from(k);
+            let strategy = shape
+                .strategies
+                .get(k_usize % shape.strategies.len().max(1))
+                .copied()
+                .unwrap_or(shape.strategy);
+            let concurrency = shape
+                .concurrencies
+                .get(k_usize % shape.concurrencies.len().max(1))
+                .copied()
+                .unwrap_or(shape.concurrency);
+            let (service_alarm, repository) = if shape.own_alarm_and_repository && k > 0 {
+                let own = format!("{p}-alarm{k}");
+                alarms.push(own.clone());
+                (own, format!("web{k}"))
+            } else {
+                (alarm.clone(), "web".to_string())
+            };
             services.push_str(&format!(
                 r#"
 [[services]]
@@ -458,39 +491,39 @@ blue_target_group_arn = "{blue_tg}"
 green_target_group_arn = "{green_tg}"
 production_listener_rule_arn = "{rule_arn}"
 container_name = "app"
-ecr_repository = "web"
+ecr_repository = "{repository}"
 strategy = {strategy}
 bake = "{bake}"
 termination_wait = "{termination_wait}"
-rollback_alarms = ["{alarm}"]
+rollback_alarms = ["{service_alarm}"]
 concurrency = "{concurrency}"
 timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "2s" }}
 {test_rule}
 {extra}
 "#,
                 extra = shape.extra,
-                strategy = shape.strategy,
                 bake = shape.bake,
                 termination_wait = shape.termination_wait,
-                concurrency = shape.concurrency,
             ));
         }
-        aws_sdk_cloudwatch::Client::new(&sdk)
-            .put_metric_alarm()
-            .alarm_name(&alarm)
-            .namespace("AWS/ApplicationELB")
-            .metric_name("HTTPCode_Target_5XX_Count")
-            .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
-            .period(60)
-            .evaluation_periods(1)
-            .threshold(5.0)
-            .comparison_operator(
-                aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold,
-            )
-            .send()
-            .await
-            .expect("alarm");
-        set_alarm(&sdk, &alarm, "OK").await;
+        for alarm in &alarms {
+            aws_sdk_cloudwatch::Client::new(&sdk)
+                .put_metric_alarm()
+                .alarm_name(alarm)
+                .namespace("AWS/ApplicationELB")
+                .metric_name("HTTPCode_Target_5XX_Count")
+                .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
+                .period(60)
+                .evaluation_periods(1)
+                .threshold(5.0)
+                .comparison_operator(
+                    aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold,
+                )
+                .send()
+                .await
+                .expect("alarm");
+            set_alarm(&sdk, alarm, "OK").await;
+        }
 
         let toml = format!(
             r#"
@@ -513,6 +546,7 @@ account_id = "123456789012"
             bus,
             cluster,
             alarm,
+            alarms,
         }
     }
 
@@ -936,14 +970,17 @@ impl Store for MotoWorld {
         }
         self.aws.fence(service).await
     }
+    async fn extend(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        self.aws.extend(service, version, lease).await
+    }
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
         self.aws.release(service, owner).await
     }
-    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Entry>> {
+    async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
         self.aws.claim_outbox(service, claim).await
     }
-    async fn outbox_done(&self, service: &str, event_ids: &[String]) -> PortResult<()> {
-        self.aws.outbox_done(service, event_ids).await
+    async fn outbox_done(&self, service: &str, keys: &[String]) -> PortResult<()> {
+        self.aws.outbox_done(service, keys).await
     }
     async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
         self.aws.try_lease(name, lease).await

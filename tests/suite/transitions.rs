@@ -107,15 +107,36 @@ fn a_start_that_cannot_read_alarms_waits_instead_of_starting() {
 }
 
 #[test]
+fn a_registration_lost_in_a_crash_is_made_on_the_next_poll() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.crash_next = true; // the RegisterRevision effect and the poll tick are lost
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::Provisioning));
+    assert!(w.log.registrations.is_empty());
+    let poll = w.active().next_tick.expect("poll");
+    assert_eq!(
+        poll.due,
+        w.now.plus(w.settings.timeouts.poll),
+        "provisioning polls; it does not sleep until its deadline"
+    );
+    w.advance_to(poll.due);
+    let key = w.active().pending_key().expect("poll");
+    w.apply(Input::tick(key, Observations::alarms_ok()));
+    assert_eq!(w.log.registrations.len(), 1);
+    assert_eq!(w.phase(), Some(Phase::WaitingForGreen));
+}
+
+#[test]
 fn provisioning_that_never_registers_rolls_back_at_its_timeout() {
     let mut w = World::new(settings());
     w.apply(push(1));
     w.crash_next = true; // the RegisterRevision effect is lost
     w.tick();
     assert_eq!(w.phase(), Some(Phase::Provisioning));
-    // The watchdog tick itself was lost too; deliver it by hand at the deadline.
-    w.advance_to(w.active().next_tick.expect("watchdog").due);
-    let key = w.active().pending_key().expect("watchdog");
+    // The poll tick was lost too, and nothing came of it until the deadline.
+    w.advance_to(w.active().deadline.expect("deadline"));
+    let key = w.active().pending_key().expect("poll");
     w.apply(Input::tick(key, Observations::alarms_ok()));
     assert_eq!(w.phase(), Some(Phase::RollingBack));
 }

@@ -10,10 +10,9 @@ use crate::flow::settings::{Check, DriftPolicy};
 
 pub(super) fn begin_provisioning(cx: &mut Cx<'_>, d: &mut Deployment) {
     cx.enter(d, Phase::Provisioning, EventKind::PhaseChanged, None);
-    let deadline = cx.now.plus(cx.settings.timeouts.provision);
-    d.deadline = Some(deadline);
+    d.deadline = Some(cx.now.plus(cx.settings.timeouts.provision));
     cx.establish(d);
-    cx.schedule(d, deadline);
+    cx.poll(d);
 }
 
 pub(super) fn on_revision(cx: &mut Cx<'_>, d: &mut Deployment, arn: &str) -> Verdict {
@@ -44,9 +43,8 @@ pub(super) fn after_green(cx: &mut Cx<'_>, d: &mut Deployment) {
     d.checks_passed.clear();
     cx.enter(d, Phase::Testing, EventKind::PhaseChanged, None);
     cx.establish(d);
-    let deadline = cx.now.plus(cx.settings.timeouts.testing);
-    d.deadline = Some(deadline);
-    cx.schedule(d, deadline);
+    d.deadline = Some(cx.now.plus(cx.settings.timeouts.testing));
+    cx.poll(d);
 }
 
 pub(super) fn checks_passed(d: &Deployment) -> bool {

@@ -86,8 +86,15 @@ fn step(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
     let now = cx.now;
     let timeouts = cx.settings.timeouts.clone();
     match d.phase {
+        // Waiting for an effect's result (the registered revision): register again (it
+        // finds an earlier registration) until the deadline, in case the result was lost.
         Phase::Provisioning => {
-            rollback::timed_out(cx, d, "task definition not registered", timeouts.provision);
+            if d.deadline.is_some_and(|t| now >= t) {
+                rollback::timed_out(cx, d, "task definition not registered", timeouts.provision);
+            } else {
+                cx.establish(d);
+                cx.poll(d);
+            }
         }
         Phase::WaitingForGreen => match &observed.target_health {
             Some(h) if h.is_ready(d.revision.as_deref()) && alarms_known => {
@@ -126,8 +133,11 @@ fn step(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
                 forward::after_testing(cx, d);
             } else if d.deadline.is_some_and(|t| now >= t) {
                 rollback::timed_out(cx, d, "validations did not pass", timeouts.testing);
-            } else if let Some(t) = d.deadline {
-                cx.schedule(d, t);
+            } else {
+                // Run the checks whose results are missing again (a lost result, a
+                // worker that died), until they pass or the deadline.
+                cx.establish(d);
+                cx.poll(d);
             }
         }
         Phase::AwaitingApproval => {
@@ -206,9 +216,26 @@ fn check_drift(cx: &mut Cx<'_>, d: &mut Deployment, found: Weights) -> bool {
         return true;
     }
     if cx.state.confirmed == Some(found) {
-        return true;
+        if !exposes_target(d, found) {
+            return true;
+        }
+        // Drift that sends the new colour traffic before it is updated was recorded,
+        // but its write-back was lost (a crash) or someone resumed over it: nothing
+        // touches that colour until the rule sends it nothing again.
+        if cx.settings.drift == DriftPolicy::Reassert {
+            cx.effects.push(Effect::SetProductionWeights {
+                deployment_id: d.id.clone(),
+                weights: expected,
+            });
+            return true;
+        }
     }
     drifted(cx, d, expected, found)
+}
+
+/// Whether `found` sends traffic to the colour `d` is about to update in place.
+fn exposes_target(d: &Deployment, found: Weights) -> bool {
+    matches!(d.phase, Phase::Provisioning | Phase::WaitingForGreen) && found.of(d.target) > 0
 }
 
 /// Records drift on `d` and carries out the policy; returns whether the caller goes on.
@@ -225,8 +252,7 @@ pub(super) fn drifted(
     // the write-back below is confirmed as a shift like any other.
     cx.state.confirmed = Some(found);
     let policy = cx.settings.drift;
-    let target_exposed =
-        matches!(d.phase, Phase::Provisioning | Phase::WaitingForGreen) && found.of(d.target) > 0;
+    let target_exposed = exposes_target(d, found);
     let pause = !d.phase.is_terminal()
         && (policy == DriftPolicy::Pause || (policy == DriftPolicy::Report && target_exposed));
     if pause {
