@@ -11,16 +11,27 @@ out at once:
   definition) in the target groups of the service's load balancers, replacing the
   tasks registered before; scaled to zero, it has none.
 
-Target health is then what moto's ELBv2 reports for registered targets. Everything
-else is moto as installed; the worker under test talks to it over HTTP like to AWS.
+Target health is then what moto's ELBv2 reports for registered targets.
+
+DynamoDB makes each write, conditional writes and transactions included, atomic: two
+writers whose conditions both hold for the item as it was can never both succeed. moto
+server answers requests on several threads and checks conditions without a lock, so two
+concurrent conditional writes can both pass (and a read can see a transaction half
+applied). Here DynamoDB operations run one at a time, as DynamoDB's guarantees require.
+
+Everything else is moto as installed; the worker under test talks to it over HTTP like
+to AWS.
 
 Usage: python scripts/moto_server.py -H 127.0.0.1 -p PORT (moto_server's options).
 """
 
+import functools
 import sys
+import threading
 import zlib
 
 from moto.core.utils import utcnow
+from moto.dynamodb.models import DynamoDBBackend
 from moto.ecs import models as ecs
 from moto.elbv2.models import elbv2_backends
 from moto.server import main
@@ -80,6 +91,32 @@ def update_service(self, *args, **kwargs):
 
 ecs.EC2ContainerServiceBackend.create_service = create_service
 ecs.EC2ContainerServiceBackend.update_service = update_service
+
+_dynamodb = threading.RLock()
+
+
+def one_at_a_time(method):
+    @functools.wraps(method)
+    def serialized(*args, **kwargs):
+        with _dynamodb:
+            return method(*args, **kwargs)
+
+    return serialized
+
+
+for _name in (
+    "put_item",
+    "get_item",
+    "query",
+    "scan",
+    "update_item",
+    "delete_item",
+    "transact_write_items",
+    "batch_get_item",
+    "batch_write_item",
+    "transact_get_items",
+):
+    setattr(DynamoDBBackend, _name, one_at_a_time(getattr(DynamoDBBackend, _name)))
 
 if __name__ == "__main__":
     main(sys.argv[1:])

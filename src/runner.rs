@@ -202,8 +202,10 @@ impl<W: World> Runner<W> {
             .services
             .get(service)
             .ok_or_else(|| PortError::Permanent(format!("unknown service {service}")))?;
+        // Unique across this worker's restarts too: a restarted task with the same id
+        // never mistakes the lease its predecessor held for its own.
         let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
-        let owner = format!("{}#{token}", self.worker_id);
+        let owner = format!("{}#{}.{token}", self.worker_id, std::process::id());
         let outcome = self.run(svc, input, &owner).await;
         if let Err(e) = patiently(|| self.world.release(&svc.name, &owner)).await {
             warn!(error = %e, "could not release the lease; it expires by itself");

@@ -337,3 +337,143 @@ async fn dynamodb_outbox_claims_and_the_reconciler_lease_exclude_a_second_worker
             .expect("a is out")
     );
 }
+
+/// DynamoDB makes conditional writes atomic; the store relies on it. Twelve commits on one
+/// version at once (as many workers deciding on the same state): exactly one lands, and
+/// the lease it takes is extended only for its owner at its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_on_one_version_land_once_and_only_the_owner_extends_its_lease() {
+    use bluegreen::contract::Entry;
+    use bluegreen::flow::{ServiceState, Timestamp};
+    use bluegreen::ports::{Commit, Lease, Store};
+
+    let env = Env::create("race", Shape::default()).await;
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    fn lease(owner: &str, now: Timestamp) -> Lease<'_> {
+        Lease {
+            owner,
+            until: now.plus(Duration::from_secs(30)),
+            now,
+        }
+    }
+    let first = env.world();
+    first
+        .aws
+        .commit(
+            "web",
+            Commit {
+                state: &ServiceState::new("web", Color::Blue),
+                expected_version: 0,
+                outbox: &[],
+                dedup_key: None,
+                deployments: &[],
+                lease: lease("setup", now),
+            },
+        )
+        .await
+        .expect("first commit");
+    // A table of some size: moto's transactions copy it, which widens any race.
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.sdk);
+    for batch in 0..16 {
+        let writes = (0..25).map(|k| {
+            let put = aws_sdk_dynamodb::types::PutRequest::builder()
+                .item(
+                    "pk",
+                    aws_sdk_dynamodb::types::AttributeValue::S(format!("FILL#{batch}-{k}")),
+                )
+                .item("sk", aws_sdk_dynamodb::types::AttributeValue::S("X".into()))
+                .item(
+                    "payload",
+                    aws_sdk_dynamodb::types::AttributeValue::S("x".repeat(200)),
+                )
+                .build()
+                .expect("put");
+            aws_sdk_dynamodb::types::WriteRequest::builder()
+                .put_request(put)
+                .build()
+        });
+        dynamodb
+            .batch_write_item()
+            .request_items(&env.config.worker.table, writes.collect())
+            .send()
+            .await
+            .expect("fill");
+    }
+    let released = now.plus(Duration::from_secs(31));
+    let racers: Vec<_> = (0..12)
+        .map(|i| {
+            let world = env.world();
+            tokio::spawn(async move {
+                let owner = format!("w{i}");
+                let events = [Entry {
+                    source: "bluegreen".into(),
+                    detail_type: "Deployment Queued",
+                    detail: format!("{{\"racer\":{i}}}"),
+                    resources: vec![],
+                    event_id: "web-1:2".into(),
+                    time: "2026-12-01T10:00:00.000Z".into(),
+                }];
+                let state = ServiceState::new(format!("web{i}"), Color::Blue);
+                world
+                    .aws
+                    .commit(
+                        "web",
+                        Commit {
+                            state: &state,
+                            expected_version: 1,
+                            outbox: &events,
+                            dedup_key: None,
+                            deployments: &[],
+                            lease: lease(&owner, released),
+                        },
+                    )
+                    .await
+                    .map(|_| owner)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for r in racers {
+        if let Ok(owner) = r.await.expect("task") {
+            winners.push(owner);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one commit lands: {winners:?}");
+    let claimed = first
+        .aws
+        .claim_outbox("web", lease("reader", released))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1, "one outbox entry: {claimed:?}");
+
+    let winner = winners[0].as_str();
+    let later = released.plus(Duration::from_secs(20));
+    assert!(
+        !first
+            .aws
+            .extend("web", 2, lease("someone-else", later))
+            .await
+            .expect("extend"),
+        "another owner cannot extend the lease"
+    );
+    assert!(
+        !first
+            .aws
+            .extend("web", 1, lease(winner, later))
+            .await
+            .expect("extend"),
+        "nor the owner at an old version"
+    );
+    assert!(
+        first
+            .aws
+            .extend("web", 2, lease(winner, later))
+            .await
+            .expect("extend")
+    );
+    let fence = first.aws.fence("web").await.expect("fence");
+    assert_eq!(
+        (fence.owner.as_deref(), fence.until),
+        (Some(winner), later.plus(Duration::from_secs(30)))
+    );
+}
