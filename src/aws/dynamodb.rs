@@ -17,6 +17,9 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+
 use super::{Aws, port_error, repeat};
 use crate::contract::Entry;
 use crate::flow::{Color, ServiceState, Timestamp};
@@ -58,6 +61,26 @@ fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'
     item.get(name)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
+}
+
+/// A conditional write's answer: whether it was made (false: its condition did not hold).
+fn conditional<T, E>(
+    operation: &str,
+    result: Result<T, SdkError<E, HttpResponse>>,
+) -> PortResult<bool>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error().and_then(ProvideErrorMetadata::code)
+                == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(port_error(operation, e)),
+    }
 }
 
 fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> PortResult<T> {
@@ -223,16 +246,7 @@ impl Store for Aws {
             .expression_attribute_values(":until", n(lease.until.millis()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(port_error("UpdateItem", e)),
-        }
+        conditional("UpdateItem", result)
     }
 
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
@@ -246,16 +260,8 @@ impl Store for Aws {
             .expression_attribute_values(":me", s(owner))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(port_error("UpdateItem", e)),
-        }
+        // Not the owner (any more): nothing to give up.
+        conditional("UpdateItem", result).map(|_| ())
     }
 
     async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
@@ -298,16 +304,12 @@ impl Store for Aws {
                 .expression_attribute_values(":now", n(now))
                 .send()
                 .await;
-            match result {
-                Ok(_) => claimed.push(Claimed {
+            // Not claimed: someone else claimed (or published and deleted) it meanwhile.
+            if conditional("UpdateItem", result)? {
+                claimed.push(Claimed {
                     key: sk.to_string(),
                     entry,
-                }),
-                // Someone else claimed (or published and deleted) it meanwhile.
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
-                Err(e) => return Err(port_error("UpdateItem", e)),
+                });
             }
         }
         Ok(claimed)
@@ -344,15 +346,6 @@ impl Store for Aws {
             .expression_attribute_values(":now", n(lease.now.millis()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(port_error("PutItem", e)),
-        }
+        conditional("PutItem", result)
     }
 }

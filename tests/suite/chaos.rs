@@ -673,7 +673,8 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
         }
     };
     let mut pushed: Vec<(String, String)> = Vec::new();
-    let mut alarms_fired: Vec<(String, Instant, Weights)> = Vec::new();
+    // (service, deployment, when, the weights a rollback restores)
+    let mut alarms_fired: Vec<(String, String, Instant, Weights)> = Vec::new();
     let mut alarms_to_clear: Vec<(String, Instant)> = Vec::new();
     let mut messages = 0u64;
     let mut n = 0u64;
@@ -725,7 +726,12 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
                 Some(d) if matches!(d.phase, Phase::Shifting | Phase::Baking) => {
                     let alarm = env.alarms[k].clone();
                     set_alarm(&env.sdk, &alarm, "ALARM").await;
-                    alarms_fired.push((name.clone(), Instant::now(), Weights::all(d.stable)));
+                    alarms_fired.push((
+                        name.clone(),
+                        d.id.clone(),
+                        Instant::now(),
+                        Weights::all(d.stable),
+                    ));
                     alarms_to_clear.push((alarm.clone(), Instant::now() + Duration::from_secs(3)));
                     Some(alarm_envelope(
                         &format!("alarm-{n}"),
@@ -1053,10 +1059,26 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
         failures.push(format!("{outbox_left} outbox entries never published"));
     }
 
-    // Alarm to weights restored, under faults.
-    let mut latencies: Vec<Duration> = alarms_fired
+    // Alarm to weights restored, under faults: for the deployments an alarm rolled back
+    // (an alarm that found its deployment already rolling back, superseded or aborted,
+    // restored nothing).
+    let by_alarm: std::collections::HashSet<&str> = records
         .iter()
-        .filter_map(|(service, at, restore)| {
+        .filter(|d| {
+            d.rollback
+                .as_ref()
+                .is_some_and(|r| cause(&r.reason) == "rollback alarm")
+        })
+        .map(|d| d.id.as_str())
+        .collect();
+    let mut first_alarm: HashMap<&str, &(String, String, Instant, Weights)> = HashMap::new();
+    for fired in &alarms_fired {
+        first_alarm.entry(fired.1.as_str()).or_insert(fired);
+    }
+    let mut latencies: Vec<Duration> = first_alarm
+        .values()
+        .filter(|(_, id, _, _)| by_alarm.contains(id.as_str()))
+        .filter_map(|(service, _, at, restore)| {
             audit
                 .rule_writes
                 .iter()

@@ -560,6 +560,7 @@ account_id = "123456789012"
             applied: Mutex::new(Vec::new()),
             applied_at: Mutex::new(Vec::new()),
             crash_after_next_commit: std::sync::atomic::AtomicBool::new(false),
+            dead: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -932,9 +933,11 @@ pub struct MotoWorld {
     pub applied: Mutex<Vec<Weights>>,
     /// When each production write was confirmed by the read-back, for which service.
     pub applied_at: Mutex<Vec<(tokio::time::Instant, String, Weights)>>,
-    /// When set, the next fencing read fails: the worker dies between committing a
-    /// decision and running its effects.
+    /// When set, the next fencing read fails, and every one after it: the worker dies
+    /// between committing a decision and running its effects.
     pub crash_after_next_commit: std::sync::atomic::AtomicBool,
+    /// Set once that happened: this world's worker is dead to the store.
+    pub dead: std::sync::atomic::AtomicBool,
 }
 
 impl Inbox for MotoWorld {
@@ -964,6 +967,9 @@ impl Store for MotoWorld {
     }
     async fn fence(&self, service: &str) -> PortResult<Fence> {
         if self.crash_after_next_commit.swap(false, Ordering::SeqCst) {
+            self.dead.store(true, Ordering::SeqCst);
+        }
+        if self.dead.load(Ordering::SeqCst) {
             return Err(bluegreen::ports::PortError::Retryable(
                 "the worker died after committing".into(),
             ));
