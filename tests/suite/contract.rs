@@ -357,3 +357,99 @@ proptest! {
         }
     }
 }
+
+/// Only a successful push deploys and only `ALARM` rolls back, through routing as the
+/// worker does it: a successful delete and an alarm back to OK are ignored with the reason,
+/// and the documentation's `ALARM` sample, named as a service's rollback alarm, reaches
+/// that service alone.
+#[test]
+fn only_a_successful_push_deploys_and_only_alarm_rolls_back() {
+    let config = example_config();
+    let route = |v: &serde_json::Value| {
+        contract::route(
+            &contract::parse(v, &Sources::default()).expect("parses"),
+            &config,
+        )
+        .expect("routes")
+    };
+    let text =
+        std::fs::read_to_string("tests/fixtures/valid/ecr-image-push.json").expect("fixture");
+    let mut push: serde_json::Value = serde_json::from_str(&text).expect("json");
+    push["region"] = "us-east-1".into();
+    push["detail"]["repository-name"] = "web".into();
+    push["detail"]["image-tag"] = "release-42".into();
+    assert!(
+        matches!(route(&push), Routed::Inputs(_)),
+        "the push deploys"
+    );
+    push["detail"]["action-type"] = "DELETE".into();
+    assert!(
+        matches!(route(&push), Routed::Ignored(why) if why.contains("DELETE")),
+        "a successful delete deploys nothing"
+    );
+
+    let text = std::fs::read_to_string("tests/fixtures/aws/cloudwatch-alarm-single-metric.json")
+        .expect("fixture");
+    let mut alarm: serde_json::Value = serde_json::from_str(&text).expect("json");
+    alarm["detail"]["alarmName"] = "api-green-5xx".into();
+    let Routed::Inputs(inputs) = route(&alarm) else {
+        panic!("ALARM is not ignored")
+    };
+    assert_eq!(inputs.len(), 1);
+    let (service, input) = &inputs[0];
+    assert_eq!(service, "api");
+    assert!(
+        matches!(&input.kind, InputKind::Alarm { alarm, state, .. }
+            if alarm == "api-green-5xx" && *state == bluegreen::flow::AlarmState::Alarm),
+        "{input:?}"
+    );
+    alarm["detail"]["state"]["value"] = "OK".into();
+    assert!(
+        matches!(route(&alarm), Routed::Ignored(why) if why.contains("only ALARM")),
+        "an alarm back to OK rolls nothing back"
+    );
+}
+
+/// A `Deploy Requested` naming the service's repository by its bare name means that
+/// repository in this account's registry; any other repository is taken as written.
+#[test]
+fn a_bare_repository_name_in_a_deploy_request_means_the_services_ecr_repository() {
+    let config = example_config();
+    let text =
+        std::fs::read_to_string("tests/fixtures/valid/deploy-requested.json").expect("fixture");
+    let mut value: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let repository = |v: &serde_json::Value| {
+        let msg = contract::parse(v, &Sources::default()).expect("parses");
+        let Routed::Inputs(inputs) = contract::route(&msg, &config).expect("routes") else {
+            panic!("ignored")
+        };
+        match &inputs[0].1.kind {
+            InputKind::Deploy { image, .. } => image.repository.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        repository(&value),
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/web"
+    );
+    value["detail"]["image"] = format!("ghcr.io/team/web@sha256:{}", "b".repeat(64)).into();
+    assert_eq!(repository(&value), "ghcr.io/team/web");
+}
+
+/// A reference with both a tag and a digest deploys the digest, from the repository
+/// without the tag (a registry port is not a tag).
+#[test]
+fn a_reference_with_a_tag_and_a_digest_names_the_repository_without_the_tag() {
+    let d = format!("sha256:{}", "c".repeat(64));
+    for (text, repository) in [
+        (
+            format!("localhost:5000/team/web:v2@{d}"),
+            "localhost:5000/team/web",
+        ),
+        (format!("web:v2@{d}"), "web"),
+    ] {
+        let image = parse_image(&text).expect("parses");
+        assert_eq!(image.repository, repository, "{text}");
+        assert_eq!(image.digest.as_deref(), Some(d.as_str()));
+    }
+}
