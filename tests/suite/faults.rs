@@ -143,34 +143,24 @@ impl Proxy {
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
         let upstream: hyper::Uri = upstream.parse().expect("upstream");
-        let worker = worker.to_string();
+        let route = Arc::new(Route {
+            client,
+            upstream,
+            worker: worker.to_string(),
+            faults,
+            rng,
+            counts,
+            hook,
+        });
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (client, upstream, worker, rng, counts, hook) = (
-                    client.clone(),
-                    upstream.clone(),
-                    worker.clone(),
-                    rng.clone(),
-                    counts.clone(),
-                    hook.clone(),
-                );
+                let route = route.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
-                        let (client, upstream, worker, rng, counts, hook) = (
-                            client.clone(),
-                            upstream.clone(),
-                            worker.clone(),
-                            rng.clone(),
-                            counts.clone(),
-                            hook.clone(),
-                        );
-                        async move {
-                            handle(request, client, upstream, worker, faults, rng, counts, hook)
-                                .await
-                        }
+                        handle(request, route.clone())
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -241,9 +231,8 @@ fn reset() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset")
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    request: Request<Incoming>,
+/// What one proxy needs for every call it handles.
+struct Route {
     client: Client<HttpConnector, Full<Bytes>>,
     upstream: hyper::Uri,
     worker: String,
@@ -251,7 +240,18 @@ async fn handle(
     rng: Arc<Mutex<TestRng>>,
     counts: Arc<Counts>,
     hook: Hook,
-) -> Reply {
+}
+
+async fn handle(request: Request<Incoming>, route: Arc<Route>) -> Reply {
+    let Route {
+        client,
+        upstream,
+        worker,
+        faults,
+        rng,
+        counts,
+        hook,
+    } = &*route;
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -273,7 +273,7 @@ async fn handle(
             .or_default() += 1;
     }
     hook(Call {
-        worker,
+        worker: worker.clone(),
         operation: op,
         body: body.clone(),
         fault,
