@@ -222,6 +222,25 @@ fn manual_images_are_read_by_digest_or_tag() {
     assert_eq!(parse_image("web:"), None);
 }
 
+/// `repository:tag@digest` is legal: the digest wins and the tag is dropped, whether or
+/// not the repository has a registry host (with a port) and a path in front of it.
+#[test]
+fn a_tag_next_to_a_digest_is_dropped() {
+    let d = format!("sha256:{}", "b".repeat(64));
+    for (text, repository) in [
+        (format!("web:v1@{d}"), "web"),
+        (format!("team/web:v1@{d}"), "team/web"),
+        (format!("localhost:5000/team/web:v1@{d}"), "localhost:5000/team/web"),
+        (format!("localhost:5000/web@{d}"), "localhost:5000/web"),
+    ] {
+        let image = parse_image(&text).expect("parses");
+        assert_eq!(image.repository, repository, "{text}");
+        assert_eq!(image.digest.as_deref(), Some(d.as_str()), "{text}");
+        assert_eq!(image.tag, None, "{text}");
+    }
+    assert_eq!(parse_image(&format!(":v1@{d}")), None);
+}
+
 /// Worlds that between them emit every outbound event kind.
 fn worlds() -> Vec<World> {
     let mut out = Vec::new();
