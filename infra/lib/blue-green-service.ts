@@ -1,0 +1,347 @@
+import { Duration, Names } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecr from 'aws-cdk-lib/aws-ecr';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import { Construct } from 'constructs';
+import { runbookLink } from './runbooks';
+import type { Concurrency, Drift, ServiceEntry, Strategy, Validation } from './config';
+
+/** The two colours. Which one is live alternates: each deployment goes to the idle one. */
+export const COLOURS = ['blue', 'green'] as const;
+/** One of the two colours. */
+export type Colour = (typeof COLOURS)[number];
+
+/** Thresholds of the rollback alarms; each colour gets the same set. */
+export interface RollbackAlarmProps {
+  /** Target 5xx share of requests, in percent, that rolls back. Default 5. */
+  readonly errorRatePercent?: number;
+  /** Requests per period below which the 5xx share is not judged. Default 20. */
+  readonly minimumRequests?: number;
+  /** p99 `TargetResponseTime` that rolls back. Default 1 s. */
+  readonly p99Latency?: Duration;
+  /** Unhealthy targets that roll back. Default 1. */
+  readonly unhealthyHosts?: number;
+  /** Period of every alarm. Default 1 minute. */
+  readonly period?: Duration;
+  /** Periods that must breach. Default 1: a rollback alarm acts on the first bad minute. */
+  readonly evaluationPeriods?: number;
+}
+
+/** The test listener: green only, reachable only from `allowFrom`. */
+export interface TestListenerProps {
+  /** Port of the test listener on the load balancer. */
+  readonly port: number;
+  /** Who may reach it (a VPC CIDR, a security group); never the world. */
+  readonly allowFrom: ec2.IPeer;
+}
+
+/** A production listener rule (priority and conditions). */
+export interface ProductionRuleProps {
+  /** Rule priority on the listener. Default 100. */
+  readonly priority?: number;
+  /** Conditions. Default: path `/*`. */
+  readonly conditions?: elbv2.ListenerCondition[];
+}
+
+/** Properties of {@link BlueGreenService}. */
+export interface BlueGreenServiceProps {
+  /** The service's name in the worker's configuration; ECS services are `<name>-blue` and `<name>-green`. */
+  readonly serviceName: string;
+  /** Cluster both colours run in. */
+  readonly cluster: ecs.ICluster;
+  /** Load balancer of the production listener (and of the test listener, if any). */
+  readonly loadBalancer: elbv2.ApplicationLoadBalancer;
+  /** Production listener; the rule's weighted forward action is what the worker moves. */
+  readonly listener: elbv2.ApplicationListener;
+  /** The production rule. */
+  readonly productionRule?: ProductionRuleProps;
+  /** Optional test listener forwarding to the idle colour. */
+  readonly testListener?: TestListenerProps;
+  /** First task definition (both colours start on it; the worker derives the next ones). */
+  readonly taskDefinition: ecs.FargateTaskDefinition;
+  /** Container whose image the worker replaces. */
+  readonly containerName: string;
+  /** Port the container listens on. */
+  readonly containerPort: number;
+  /** Repository whose pushes deploy this service. */
+  readonly repository: ecr.IRepository;
+  /** Glob of tags that deploy; default any tag. */
+  readonly tagPattern?: string;
+  /** Tasks of the live colour. Default 2. */
+  readonly desiredCount?: number;
+  /** Health check path of both target groups. Default `/healthz`. */
+  readonly healthCheckPath?: string;
+  /** Deregistration delay of both target groups. Default 30 s. */
+  readonly deregistrationDelay?: Duration;
+  /** Subnets of the tasks. Default: the cluster VPC's private subnets. */
+  readonly vpcSubnets?: ec2.SubnetSelection;
+  /** Give tasks a public IP (public subnets without a NAT gateway). Default false. */
+  readonly assignPublicIp?: boolean;
+  /** How traffic moves. Default linear 10 % a minute. */
+  readonly strategy?: Strategy;
+  /** Time at 100 % before finalizing. Default 5 minutes. */
+  readonly bake?: Duration;
+  /** Time the old colour stays warm after success; at least the deregistration delay. Default 10 minutes. */
+  readonly terminationWait?: Duration;
+  /** Wait for `approve` before shifting. Default false. */
+  readonly approval?: boolean;
+  /** A push while a deployment is active. Default `queue`. */
+  readonly concurrency?: Concurrency;
+  /** Answer to weights someone else wrote. Default `reassert`. */
+  readonly drift?: Drift;
+  /** Checks against the test listener before shifting. */
+  readonly validations?: Validation[];
+  /** Rollback alarm thresholds. */
+  readonly alarms?: RollbackAlarmProps;
+}
+
+/** The resources of one colour. */
+export interface ColourResources {
+  /** Target group (IP targets). */
+  readonly targetGroup: elbv2.ApplicationTargetGroup;
+  /** Fargate service. */
+  readonly service: ecs.FargateService;
+  /** Target 5xx rate (metric math with a minimum-request guard). */
+  readonly errorRate: cloudwatch.Alarm;
+  /** p99 target response time. */
+  readonly latency: cloudwatch.Alarm;
+  /** Unhealthy hosts. */
+  readonly unhealthy: cloudwatch.Alarm;
+  /** `anyOf` the three: the alarm the worker watches. */
+  readonly rollback: cloudwatch.CompositeAlarm;
+}
+
+/**
+ * Blue-green for one application service: two target groups and two Fargate services,
+ * a production rule forwarding 100/0 by weight that the worker moves, an optional test
+ * listener, and per colour the rollback alarms the worker watches.
+ *
+ * Each deployment goes to the idle colour, so both colours carry the same alarms and both
+ * composites are rollback alarms; `entry` is this service's block of the worker's
+ * configuration.
+ */
+export class BlueGreenService extends Construct {
+  /** The service's name in the worker's configuration. */
+  public readonly serviceName: string;
+  /** Blue and green. */
+  public readonly colours: Record<Colour, ColourResources>;
+  /** The production rule. */
+  public readonly productionRule: elbv2.ApplicationListenerRule;
+  /** The test listener's rule, if any. */
+  public readonly testRule?: elbv2.ApplicationListenerRule;
+  /** The test listener, if any. */
+  public readonly testListener?: elbv2.ApplicationListener;
+  /** The production listener. */
+  public readonly listener: elbv2.ApplicationListener;
+  /** The load balancer. */
+  public readonly loadBalancer: elbv2.ApplicationLoadBalancer;
+  /** The repository whose pushes deploy. */
+  public readonly repository: ecr.IRepository;
+  /** Task role and execution role the worker passes to ECS when it registers a task definition. */
+  public readonly passedRoles: iam.IRole[];
+  /** The cluster. */
+  public readonly cluster: ecs.ICluster;
+  /** This service's entry in the worker's configuration (`services[]`). */
+  public readonly entry: ServiceEntry;
+
+  constructor(scope: Construct, id: string, props: BlueGreenServiceProps) {
+    super(scope, id);
+    const name = props.serviceName;
+    if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(name)) {
+      throw new Error(`serviceName ${JSON.stringify(name)} must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`);
+    }
+    this.serviceName = name;
+    this.listener = props.listener;
+    this.loadBalancer = props.loadBalancer;
+    this.repository = props.repository;
+    this.cluster = props.cluster;
+    const vpc = props.cluster.vpc;
+    const deregistrationDelay = props.deregistrationDelay ?? Duration.seconds(30);
+    const terminationWait = props.terminationWait ?? Duration.minutes(10);
+    if (terminationWait.toSeconds() < deregistrationDelay.toSeconds()) {
+      throw new Error('terminationWait must be at least the deregistration delay');
+    }
+
+    const make = (colour: Colour): Omit<ColourResources, 'errorRate' | 'latency' | 'unhealthy' | 'rollback'> => {
+      const cap = colour === 'blue' ? 'Blue' : 'Green';
+      const targetGroup = new elbv2.ApplicationTargetGroup(this, `${cap}TargetGroup`, {
+        vpc,
+        port: props.containerPort,
+        protocol: elbv2.ApplicationProtocol.HTTP,
+        targetType: elbv2.TargetType.IP,
+        deregistrationDelay,
+        healthCheck: {
+          path: props.healthCheckPath ?? '/healthz',
+          healthyHttpCodes: '200',
+          interval: Duration.seconds(10),
+          timeout: Duration.seconds(5),
+          healthyThresholdCount: 2,
+          unhealthyThresholdCount: 2,
+        },
+      });
+      const service = new ecs.FargateService(this, `${cap}Service`, {
+        cluster: props.cluster,
+        serviceName: `${name}-${colour}`,
+        taskDefinition: props.taskDefinition,
+        // The idle colour starts empty; the worker scales it to the live count.
+        desiredCount: colour === 'blue' ? (props.desiredCount ?? 2) : 0,
+        minHealthyPercent: 100,
+        maxHealthyPercent: 200,
+        vpcSubnets: props.vpcSubnets,
+        assignPublicIp: props.assignPublicIp ?? false,
+        circuitBreaker: { enable: true, rollback: false },
+      });
+      service.attachToApplicationTargetGroup(targetGroup);
+      service.connections.allowFrom(props.loadBalancer, ec2.Port.tcp(props.containerPort), 'from the load balancer');
+      return { targetGroup, service };
+    };
+    const blue = make('blue');
+    const green = make('green');
+
+    const rule = props.productionRule ?? {};
+    this.productionRule = new elbv2.ApplicationListenerRule(this, 'ProductionRule', {
+      listener: props.listener,
+      priority: rule.priority ?? 100,
+      conditions: rule.conditions ?? [elbv2.ListenerCondition.pathPatterns(['/*'])],
+      // The worker moves these weights; a stack update that touches the rule writes 100/0
+      // again (see the README: drift detection answers it).
+      action: elbv2.ListenerAction.weightedForward([
+        { targetGroup: blue.targetGroup, weight: 100 },
+        { targetGroup: green.targetGroup, weight: 0 },
+      ]),
+    });
+
+    if (props.testListener) {
+      const test = props.testListener;
+      const testListener = (this.testListener = props.loadBalancer.addListener('TestListener' + Names.uniqueId(this).slice(-8), {
+        port: test.port,
+        protocol: elbv2.ApplicationProtocol.HTTP,
+        open: false,
+        defaultAction: elbv2.ListenerAction.fixedResponse(404, { contentType: 'text/plain', messageBody: 'no test route' }),
+      }));
+      props.loadBalancer.connections.allowFrom(test.allowFrom, ec2.Port.tcp(test.port), `${name} test listener`);
+      this.testRule = new elbv2.ApplicationListenerRule(this, 'TestRule', {
+        listener: testListener,
+        priority: 1,
+        conditions: [elbv2.ListenerCondition.pathPatterns(['/*'])],
+        // The idle colour only; the worker points it at each deployment's new colour.
+        action: elbv2.ListenerAction.weightedForward([
+          { targetGroup: blue.targetGroup, weight: 0 },
+          { targetGroup: green.targetGroup, weight: 100 },
+        ]),
+      });
+    }
+
+    const alarmsOf = (colour: Colour, targetGroup: elbv2.ApplicationTargetGroup) =>
+      rollbackAlarms(this, name, colour, targetGroup, props.alarms ?? {});
+    this.colours = {
+      blue: { ...blue, ...alarmsOf('blue', blue.targetGroup) },
+      green: { ...green, ...alarmsOf('green', green.targetGroup) },
+    };
+
+    const roles = [props.taskDefinition.taskRole, props.taskDefinition.executionRole];
+    this.passedRoles = roles.filter((r): r is NonNullable<typeof r> => r !== undefined);
+
+    this.entry = {
+      name,
+      cluster: props.cluster.clusterArn,
+      blue_service: blue.service.serviceName,
+      green_service: green.service.serviceName,
+      blue_target_group_arn: blue.targetGroup.targetGroupArn,
+      green_target_group_arn: green.targetGroup.targetGroupArn,
+      production_listener_rule_arn: this.productionRule.listenerRuleArn,
+      ...(this.testRule ? { test_listener_rule_arn: this.testRule.listenerRuleArn } : {}),
+      container_name: props.containerName,
+      ecr_repository: props.repository.repositoryName,
+      ...(props.tagPattern ? { tag_pattern: props.tagPattern } : {}),
+      strategy: props.strategy ?? { kind: 'linear', step_percent: 10, interval: '1m' },
+      bake: seconds(props.bake ?? Duration.minutes(5)),
+      termination_wait: seconds(terminationWait),
+      rollback_alarms: COLOURS.map((c) => this.colours[c].rollback.alarmName),
+      approval: props.approval ?? false,
+      concurrency: props.concurrency ?? 'queue',
+      drift: props.drift ?? 'reassert',
+      ...(props.validations ? { validations: props.validations } : {}),
+    };
+  }
+
+  /** ARNs of the ECS services of both colours. */
+  public serviceArns(): string[] {
+    return COLOURS.map((c) => this.colours[c].service.serviceArn);
+  }
+
+  /** Every alarm of this service (children and composites). */
+  public alarms(): cloudwatch.IAlarm[] {
+    return COLOURS.flatMap((c) => {
+      const r = this.colours[c];
+      return [r.errorRate, r.latency, r.unhealthy, r.rollback];
+    });
+  }
+}
+
+/** A duration as the configuration writes it (`"90s"`). */
+export function seconds(d: Duration): string {
+  return `${d.toSeconds()}s`;
+}
+
+function rollbackAlarms(
+  scope: Construct,
+  name: string,
+  colour: Colour,
+  targetGroup: elbv2.ApplicationTargetGroup,
+  p: RollbackAlarmProps,
+): Pick<ColourResources, 'errorRate' | 'latency' | 'unhealthy' | 'rollback'> {
+  const cap = colour === 'blue' ? 'Blue' : 'Green';
+  const period = p.period ?? Duration.minutes(1);
+  const evaluationPeriods = p.evaluationPeriods ?? 1;
+  const minimum = p.minimumRequests ?? 20;
+  const rate = p.errorRatePercent ?? 5;
+  // ALB publishes nothing for a group without traffic: missing data is not a breach.
+  const common = {
+    evaluationPeriods,
+    datapointsToAlarm: evaluationPeriods,
+    treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+  };
+  const requests = targetGroup.metrics.requestCount({ period, statistic: 'Sum' });
+  const errors = targetGroup.metrics.httpCodeTarget(elbv2.HttpCodeTarget.TARGET_5XX_COUNT, { period, statistic: 'Sum' });
+  const errorRate = new cloudwatch.Alarm(scope, `${cap}ErrorRate`, {
+    ...common,
+    alarmName: `${name}-${colour}-5xx`,
+    alarmDescription: `Target 5xx above ${rate} % of at least ${minimum} requests a period on ${name}-${colour}. ${runbookLink('rollback-alarm')}`,
+    metric: new cloudwatch.MathExpression({
+      expression: `IF(FILL(requests, 0) >= ${minimum}, 100 * FILL(errors, 0) / requests, 0)`,
+      usingMetrics: { requests, errors },
+      period,
+      label: `${name}-${colour} 5xx %`,
+    }),
+    threshold: rate,
+    comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+  });
+  const latencyLimit = p.p99Latency ?? Duration.seconds(1);
+  const latency = new cloudwatch.Alarm(scope, `${cap}Latency`, {
+    ...common,
+    alarmName: `${name}-${colour}-p99`,
+    alarmDescription: `p99 target response time above ${latencyLimit.toSeconds()} s on ${name}-${colour}. ${runbookLink('rollback-alarm')}`,
+    metric: targetGroup.metrics.targetResponseTime({ period, statistic: 'p99' }),
+    threshold: latencyLimit.toMilliseconds() / 1000,
+    comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+  });
+  const hosts = p.unhealthyHosts ?? 1;
+  const unhealthy = new cloudwatch.Alarm(scope, `${cap}Unhealthy`, {
+    ...common,
+    alarmName: `${name}-${colour}-unhealthy`,
+    alarmDescription: `${hosts} or more unhealthy targets in ${name}-${colour}. ${runbookLink('rollback-alarm')}`,
+    metric: targetGroup.metrics.unhealthyHostCount({ period, statistic: 'Maximum' }),
+    threshold: hosts,
+    comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+  });
+  const rollback = new cloudwatch.CompositeAlarm(scope, `${cap}Rollback`, {
+    compositeAlarmName: `${name}-${colour}-rollback`,
+    alarmDescription: `Any rollback alarm of ${name}-${colour}: the worker rolls back a deployment to this colour. ${runbookLink('rollback-alarm')}`,
+    alarmRule: cloudwatch.AlarmRule.anyOf(errorRate, latency, unhealthy),
+  });
+  return { errorRate, latency, unhealthy, rollback };
+}

@@ -1,0 +1,410 @@
+import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+import { BlueGreenService } from './blue-green-service';
+import type { WorkerConfig } from './config';
+import { skipCheckov } from './checkov';
+import { controllerDashboard } from './dashboard';
+import { runbookLink } from './runbooks';
+
+/** The namespace of the worker's Embedded Metric Format metrics unless told otherwise. */
+export const DEFAULT_NAMESPACE = 'Bluegreen';
+
+/** Properties of {@link BlueGreenController}. */
+export interface BlueGreenControllerProps {
+  /** Cluster the worker runs in. */
+  readonly cluster: ecs.ICluster;
+  /** The worker's image (built from `docker/Dockerfile`). */
+  readonly image: ecs.ContainerImage;
+  /** The services it deploys. */
+  readonly services: BlueGreenService[];
+  /** Principals (roles) allowed to put operator events on the bus. */
+  readonly operators: iam.IRole[];
+  /** Worker tasks; more than one share the queue under per-service leases. Default 2. */
+  readonly workerCount?: number;
+  /** Name of the custom bus for operator and outbound events. Default `bluegreen`. */
+  readonly eventBusName?: string;
+  /** `source` of the worker's outbound events. Default `bluegreen`. */
+  readonly source?: string;
+  /** `source` of operator events. Default `bluegreen.manual`. */
+  readonly manualSource?: string;
+  /** Receives before a message goes to the dead-letter queue. Default 5. */
+  readonly maxReceiveCount?: number;
+  /** EMF namespace. Default `Bluegreen`. */
+  readonly metricsNamespace?: string;
+  /** Subnets of the worker. Default: the cluster VPC's private subnets. */
+  readonly vpcSubnets?: ec2.SubnetSelection;
+  /** Give the worker a public IP (public subnets without a NAT gateway). Default false. */
+  readonly assignPublicIp?: boolean;
+  /** Step lag that counts as a stuck deployment. Default 5 minutes. */
+  readonly stuckAfter?: Duration;
+  /** Age of the oldest queued message that alarms. Default 5 minutes. */
+  readonly oldestMessageAge?: Duration;
+  /** Days the worker's logs are kept. Default one month. */
+  readonly logRetention?: logs.RetentionDays;
+}
+
+/** Visibility timeout the worker keeps extending (`worker.rs`: 60 s, renewed every 20 s). */
+export const WORKER_VISIBILITY = Duration.seconds(60);
+/** Time ECS gives the worker between SIGTERM and SIGKILL. */
+export const WORKER_STOP_TIMEOUT = Duration.seconds(60);
+
+/**
+ * The controller: the worker as a Fargate service, its queue and dead-letter queue, its
+ * table, the event bus and the rules that feed the queue, least-privilege IAM, the
+ * controller alarms and the dashboard.
+ */
+export class BlueGreenController extends Construct {
+  /** The input queue. */
+  public readonly queue: sqs.Queue;
+  /** Its dead-letter queue. */
+  public readonly deadLetterQueue: sqs.Queue;
+  /** Deployment state. */
+  public readonly table: dynamodb.Table;
+  /** Operator and outbound events. */
+  public readonly bus: events.EventBus;
+  /** The worker's service. */
+  public readonly service: ecs.FargateService;
+  /** The worker's task definition. */
+  public readonly taskDefinition: ecs.FargateTaskDefinition;
+  /** The worker's logs. */
+  public readonly logGroup: logs.LogGroup;
+  /** The configuration injected as `BLUEGREEN_CONFIG_JSON` (tokens unresolved). */
+  public readonly config: WorkerConfig;
+  /** The controller's own alarms. */
+  public readonly alarms: Record<
+    'deadLetters' | 'oldestMessage' | 'workerErrors' | 'workerNotRunning' | 'stuck' | 'drift' | 'failed',
+    cloudwatch.Alarm
+  >;
+  /** The dashboard. */
+  public readonly dashboard: cloudwatch.Dashboard;
+
+  constructor(scope: Construct, id: string, props: BlueGreenControllerProps) {
+    super(scope, id);
+    const stack = Stack.of(this);
+    const namespace = props.metricsNamespace ?? DEFAULT_NAMESPACE;
+    const source = props.source ?? 'bluegreen';
+    const manualSource = props.manualSource ?? 'bluegreen.manual';
+    if (props.services.length === 0) throw new Error('a controller needs at least one service');
+    const names = props.services.map((s) => s.serviceName);
+    if (new Set(names).size !== names.length) throw new Error(`service names repeat: ${names.join(', ')}`);
+
+    this.deadLetterQueue = new sqs.Queue(this, 'DeadLetters', {
+      retentionPeriod: Duration.days(14),
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+    });
+    this.queue = new sqs.Queue(this, 'Events', {
+      visibilityTimeout: WORKER_VISIBILITY,
+      retentionPeriod: Duration.days(4),
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: props.maxReceiveCount ?? 5 },
+    });
+    for (const q of [this.queue, this.deadLetterQueue]) {
+      skipCheckov(q, 'CKV_AWS_27', 'SQS-managed SSE encrypts at rest; EventBridge cannot deliver to a queue under the AWS-managed KMS key, and a customer key adds cost with no gain here');
+    }
+
+    this.table = new dynamodb.Table(this, 'Deployments', {
+      partitionKey: { name: 'pk', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'sk', type: dynamodb.AttributeType.STRING },
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      timeToLiveAttribute: 'expires_at',
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      deletionProtection: true,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    skipCheckov(this.table, 'CKV_AWS_119', 'Encrypted at rest with the AWS-managed key; the table holds deployment progress, no customer data, so a customer key would add cost and a key policy to manage for no gain');
+
+    this.bus = new events.EventBus(this, 'Bus', { eventBusName: props.eventBusName ?? 'bluegreen' });
+
+    const workerRole = new iam.Role(this, 'WorkerRole', {
+      assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
+      description: 'bluegreen worker: queue, table, bus, and only the registered services, rules and alarms',
+    });
+    this.operatorPolicy(props.operators, manualSource, workerRole);
+
+    // AWS service events arrive on the default bus; operator events on ours.
+    const defaultBus = events.EventBus.fromEventBusName(this, 'DefaultBus', 'default');
+    const toQueue = new targets.SqsQueue(this.queue);
+    new events.Rule(this, 'EcrPushes', {
+      eventBus: defaultBus,
+      description: 'Successful ECR pushes to the registered repositories',
+      eventPattern: {
+        source: ['aws.ecr'],
+        detailType: ['ECR Image Action'],
+        detail: {
+          'action-type': ['PUSH'],
+          result: ['SUCCESS'],
+          'repository-name': props.services.map((s) => s.repository.repositoryName),
+        },
+      },
+      targets: [toQueue],
+    });
+    const rollbackAlarms = props.services.flatMap((s) => s.alarms().filter((a) => a instanceof cloudwatch.CompositeAlarm));
+    new events.Rule(this, 'RollbackAlarms', {
+      eventBus: defaultBus,
+      description: 'State changes of the services rollback alarms',
+      eventPattern: {
+        source: ['aws.cloudwatch'],
+        detailType: ['CloudWatch Alarm State Change'],
+        resources: rollbackAlarms.map((a) => a.alarmArn),
+      },
+      targets: [toQueue],
+    });
+    new events.Rule(this, 'OperatorEvents', {
+      eventBus: this.bus,
+      description: 'Operator actions (deploy, promote, pause, resume, abort, rollback, retry, approve)',
+      eventPattern: { source: [manualSource] },
+      targets: [toQueue],
+    });
+
+    this.config = {
+      worker: {
+        queue_url: this.queue.queueUrl,
+        table: this.table.tableName,
+        event_bus: this.bus.eventBusName,
+        source,
+        manual_source: manualSource,
+        region: stack.region,
+        account_id: stack.account,
+      },
+      services: props.services.map((s) => s.entry),
+    };
+
+    this.logGroup = new logs.LogGroup(this, 'Logs', {
+      retention: props.logRetention ?? logs.RetentionDays.ONE_MONTH,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    skipCheckov(this.logGroup, 'CKV_AWS_158', 'The logs hold no secrets; CloudWatch Logs encrypts them at rest by default');
+    this.taskDefinition = new ecs.FargateTaskDefinition(this, 'Task', {
+      cpu: 256,
+      memoryLimitMiB: 512,
+      taskRole: workerRole,
+      runtimePlatform: { cpuArchitecture: ecs.CpuArchitecture.X86_64, operatingSystemFamily: ecs.OperatingSystemFamily.LINUX },
+    });
+    this.taskDefinition.addContainer('worker', {
+      image: props.image,
+      command: ['worker'],
+      readonlyRootFilesystem: true,
+      stopTimeout: WORKER_STOP_TIMEOUT,
+      environment: {
+        BLUEGREEN_CONFIG_JSON: stack.toJsonString(this.config),
+        BLUEGREEN_METRICS_NAMESPACE: namespace,
+        RUST_LOG: 'info',
+      },
+      logging: ecs.LogDrivers.awsLogs({ logGroup: this.logGroup, streamPrefix: 'worker' }),
+    });
+    this.service = new ecs.FargateService(this, 'Worker', {
+      cluster: props.cluster,
+      taskDefinition: this.taskDefinition,
+      desiredCount: props.workerCount ?? 2,
+      minHealthyPercent: 50,
+      maxHealthyPercent: 200,
+      vpcSubnets: props.vpcSubnets,
+      assignPublicIp: props.assignPublicIp ?? false,
+      circuitBreaker: { enable: true, rollback: true },
+    });
+
+    this.grant(workerRole, props.services, rollbackAlarms);
+    const wildcard = 'AwsSolutions-IAM5[Resource::*]';
+    Validations.of(workerRole).acknowledge({
+      id: wildcard,
+      reason:
+        'Only elasticloadbalancing:Describe{Rules,Listeners,TargetHealth}, ecs:RegisterTaskDefinition and ecs:DescribeTaskDefinition are on *: AWS offers no resource-level permission for them',
+    });
+    if (this.taskDefinition.executionRole) {
+      Validations.of(this.taskDefinition.executionRole).acknowledge({
+        id: wildcard,
+        reason: 'ecr:GetAuthorizationToken supports no resource-level permission (the grant CDK makes for pulling the image)',
+      });
+    }
+
+    // Worker errors: the JSON log lines at level ERROR.
+    const workerErrors = new logs.MetricFilter(this, 'ErrorLines', {
+      logGroup: this.logGroup,
+      filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'ERROR'),
+      metricNamespace: namespace,
+      metricName: 'WorkerErrors',
+      metricValue: '1',
+      defaultValue: 0,
+    }).metric({ statistic: 'Sum', period: Duration.minutes(5) });
+    const emf = (metricName: string, statistic: string, period = Duration.minutes(1)) =>
+      new cloudwatch.Metric({ namespace, metricName, statistic, period });
+    const alarm = (
+      key: string,
+      runbook: string,
+      description: string,
+      metric: cloudwatch.IMetric,
+      threshold: number,
+      comparisonOperator: cloudwatch.ComparisonOperator,
+      treatMissingData: cloudwatch.TreatMissingData,
+    ) =>
+      new cloudwatch.Alarm(this, key, {
+        alarmName: `bluegreen-${runbook}`,
+        alarmDescription: `${description} ${runbookLink(`bluegreen-${runbook}`)}`,
+        metric,
+        threshold,
+        comparisonOperator,
+        evaluationPeriods: 1,
+        treatMissingData,
+      });
+    const GT = cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD;
+    const NB = cloudwatch.TreatMissingData.NOT_BREACHING;
+    const stuckAfter = props.stuckAfter ?? Duration.minutes(5);
+    const oldest = props.oldestMessageAge ?? Duration.minutes(5);
+    this.alarms = {
+      deadLetters: alarm(
+        'DeadLettersAlarm',
+        'dead-letters',
+        'Messages in the dead-letter queue: inputs the worker refused or could not handle.',
+        this.deadLetterQueue.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(1), statistic: 'Maximum' }),
+        0,
+        GT,
+        NB,
+      ),
+      oldestMessage: alarm(
+        'OldestMessageAlarm',
+        'oldest-message',
+        `A message has waited more than ${oldest.toSeconds()} s in the queue: the worker is behind or not consuming.`,
+        this.queue.metricApproximateAgeOfOldestMessage({ period: Duration.minutes(1), statistic: 'Maximum' }),
+        oldest.toSeconds(),
+        GT,
+        NB,
+      ),
+      workerErrors: alarm(
+        'WorkerErrorsAlarm',
+        'worker-errors',
+        'The worker logged errors (level ERROR) in the last 5 minutes.',
+        workerErrors,
+        0,
+        GT,
+        NB,
+      ),
+      workerNotRunning: alarm(
+        'WorkerNotRunningAlarm',
+        'worker-not-running',
+        'No worker task reported CPU for 5 minutes: nothing consumes the queue.',
+        this.service.metricCpuUtilization({ period: Duration.minutes(5), statistic: 'SampleCount' }),
+        1,
+        cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+        cloudwatch.TreatMissingData.BREACHING,
+      ),
+      stuck: alarm(
+        'StuckAlarm',
+        'deployment-stuck',
+        `A deployment step ran more than ${stuckAfter.toSeconds()} s after it was due (StepLag).`,
+        emf('StepLag', 'Maximum'),
+        stuckAfter.toMilliseconds(),
+        GT,
+        NB,
+      ),
+      drift: alarm(
+        'DriftAlarm',
+        'weight-drift',
+        'Production weights differed from the ones the worker wrote (WeightDrift).',
+        emf('WeightDrift', 'Sum'),
+        0,
+        GT,
+        NB,
+      ),
+      failed: alarm(
+        'FailedAlarm',
+        'deployment-failed',
+        'A deployment ended Failed: even its rollback could not complete.',
+        emf('DeploymentsFailed', 'Sum'),
+        0,
+        GT,
+        NB,
+      ),
+    };
+
+    this.dashboard = controllerDashboard(this, {
+      namespace,
+      services: props.services,
+      queue: this.queue,
+      deadLetterQueue: this.deadLetterQueue,
+      controllerAlarms: Object.values(this.alarms),
+      workerErrors,
+    });
+  }
+
+  /**
+   * The bus's resource policy: the named operators may put operator events; nobody else
+   * may put an event with the operator source (an explicit deny also binds principals of
+   * this account whose own policies allow `events:PutEvents`).
+   */
+  private operatorPolicy(operators: iam.IRole[], manualSource: string, workerRole: iam.IRole) {
+    if (operators.length === 0) throw new Error('name at least one operator role');
+    const arns = operators.map((r) => r.roleArn);
+    this.bus.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'OperatorsPutOperatorEvents',
+        principals: operators.map((r) => new iam.ArnPrincipal(r.roleArn)),
+        actions: ['events:PutEvents'],
+        resources: [this.bus.eventBusArn],
+        conditions: { StringEquals: { 'events:source': manualSource } },
+      }),
+    );
+    this.bus.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'OnlyOperatorsPutOperatorEvents',
+        effect: iam.Effect.DENY,
+        principals: [new iam.AnyPrincipal()],
+        actions: ['events:PutEvents'],
+        resources: [this.bus.eventBusArn],
+        conditions: {
+          StringEquals: { 'events:source': manualSource },
+          ArnNotEquals: { 'aws:PrincipalArn': [...arns, workerRole.roleArn] },
+        },
+      }),
+    );
+  }
+
+  /** Least privilege: every statement names its resources unless AWS offers none. */
+  private grant(role: iam.Role, services: BlueGreenService[], rollbackAlarms: cloudwatch.IAlarm[]) {
+    this.queue.grantConsumeMessages(role);
+    this.queue.grantSendMessages(role); // its own delayed ticks
+    this.table.grant(
+      role,
+      'dynamodb:GetItem',
+      'dynamodb:PutItem',
+      'dynamodb:UpdateItem',
+      'dynamodb:DeleteItem',
+      'dynamodb:Query',
+      'dynamodb:ConditionCheckItem',
+    );
+    // TransactWriteItems has no IAM action of its own: each item is authorized by the
+    // action above that it performs (PutItem, UpdateItem, DeleteItem, ConditionCheckItem).
+    this.bus.grantPutEventsTo(role);
+    const add = (sid: string, actions: string[], resources: string[], conditions?: Record<string, unknown>) =>
+      role.addToPolicy(new iam.PolicyStatement({ sid, actions, resources, conditions }));
+    add(
+      'MoveRegisteredRules',
+      ['elasticloadbalancing:ModifyRule'],
+      services.flatMap((s) => [s.productionRule.listenerRuleArn, ...(s.testRule ? [s.testRule.listenerRuleArn] : [])]),
+    );
+    // ELBv2 Describe* actions support no resource-level permissions.
+    add('ReadRulesAndHealth', ['elasticloadbalancing:DescribeRules', 'elasticloadbalancing:DescribeListeners', 'elasticloadbalancing:DescribeTargetHealth'], ['*']);
+    add('UpdateRegisteredServices', ['ecs:UpdateService', 'ecs:DescribeServices'], services.flatMap((s) => s.serviceArns()));
+    // RegisterTaskDefinition and DescribeTaskDefinition support no resource-level permissions.
+    add('DeriveTaskDefinitions', ['ecs:RegisterTaskDefinition', 'ecs:DescribeTaskDefinition'], ['*']);
+    add(
+      'PassServiceRoles',
+      ['iam:PassRole'],
+      [...new Set(services.flatMap((s) => s.passedRoles.map((r) => r.roleArn)))],
+      { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
+    );
+    add('ResolveTags', ['ecr:DescribeImages'], services.map((s) => s.repository.repositoryArn));
+    add('ReadRollbackAlarms', ['cloudwatch:DescribeAlarms'], rollbackAlarms.map((a) => a.alarmArn));
+  }
+}

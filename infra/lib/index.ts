@@ -1,0 +1,6 @@
+export * from './blue-green-service';
+export * from './config';
+export * from './controller';
+export * from './dashboard';
+export * from './runbooks';
+export * from './checkov';

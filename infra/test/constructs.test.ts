@@ -1,0 +1,342 @@
+/**
+ * The constructs as synthesized: rules, alarms, queues, table, bus, IAM scope, dashboard,
+ * injected configuration, and cdk-nag with nothing unacknowledged.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { App, Duration, Stack, Validations } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { ExampleStack } from '../lib/example';
+import { PHASES } from '../lib/dashboard';
+
+const IMAGE = '123456789012.dkr.ecr.us-east-1.amazonaws.com/bluegreen:1.0.0';
+
+function example(withNag = false) {
+  const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
+  const stack = new ExampleStack(app, 'Example', { workerImage: IMAGE });
+  if (withNag) Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  return { app, stack, template: Template.fromStack(stack) };
+}
+
+const { stack, template } = example();
+const json = template.toJSON();
+const resources: Record<string, { Type: string; Properties: any; Metadata?: any; DeletionPolicy?: string }> = json.Resources;
+const ofType = (type: string) => Object.entries(resources).filter(([, r]) => r.Type === type);
+const logicalId = (construct: any) => stack.getLogicalId(construct.node.defaultChild);
+const ref = (construct: any) => ({ Ref: logicalId(construct) });
+
+describe('BlueGreenService', () => {
+  const web = stack.web;
+  const blue = ref(web.colours.blue.targetGroup);
+  const green = ref(web.colours.green.targetGroup);
+
+  it('forwards production 100 % blue, 0 % green, on /* by default', () => {
+    const rule = resources[logicalId(web.productionRule)].Properties;
+    assert.deepEqual(rule.Conditions, [{ Field: 'path-pattern', PathPatternConfig: { Values: ['/*'] } }]);
+    assert.equal(rule.Priority, 100);
+    assert.deepEqual(rule.Actions, [
+      { Type: 'forward', ForwardConfig: { TargetGroups: [{ TargetGroupArn: blue, Weight: 100 }, { TargetGroupArn: green, Weight: 0 }] } },
+    ]);
+  });
+
+  it('routes the test listener to green only, reachable only from the VPC', () => {
+    assert.ok(web.testRule);
+    const rule = resources[logicalId(web.testRule)].Properties;
+    assert.deepEqual(rule.Actions[0].ForwardConfig.TargetGroups, [
+      { TargetGroupArn: blue, Weight: 0 },
+      { TargetGroupArn: green, Weight: 100 },
+    ]);
+    const listener = resources[rule.ListenerArn.Ref].Properties;
+    assert.equal(listener.Port, 9000);
+    const ingress = [
+      ...ofType('AWS::EC2::SecurityGroup').flatMap(([, r]) => r.Properties.SecurityGroupIngress ?? []),
+      ...ofType('AWS::EC2::SecurityGroupIngress').map(([, r]) => r.Properties),
+    ].filter((i: any) => i.FromPort === 9000);
+    assert.equal(ingress.length, 1);
+    assert.deepEqual(ingress[0].CidrIp, { 'Fn::GetAtt': [logicalId(stack.node.findChild('Vpc')), 'CidrBlock'] });
+  });
+
+  it('has two IP target groups with the health check and deregistration delay', () => {
+    for (const c of ['blue', 'green'] as const) {
+      const tg = resources[logicalId(web.colours[c].targetGroup)].Properties;
+      assert.equal(tg.TargetType, 'ip');
+      assert.equal(tg.HealthCheckPath, '/healthz');
+      assert.deepEqual(
+        tg.TargetGroupAttributes.find((a: any) => a.Key === 'deregistration_delay.timeout_seconds'),
+        { Key: 'deregistration_delay.timeout_seconds', Value: '30' },
+      );
+    }
+  });
+
+  it('runs <name>-blue with the live count and <name>-green at zero', () => {
+    const services = Object.fromEntries(ofType('AWS::ECS::Service').map(([, r]) => [r.Properties.ServiceName, r.Properties]));
+    assert.equal(services['web-blue'].DesiredCount, 2);
+    assert.equal(services['web-green'].DesiredCount, 0);
+    assert.equal(services['web-blue'].LoadBalancers[0].TargetGroupArn.Ref, blue.Ref);
+    assert.equal(services['web-green'].LoadBalancers[0].TargetGroupArn.Ref, green.Ref);
+  });
+
+  it('has per colour a guarded 5xx rate, p99 and unhealthy alarm, none breaching on missing data, and an anyOf composite', () => {
+    const alarms = Object.fromEntries(ofType('AWS::CloudWatch::Alarm').map(([, r]) => [r.Properties.AlarmName, r.Properties]));
+    for (const c of ['blue', 'green']) {
+      const rate = alarms[`web-${c}-5xx`];
+      const expression = rate.Metrics.find((m: any) => m.Expression).Expression;
+      assert.equal(expression, 'IF(FILL(requests, 0) >= 20, 100 * FILL(errors, 0) / requests, 0)');
+      const names = rate.Metrics.filter((m: any) => m.MetricStat).map((m: any) => [m.Id, m.MetricStat.Metric.MetricName]);
+      assert.deepEqual(names.sort(), [['errors', 'HTTPCode_Target_5XX_Count'], ['requests', 'RequestCount']]);
+      assert.equal(rate.Threshold, 5);
+      assert.equal(alarms[`web-${c}-p99`].ExtendedStatistic, 'p99');
+      assert.equal(alarms[`web-${c}-p99`].MetricName, 'TargetResponseTime');
+      assert.equal(alarms[`web-${c}-unhealthy`].MetricName, 'UnHealthyHostCount');
+      for (const kind of ['5xx', 'p99', 'unhealthy']) {
+        assert.equal(alarms[`web-${c}-${kind}`].TreatMissingData, 'notBreaching', `web-${c}-${kind}`);
+        assert.match(alarms[`web-${c}-${kind}`].AlarmDescription, /Runbook: /);
+      }
+    }
+    const composites = ofType('AWS::CloudWatch::CompositeAlarm').map(([, r]) => r.Properties);
+    assert.deepEqual(composites.map((c) => c.AlarmName).sort(), ['web-blue-rollback', 'web-green-rollback']);
+    for (const c of composites) {
+      const rule = JSON.stringify(c.AlarmRule);
+      assert.equal((rule.match(/ALARM\(/g) ?? []).length, 3, rule);
+      assert.equal((rule.match(/ OR /g) ?? []).length, 2, rule);
+    }
+  });
+
+  it('refuses a termination wait shorter than the deregistration delay', () => {
+    assert.equal(stack.web.entry.termination_wait, '600s');
+    const app = new App();
+    assert.throws(
+      () => new ExampleStack(app, 'Short', { workerImage: IMAGE, webOverrides: { terminationWait: Duration.seconds(10) } }),
+      /terminationWait must be at least the deregistration delay/,
+    );
+  });
+});
+
+describe('BlueGreenController', () => {
+  const c = stack.controller;
+
+  it('has an encrypted queue redriving to a 14-day dead-letter queue, visibility matched to the worker', () => {
+    const q = resources[logicalId(c.queue)].Properties;
+    const dlq = resources[logicalId(c.deadLetterQueue)].Properties;
+    assert.equal(q.SqsManagedSseEnabled, true);
+    assert.equal(dlq.SqsManagedSseEnabled, true);
+    assert.equal(q.VisibilityTimeout, 60);
+    assert.deepEqual(q.RedrivePolicy, { deadLetterTargetArn: { 'Fn::GetAtt': [logicalId(c.deadLetterQueue), 'Arn'] }, maxReceiveCount: 5 });
+    assert.equal(dlq.MessageRetentionPeriod, 14 * 24 * 3600);
+    // SSL only on both.
+    const policies = ofType('AWS::SQS::QueuePolicy').map(([, r]) => JSON.stringify(r.Properties));
+    for (const queue of [c.queue, c.deadLetterQueue]) {
+      assert.ok(policies.some((p) => p.includes(logicalId(queue)) && p.includes('"aws:SecureTransport":"false"')));
+    }
+  });
+
+  it('keeps state in an on-demand table with PITR, TTL, encryption, deletion protection, retained', () => {
+    const t = resources[logicalId(c.table)];
+    assert.equal(t.DeletionPolicy, 'Retain');
+    assert.equal(t.Properties.BillingMode, 'PAY_PER_REQUEST');
+    assert.deepEqual(t.Properties.PointInTimeRecoverySpecification, { PointInTimeRecoveryEnabled: true });
+    assert.deepEqual(t.Properties.TimeToLiveSpecification, { AttributeName: 'expires_at', Enabled: true });
+    assert.deepEqual(t.Properties.SSESpecification, { SSEEnabled: true });
+    assert.equal(t.Properties.DeletionProtectionEnabled, true);
+    assert.deepEqual(t.Properties.KeySchema, [
+      { AttributeName: 'pk', KeyType: 'HASH' },
+      { AttributeName: 'sk', KeyType: 'RANGE' },
+    ]);
+  });
+
+  it('feeds the queue with ECR pushes and alarm changes from the default bus, operator events from its own bus', () => {
+    const rules = ofType('AWS::Events::Rule').map(([, r]) => r.Properties);
+    const queueArn = { 'Fn::GetAtt': [logicalId(c.queue), 'Arn'] };
+    for (const r of rules) assert.deepEqual(r.Targets.map((t: any) => t.Arn), [queueArn]);
+    const ecrRule = rules.find((r) => r.EventPattern.source[0] === 'aws.ecr');
+    assert.deepEqual(ecrRule.EventPattern, {
+      source: ['aws.ecr'],
+      'detail-type': ['ECR Image Action'],
+      detail: { 'action-type': ['PUSH'], result: ['SUCCESS'], 'repository-name': [ref(stack.node.findChild('WebRepository'))] },
+    });
+    assert.equal(ecrRule.EventBusName, 'default');
+    const alarmRule = rules.find((r) => r.EventPattern.source[0] === 'aws.cloudwatch');
+    assert.deepEqual(alarmRule.EventPattern['detail-type'], ['CloudWatch Alarm State Change']);
+    assert.deepEqual(
+      alarmRule.EventPattern.resources,
+      (['blue', 'green'] as const).map((k) => ({ 'Fn::GetAtt': [logicalId(stack.web.colours[k].rollback), 'Arn'] })),
+    );
+    assert.equal(alarmRule.EventBusName, 'default');
+    const operatorRule = rules.find((r) => r.EventPattern.source[0] === 'bluegreen.manual');
+    assert.deepEqual(operatorRule.EventBusName, ref(c.bus));
+  });
+
+  it('lets only the named operators put operator events on the bus', () => {
+    const statements = ofType('AWS::Events::EventBusPolicy').map(([, r]) => r.Properties.Statement);
+    const allow = statements.find((s) => s.Effect === 'Allow');
+    const deny = statements.find((s) => s.Effect === 'Deny');
+    const operator = { 'Fn::GetAtt': [logicalId(stack.node.findChild('Operator')), 'Arn'] };
+    assert.deepEqual(allow.Principal, { AWS: operator });
+    assert.deepEqual(allow.Condition, { StringEquals: { 'events:source': 'bluegreen.manual' } });
+    assert.deepEqual(deny.Principal, { AWS: '*' });
+    assert.deepEqual(deny.Condition.StringEquals, { 'events:source': 'bluegreen.manual' });
+    assert.deepEqual(deny.Condition.ArnNotEquals['aws:PrincipalArn'][0], operator);
+  });
+
+  it('runs the worker from environment configuration, read-only root, with a stop timeout', () => {
+    const task = resources[logicalId(c.taskDefinition)].Properties;
+    const container = task.ContainerDefinitions[0];
+    assert.equal(container.Image, IMAGE);
+    assert.deepEqual(container.Command, ['worker']);
+    assert.equal(container.ReadonlyRootFilesystem, true);
+    assert.equal(container.StopTimeout, 60);
+    const env = Object.fromEntries(container.Environment.map((e: any) => [e.Name, e.Value]));
+    assert.equal(env.BLUEGREEN_METRICS_NAMESPACE, 'Bluegreen');
+    const config = JSON.parse(JSON.stringify(stack.resolve(c.config)));
+    assert.deepEqual(Object.keys(config.worker).sort(), ['account_id', 'event_bus', 'manual_source', 'queue_url', 'region', 'source', 'table']);
+    assert.deepEqual(config.services.map((s: any) => s.name), ['web']);
+    const web = config.services[0];
+    assert.deepEqual(web.rollback_alarms, [ref(stack.web.colours.blue.rollback), ref(stack.web.colours.green.rollback)]);
+    assert.deepEqual(web.production_listener_rule_arn, ref(stack.web.productionRule));
+    assert.deepEqual(web.strategy, { kind: 'linear', step_percent: 20, interval: '1m' });
+    assert.equal(web.container_name, 'app');
+    assert.equal(web.tag_pattern, 'release-*');
+    // The injected string is the same document.
+    assert.equal(typeof container.Environment.find((e: any) => e.Name === 'BLUEGREEN_CONFIG_JSON').Value, 'object');
+  });
+
+  it('alarms on dead letters, message age, errors, a stopped worker, stuck deployments, drift and failures', () => {
+    const alarms = Object.fromEntries(ofType('AWS::CloudWatch::Alarm').map(([, r]) => [r.Properties.AlarmName, r.Properties]));
+    const expect: Record<string, [string, string]> = {
+      'bluegreen-dead-letters': ['ApproximateNumberOfMessagesVisible', 'AWS/SQS'],
+      'bluegreen-oldest-message': ['ApproximateAgeOfOldestMessage', 'AWS/SQS'],
+      'bluegreen-worker-errors': ['WorkerErrors', 'Bluegreen'],
+      'bluegreen-worker-not-running': ['CPUUtilization', 'AWS/ECS'],
+      'bluegreen-deployment-stuck': ['StepLag', 'Bluegreen'],
+      'bluegreen-weight-drift': ['WeightDrift', 'Bluegreen'],
+      'bluegreen-deployment-failed': ['DeploymentsFailed', 'Bluegreen'],
+    };
+    for (const [name, [metric, namespace]] of Object.entries(expect)) {
+      assert.ok(alarms[name], name);
+      assert.equal(alarms[name].MetricName, metric, name);
+      assert.equal(alarms[name].Namespace, namespace, name);
+      assert.match(alarms[name].AlarmDescription, new RegExp(`Runbook: .*${name}\\.md`));
+    }
+    assert.equal(alarms['bluegreen-worker-not-running'].TreatMissingData, 'breaching');
+    const filter = ofType('AWS::Logs::MetricFilter')[0][1].Properties;
+    assert.equal(filter.FilterPattern, '{ $.level = "ERROR" }');
+  });
+
+  it('shows every figure on one dashboard', () => {
+    const body = JSON.stringify(resources[logicalId(c.dashboard)].Properties.DashboardBody);
+    for (const title of [
+      'web: weights written and phase',
+      'web: observed split (green requests ÷ all) vs written green weight',
+      'web: requests per colour',
+      'web: target 5xx per colour',
+      'web: p99 response time per colour',
+      'web: deployments and rollbacks',
+      'web: alarm → weights restored (ms)',
+      'Queue depth',
+      'Oldest message age (s)',
+      'Dead-letter depth',
+      'Messages processed, ignored, rejected',
+      'Alarms',
+    ]) {
+      assert.ok(body.includes(JSON.stringify(title).slice(1, -1)), title);
+    }
+    for (const phase of PHASES) assert.ok(body.includes(`\\"label\\":\\"${phase}\\"`), phase);
+    for (const metric of ['DeploymentsStarted', 'DeploymentsSucceeded', 'DeploymentsRolledBack', 'RollbackLatency', 'MessagesRejected', 'OutboxPending']) {
+      assert.ok(body.includes(metric), metric);
+    }
+  });
+});
+
+describe('IAM', () => {
+  // Actions for which AWS offers no resource-level permission: the only ones allowed on "*".
+  const UNSCOPABLE = new Set([
+    'elasticloadbalancing:DescribeRules',
+    'elasticloadbalancing:DescribeListeners',
+    'elasticloadbalancing:DescribeTargetHealth',
+    'ecs:RegisterTaskDefinition',
+    'ecs:DescribeTaskDefinition',
+    'ecr:GetAuthorizationToken',
+  ]);
+  const statements = ofType('AWS::IAM::Policy').flatMap(([id, r]) =>
+    r.Properties.PolicyDocument.Statement.map((s: any) => ({ id, ...s })),
+  );
+  const list = (x: unknown) => (Array.isArray(x) ? x : [x]);
+
+  it('puts "*" only on actions that cannot be scoped', () => {
+    assert.ok(statements.length > 5);
+    for (const s of statements) {
+      if (list(s.Resource).includes('*')) {
+        for (const action of list(s.Action)) assert.ok(UNSCOPABLE.has(action), `${s.id}: ${action} on *`);
+      }
+      for (const action of list(s.Action)) assert.ok(!action.includes('*'), `${s.id}: wildcard action ${action}`);
+    }
+  });
+
+  const workerRole = ref(stack.controller.taskDefinition.taskRole);
+  const worker = ofType('AWS::IAM::Policy')
+    .filter(([, r]) => r.Properties.Roles.some((x: any) => JSON.stringify(x) === JSON.stringify(workerRole)))
+    .flatMap(([, r]) => r.Properties.PolicyDocument.Statement);
+  const granting = (action: string) => worker.filter((s) => list(s.Action).includes(action));
+
+  it('scopes ModifyRule to the registered rules and UpdateService to the registered services', () => {
+    assert.deepEqual(granting('elasticloadbalancing:ModifyRule').flatMap((s) => list(s.Resource)), [
+      ref(stack.web.productionRule),
+      ref(stack.web.testRule),
+    ]);
+    const services = granting('ecs:UpdateService').flatMap((s) => list(s.Resource));
+    assert.deepEqual(services, [ref(stack.web.colours.blue.service), ref(stack.web.colours.green.service)]);
+  });
+
+  it('passes only the services task and execution roles, only to ECS tasks', () => {
+    const [pass] = granting('iam:PassRole');
+    assert.deepEqual(pass.Condition, { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } });
+    assert.equal(list(pass.Resource).length, 2);
+    for (const r of list(pass.Resource)) assert.match(JSON.stringify(r), /WebTask(TaskRole|ExecutionRole)/);
+  });
+
+  it('reads only the rollback alarms and the registered repositories', () => {
+    const [alarms] = granting('cloudwatch:DescribeAlarms');
+    assert.equal(list(alarms.Resource).length, 2);
+    for (const r of list(alarms.Resource)) assert.match(JSON.stringify(r), /Rollback/);
+    const [ecr] = granting('ecr:DescribeImages');
+    assert.deepEqual(list(ecr.Resource), [{ 'Fn::GetAtt': [logicalId(stack.node.findChild('WebRepository')), 'Arn'] }]);
+  });
+
+  it('fails on a wildcard where a scoped resource is possible', () => {
+    const bad = { Action: 'ecs:UpdateService', Resource: '*' };
+    assert.ok(list(bad.Resource).includes('*') && !UNSCOPABLE.has(bad.Action));
+  });
+});
+
+describe('checkov', () => {
+  it('skips a check only with a reason, in the resource metadata', () => {
+    const skips = Object.entries(resources).flatMap(([id, r]) => (r.Metadata?.checkov?.skip ?? []).map((s: any) => ({ id, ...s })));
+    assert.ok(skips.length >= 5);
+    for (const s of skips) {
+      assert.match(s.id, /./);
+      assert.match(String(s.comment), /\w+ \w+ \w+/, `${s.id}: ${JSON.stringify(s)}`);
+    }
+  });
+});
+
+describe('cdk-nag AwsSolutionsChecks', () => {
+  it('finds nothing unacknowledged in the example', () => {
+    const { app } = example(true);
+    const assembly = app.synth();
+    const report = JSON.parse(fs.readFileSync(path.join(assembly.directory, 'validation-report.json'), 'utf8'));
+    const violations = report.pluginReports.flatMap((r: any) => r.violations);
+    assert.deepEqual(violations.map((v: any) => `${v.ruleName} ${v.violatingConstructs.map((c: any) => c.constructPath)}`), []);
+  });
+
+  it('does report an unacknowledged finding (the check can fail)', () => {
+    const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-nag-')) });
+    new sqs.Queue(new Stack(app, 'Bare'), 'Queue');
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+    assert.throws(() => app.synth(), /Validation failed/);
+  });
+});
