@@ -19,6 +19,13 @@ server answers requests on several threads and checks conditions without a lock,
 concurrent conditional writes can both pass (and a read can see a transaction half
 applied). Here DynamoDB operations run one at a time, as DynamoDB's guarantees require.
 
+CloudFormation, as in AWS: an `AWS::ECS::Service` keeps its `LoadBalancers` (moto drops
+them, so no task would ever be registered); `Ref` of an `AWS::Events::EventBus` is the bus's name (moto
+hands a rule the bus object itself and fails the stack); `Fn::GetAtt` of a target group's
+`TargetGroupFullName`, `TargetGroupName` and `LoadBalancerArns`, and of a load balancer's
+`LoadBalancerFullName` (the metric dimensions alarms and dashboards use) answer as AWS
+does, where moto fails the stack.
+
 Everything else is moto as installed; the worker under test talks to it over HTTP like
 to AWS.
 
@@ -33,7 +40,8 @@ import zlib
 from moto.core.utils import utcnow
 from moto.dynamodb.models import DynamoDBBackend
 from moto.ecs import models as ecs
-from moto.elbv2.models import elbv2_backends
+from moto.elbv2.models import FakeLoadBalancer, FakeTargetGroup, elbv2_backends
+from moto.events.models import EventBus
 from moto.server import main
 
 
@@ -92,6 +100,27 @@ def update_service(self, *args, **kwargs):
 ecs.EC2ContainerServiceBackend.create_service = create_service
 ecs.EC2ContainerServiceBackend.update_service = update_service
 
+_create_from_cloudformation = ecs.Service.create_from_cloudformation_json.__func__
+
+
+def create_service_from_cloudformation(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    # moto's CloudFormation drops an AWS::ECS::Service's LoadBalancers; ECS registers the
+    # service's tasks in those target groups.
+    service = _create_from_cloudformation(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+    service.load_balancers = [
+        {
+            "targetGroupArn": lb.get("TargetGroupArn"),
+            "containerName": lb.get("ContainerName"),
+            "containerPort": lb.get("ContainerPort"),
+        }
+        for lb in cloudformation_json["Properties"].get("LoadBalancers", [])
+    ]
+    roll_out(ecs.ecs_backends[account_id][region_name], service)
+    return service
+
+
+ecs.Service.create_from_cloudformation_json = classmethod(create_service_from_cloudformation)
+
 _dynamodb = threading.RLock()
 
 
@@ -117,6 +146,38 @@ for _name in (
     "transact_get_items",
 ):
     setattr(DynamoDBBackend, _name, one_at_a_time(getattr(DynamoDBBackend, _name)))
+
+# `Ref` of an AWS::Events::EventBus is its name.
+EventBus.physical_resource_id = property(lambda self: self.name)
+
+
+def _target_group_attribute(self, name):
+    # arn:…:targetgroup/<name>/<id> → targetgroup/<name>/<id>
+    if name == "TargetGroupFullName":
+        return self.arn.split(":")[-1]
+    if name == "TargetGroupName":
+        return self.name
+    if name == "LoadBalancerArns":
+        return list(self.load_balancer_arns)
+    if name == "TargetGroupArn":
+        return self.arn
+    from moto.cloudformation.exceptions import UnformattedGetAttTemplateException
+
+    raise UnformattedGetAttTemplateException()
+
+
+FakeTargetGroup.get_cfn_attribute = _target_group_attribute
+_load_balancer_attribute = FakeLoadBalancer.get_cfn_attribute
+
+
+def _load_balancer_full_name(self, name):
+    # arn:…:loadbalancer/app/<name>/<id> → app/<name>/<id>
+    if name == "LoadBalancerFullName":
+        return self.arn.split(":loadbalancer/", 1)[1]
+    return _load_balancer_attribute(self, name)
+
+
+FakeLoadBalancer.get_cfn_attribute = _load_balancer_full_name
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -2,9 +2,10 @@
 /**
  * The example app: `npm run synth` writes `cdk.out/BluegreenExample.template.json`, offline
  * and without credentials. Context `workerImage=<registry reference>` uses a pushed image
- * instead of building `docker/Dockerfile` as an asset.
+ * instead of building `docker/Dockerfile` as an asset; `-c emulator=true` the timings of
+ * the emulated-stack test.
  */
-import { App, Validations } from 'aws-cdk-lib';
+import { App, Duration, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { ExampleStack } from '../lib/example';
 
@@ -12,5 +13,17 @@ const app = new App();
 new ExampleStack(app, 'BluegreenExample', {
   description: 'bluegreen example: one blue-green service and the controller',
   workerImage: app.node.tryGetContext('workerImage'),
+  // `-c emulator=true`: timings for the emulated-stack test (steps that wait for promote,
+  // no bake, one-second polls), so a deployment there takes seconds.
+  webOverrides:
+    app.node.tryGetContext('emulator') === 'true'
+      ? {
+          strategy: { kind: 'steps', steps: [{ weight: 50 }, { weight: 100 }] },
+          bake: Duration.seconds(0),
+          terminationWait: Duration.seconds(1),
+          deregistrationDelay: Duration.seconds(0),
+          timeouts: { poll: '1s', green: '60s', reconcile_grace: '2s' },
+        }
+      : undefined,
 });
 Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { verbose: true }));

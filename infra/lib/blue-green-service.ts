@@ -7,7 +7,7 @@ import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
 import { runbookLink } from './runbooks';
-import type { Concurrency, Drift, ServiceEntry, Strategy, Validation } from './config';
+import type { Concurrency, Drift, ServiceEntry, Strategy, Timeouts, Validation } from './config';
 
 /** The two colours. Which one is live alternates: each deployment goes to the idle one. */
 export const COLOURS = ['blue', 'green'] as const;
@@ -96,6 +96,8 @@ export interface BlueGreenServiceProps {
   readonly validations?: Validation[];
   /** Rollback alarm thresholds. */
   readonly alarms?: RollbackAlarmProps;
+  /** Phase timeouts and the poll interval (`timeouts` of the configuration), e.g. `{ poll: '5s' }`. */
+  readonly timeouts?: Timeouts;
 }
 
 /** The resources of one colour. */
@@ -265,6 +267,7 @@ export class BlueGreenService extends Construct {
       concurrency: props.concurrency ?? 'queue',
       drift: props.drift ?? 'reassert',
       ...(props.validations ? { validations: props.validations } : {}),
+      ...(props.timeouts ? { timeouts: props.timeouts } : {}),
     };
   }
 

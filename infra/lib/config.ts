@@ -21,6 +21,17 @@ export type Validation =
   | { name?: string; url: string; expect_status?: number }
   | { name?: string; hook: string };
 
+/** Phase timeouts and the poll interval, as durations (`"90s"`). */
+export interface Timeouts {
+  provision?: string;
+  green?: string;
+  testing?: string;
+  approval?: string;
+  promote?: string;
+  poll?: string;
+  reconcile_grace?: string;
+}
+
 /** One service of `services[]`. */
 export interface ServiceEntry {
   name: string;
@@ -42,6 +53,7 @@ export interface ServiceEntry {
   concurrency: Concurrency;
   drift: Drift;
   validations?: Validation[];
+  timeouts?: Timeouts;
 }
 
 /** `worker`. */

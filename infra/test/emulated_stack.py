@@ -1,0 +1,283 @@
+"""The example stack on an emulator: synthesized by CDK, deployed to moto server's
+CloudFormation, then the worker binary, configured only from the stack's outputs and the
+configuration the construct injected into its task definition, completes a deployment
+(push -> promote -> 0/100) and rolls the next one back on an alarm.
+
+moto's CloudFormation lacks some resource types. Each gap is named in GAPS: the test
+creates what the worker needs through the API (alarms) or drops what the emulator does not
+enforce (policies), and rewrites the template's references to the API-created resources.
+Nothing the worker reports is overwritten: the test plays AWS (an ECR push event, an alarm
+going to ALARM), never the worker.
+
+Usage: python infra/test/emulated_stack.py MOTO_ENDPOINT BLUEGREEN_BINARY TEMPLATE
+(scripts/test runs it after synthesizing with `-c emulator=true`).
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import boto3
+
+ACCOUNT = "123456789012"  # moto's default account: the worker sends no account header
+REGION = "us-east-1"
+STACK = "BluegreenExample"
+
+# Resource types moto's CloudFormation does not implement, and what the test does instead.
+GAPS = {
+    "AWS::CloudWatch::Alarm": "created with PutMetricAlarm under the same name; moto never evaluates alarms, so the test sets their state",
+    "AWS::CloudWatch::CompositeAlarm": "created with PutMetricAlarm under the same name (moto has no composite alarms); its state is set by the test",
+    "AWS::Events::EventBusPolicy": "dropped: moto does not enforce bus resource policies",
+    "AWS::SQS::QueuePolicy": "dropped: moto delivers rule targets to queues without a queue policy",
+    "AWS::EC2::SecurityGroupEgress": "dropped: no packets flow in the emulator",
+}
+
+
+def client(service, endpoint):
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def wait_for(what, deadline_s, probe, interval=0.25):
+    """Polls `probe` until it returns a truthy value; fails naming `what` after the deadline."""
+    end = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < end:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {deadline_s}s waiting for {what} (last: {last!r})")
+
+
+def fill_gaps(template, cloudwatch):
+    """Creates the alarms through the API, drops unenforced policies, and rewrites every
+    reference to a removed resource to the API-created value. Returns the gaps met."""
+    resources = template["Resources"]
+    met = {}
+    values = {}  # logical id -> {"Ref": ..., "Arn": ...}
+    for logical, r in list(resources.items()):
+        kind = r["Type"]
+        if kind not in GAPS:
+            continue
+        met.setdefault(kind, []).append(logical)
+        if kind in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"):
+            name = r["Properties"]["AlarmName"]
+            cloudwatch.put_metric_alarm(
+                AlarmName=name,
+                AlarmDescription=str(r["Properties"].get("AlarmDescription", "")),
+                Namespace="Bluegreen/Emulator",
+                MetricName="StandIn",
+                Statistic="Maximum",
+                Period=60,
+                EvaluationPeriods=1,
+                Threshold=1,
+                ComparisonOperator="GreaterThanThreshold",
+            )
+            cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="created by the test")
+            values[logical] = {"Ref": name, "Arn": f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{name}"}
+        del resources[logical]
+
+    def rewrite(node):
+        if isinstance(node, dict):
+            if set(node) == {"Ref"} and node["Ref"] in values:
+                return values[node["Ref"]]["Ref"]
+            if set(node) == {"Fn::GetAtt"} and node["Fn::GetAtt"][0] in values:
+                return values[node["Fn::GetAtt"][0]][node["Fn::GetAtt"][1]]
+            return {k: rewrite(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    template["Resources"] = rewrite(resources)
+    template["Outputs"] = rewrite(template.get("Outputs", {}))
+    # The CDK bootstrap check reads an SSM parameter the emulator does not have.
+    template.get("Rules", {}).pop("CheckBootstrapVersion", None)
+    template.get("Parameters", {}).pop("BootstrapVersion", None)
+    return met
+
+
+def production_weights(elb, rule_arn):
+    rule = elb.describe_rules(RuleArns=[rule_arn])["Rules"][0]
+    forward = next(a for a in rule["Actions"] if a["Type"] == "forward")
+    return {g["TargetGroupArn"]: g["Weight"] for g in forward["ForwardConfig"]["TargetGroups"]}
+
+
+def main(endpoint, binary, template_path):
+    binary = os.path.abspath(binary)
+    cfn = client("cloudformation", endpoint)
+    cloudwatch = client("cloudwatch", endpoint)
+    ecs = client("ecs", endpoint)
+    elb = client("elbv2", endpoint)
+    ecr = client("ecr", endpoint)
+    events = client("events", endpoint)
+    sqs = client("sqs", endpoint)
+
+    with open(template_path) as f:
+        template = json.load(f)
+    gaps = fill_gaps(template, cloudwatch)
+    for kind, ids in sorted(gaps.items()):
+        print(f"gap: {kind} x{len(ids)}: {GAPS[kind]}")
+    assert "AWS::CloudWatch::CompositeAlarm" in gaps, "the template has no composite rollback alarm"
+
+    cfn.create_stack(StackName=STACK, TemplateBody=json.dumps(template), Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])
+    stack = wait_for(
+        "the stack to be created",
+        120,
+        lambda: next(
+            (s for s in cfn.describe_stacks(StackName=STACK)["Stacks"] if not s["StackStatus"].endswith("IN_PROGRESS")),
+            None,
+        ),
+    )
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    print("outputs:", json.dumps(outputs, indent=1))
+
+    # The worker's configuration is exactly what the construct injected.
+    task = ecs.describe_task_definition(taskDefinition=outputs["WorkerTaskDefinitionArn"])["taskDefinition"]
+    container = task["containerDefinitions"][0]
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    config = json.loads(env["BLUEGREEN_CONFIG_JSON"])
+    assert config["worker"]["queue_url"] == outputs["QueueUrl"], config["worker"]
+    assert config["worker"]["table"] == outputs["TableName"]
+    assert config["worker"]["event_bus"] == outputs["EventBusName"]
+    web = config["services"][0]
+    assert web["production_listener_rule_arn"] == outputs["ProductionRuleArn"]
+    assert container["readonlyRootFilesystem"] is True and container["command"] == ["worker"]
+
+    work = tempfile.mkdtemp(prefix="bluegreen-stack-")
+    config_file = os.path.join(work, "config.json")
+    with open(config_file, "w") as f:
+        f.write(env["BLUEGREEN_CONFIG_JSON"])
+    validated = subprocess.run([binary, "validate", "config", config_file], capture_output=True, text=True)
+    assert validated.returncode == 0, f"bluegreen validate config refused the injected configuration:\n{validated.stdout}{validated.stderr}"
+    print(validated.stdout.strip())
+
+    # Outbound events, seen from outside: a queue subscribed to the controller's bus.
+    audit = sqs.create_queue(QueueName=f"audit-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    audit_arn = sqs.get_queue_attributes(QueueUrl=audit, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="audit", EventBusName=outputs["EventBusName"], EventPattern=json.dumps({"source": [config["worker"]["source"]]}))
+    events.put_targets(Rule="audit", EventBusName=outputs["EventBusName"], Targets=[{"Id": "audit", "Arn": audit_arn}])
+    seen = []
+
+    def outbound(detail_type, deployment=None):
+        for m in sqs.receive_message(QueueUrl=audit, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", []):
+            seen.append(json.loads(m["Body"]))
+            sqs.delete_message(QueueUrl=audit, ReceiptHandle=m["ReceiptHandle"])
+        return next(
+            (e for e in seen if e["detail-type"] == detail_type and deployment in (None, e["detail"].get("deploymentId"))),
+            None,
+        )
+
+    blue_tg, green_tg = web["blue_target_group_arn"], web["green_target_group_arn"]
+    rule = outputs["ProductionRuleArn"]
+    assert production_weights(elb, rule) == {blue_tg: 100, green_tg: 0}
+
+    def push(tag):
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7023, "digest": "sha256:" + uuid.uuid4().hex * 2},
+            # moto derives the image digest from the layer digests: one layer per tag.
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1, "digest": "sha256:" + hashlib.sha256(tag.encode()).hexdigest()}],
+            "annotations": {"tag": tag},
+        }
+        digest = ecr.put_image(repositoryName=web["ecr_repository"], imageManifest=json.dumps(manifest), imageTag=tag)["image"]["imageId"]["imageDigest"]
+        put(None, "aws.ecr", "ECR Image Action", {"result": "SUCCESS", "repository-name": web["ecr_repository"], "image-digest": digest, "action-type": "PUSH", "image-tag": tag})
+        return digest
+
+    def put(bus, source, detail_type, detail, resources=()):
+        entry = {"Source": source, "DetailType": detail_type, "Detail": json.dumps(detail), "Resources": list(resources)}
+        if bus:
+            entry["EventBusName"] = bus
+        out = events.put_events(Entries=[entry])
+        assert out["FailedEntryCount"] == 0, out
+
+    log_path = os.path.join(work, "worker.log")
+    worker_env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": work,
+        "TMPDIR": work,
+        "BLUEGREEN_CONFIG_JSON": env["BLUEGREEN_CONFIG_JSON"],
+        "BLUEGREEN_METRICS_NAMESPACE": env.get("BLUEGREEN_METRICS_NAMESPACE", "Bluegreen"),
+        "RUST_LOG": os.environ.get("BLUEGREEN_TEST_RUST_LOG") or env.get("RUST_LOG", "info"),
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    with open(log_path, "w") as log:
+        worker = subprocess.Popen([binary, "worker", "--wait", "1s", "--reconcile-every", "5s"], env=worker_env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+    try:
+        # 1. A push deploys to green: 50 % waits for promote, the operator promotes on the
+        #    controller's bus, and the deployment ends at 0/100.
+        push("release-1")
+        first = wait_for("Traffic Shifted to 50 %", 90, lambda: production_weights(elb, rule) == {blue_tg: 50, green_tg: 50} and outbound("Traffic Shifted"))
+        deployment = first["detail"]["deploymentId"]
+        put(outputs["EventBusName"], config["worker"]["manual_source"], "Promote Requested", {"service": "web", "requestedBy": "emulated-stack-test", "deploymentId": deployment})
+        wait_for("Deployment Succeeded", 90, lambda: outbound("Deployment Succeeded", deployment))
+        assert production_weights(elb, rule) == {blue_tg: 0, green_tg: 100}
+        print(f"deployment {deployment}: succeeded, production 0/100")
+
+        # 2. The next push goes to blue; its rollback alarm fires at 50 %: production goes
+        #    back to green alone.
+        push("release-2")
+        def second_at_half():
+            shifted = [e for e in seen if e["detail-type"] == "Traffic Shifted" and e["detail"]["deploymentId"] != deployment]
+            outbound("Traffic Shifted")  # drains the audit queue into `seen`
+            return production_weights(elb, rule) == {blue_tg: 50, green_tg: 50} and shifted and shifted[-1]
+
+        second = wait_for("the second deployment at 50 %", 90, second_at_half)["detail"]["deploymentId"]
+        alarm = next(a for a in web["rollback_alarms"] if a.startswith("web-blue"))
+        cloudwatch.set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="Threshold Crossed: the test")
+        put(None, "aws.cloudwatch", "CloudWatch Alarm State Change", {
+            "alarmName": alarm,
+            "state": {"value": "ALARM", "reason": "Threshold Crossed", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000+0000", time.gmtime())},
+            "previousState": {"value": "OK", "reason": "Threshold not crossed", "timestamp": "2026-12-01T00:00:00.000+0000"},
+            "configuration": {"metrics": []},
+        }, resources=[f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{alarm}"])  # as CloudWatch sends it
+        wait_for("Deployment Rolled Back", 90, lambda: outbound("Deployment Rolled Back", second))
+        assert production_weights(elb, rule) == {blue_tg: 0, green_tg: 100}
+        services = {s["serviceName"]: s for s in ecs.describe_services(cluster=web["cluster"], services=[web["blue_service"], web["green_service"]])["services"]}
+        assert services[web["blue_service"]]["desiredCount"] == 0, services[web["blue_service"]]
+        print(f"deployment {second}: rolled back on {alarm}, production 0/100 on green")
+
+        # 3. SIGTERM: the worker stops cleanly well within the task's stop timeout.
+        stop_timeout = container.get("stopTimeout", 30)
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=stop_timeout)
+        took = time.monotonic() - started
+        assert code == 0, f"worker exited {code} on SIGTERM"
+        assert took < stop_timeout, took
+        print(f"worker stopped on SIGTERM in {took:.1f}s (stop timeout {stop_timeout}s), exit 0")
+        # Its working directory, HOME and TMPDIR: it wrote nothing there but its log.
+        assert sorted(os.listdir(work)) == ["config.json", "worker.log"], os.listdir(work)
+    except BaseException:
+        with open(log_path) as f:
+            sys.stderr.write("---- worker log (last 60 lines) ----\n" + "".join(f.readlines()[-60:]))
+        sys.stderr.write("---- outbound events ----\n" + "\n".join(f"{e['detail-type']} {json.dumps(e['detail'])[:200]}" for e in seen) + "\n")
+        raise
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    print("emulated stack: ok")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    main(*sys.argv[1:])
