@@ -25,6 +25,10 @@ pub const CONFIG_FILE_ENV: &str = "BLUEGREEN_CONFIG";
 /// code injects into the task definition).
 pub const CONFIG_JSON_ENV: &str = "BLUEGREEN_CONFIG_JSON";
 
+/// Environment variable naming the CloudWatch namespace of the worker's EMF metrics
+/// (default [`crate::telemetry::DEFAULT_NAMESPACE`]).
+pub const METRICS_NAMESPACE_ENV: &str = "BLUEGREEN_METRICS_NAMESPACE";
+
 /// Loads the configuration from `path`, else from the JSON in [`CONFIG_JSON_ENV`]. This
 /// is the one place the environment is read for configuration.
 ///
@@ -494,6 +498,13 @@ fn run_worker(
     calls: crate::aws::CallPolicy,
 ) -> Result<String, String> {
     runtime()?.block_on(async move {
+        let namespace = std::env::var(METRICS_NAMESPACE_ENV)
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| crate::telemetry::DEFAULT_NAMESPACE.to_string());
+        let emf = crate::telemetry::init_emf(&namespace)
+            .inspect_err(|e| tracing::warn!(error = %e, "metrics are off"))
+            .ok();
         let aws = crate::aws::Aws::from_env(&config, calls).await;
         let worker = crate::worker::Worker::new(
             std::sync::Arc::new(aws),
@@ -508,6 +519,9 @@ fn run_worker(
             let _ = stop.send(true);
         });
         worker.run(stopped).await;
+        if let Some(emf) = emf {
+            emf.flush();
+        }
     });
     Ok("worker stopped".into())
 }

@@ -29,4 +29,5 @@ pub mod plan;
 pub mod ports;
 pub mod runner;
 pub mod schema;
+pub mod telemetry;
 pub mod worker;

@@ -169,14 +169,16 @@ impl<W: World> Runner<W> {
         now: Timestamp,
         decision: &Decision,
     ) {
+        let decided = Decided {
+            service,
+            before,
+            input,
+            now,
+            decision,
+        };
+        crate::telemetry::decided(&decided);
         if let Some(listener) = &self.listener {
-            listener(&Decided {
-                service,
-                before,
-                input,
-                now,
-                decision,
-            });
+            listener(&decided);
         }
     }
 
@@ -639,7 +641,10 @@ impl<W: World> Runner<W> {
         };
         let claimed = match patiently(|| self.world.claim_outbox(service, claim)).await {
             Ok(c) if !c.is_empty() => c,
-            Ok(_) => return,
+            Ok(_) => {
+                crate::telemetry::outbox_pending(0);
+                return;
+            }
             Err(e) => {
                 warn!(error = %e, "cannot claim the outbox");
                 return;
@@ -648,6 +653,7 @@ impl<W: World> Runner<W> {
         let pending: Vec<Entry> = claimed.iter().map(|c| c.entry.clone()).collect();
         match patiently(|| self.world.publish(&pending)).await {
             Ok(failed) => {
+                crate::telemetry::outbox_pending(failed.len());
                 let done: Vec<String> = claimed
                     .iter()
                     .filter(|c| !failed.contains(&c.entry.event_id))
@@ -657,7 +663,10 @@ impl<W: World> Runner<W> {
                     warn!(error = %e, "published events stay in the outbox");
                 }
             }
-            Err(e) => warn!(error = %e, "publishing failed; events stay in the outbox"),
+            Err(e) => {
+                crate::telemetry::outbox_pending(pending.len());
+                warn!(error = %e, "publishing failed; events stay in the outbox");
+            }
         }
     }
 

@@ -24,6 +24,7 @@ use crate::fleet::Fleet;
 use crate::flow::{self, Input, Outcome};
 use crate::ports::{Clock, Lease, PortResult, Received, World, patiently};
 use crate::runner::{Runner, describe};
+use crate::telemetry;
 
 /// The lease that lets one worker of many run the reconciler.
 pub const RECONCILER_LEASE: &str = "reconciler";
@@ -142,18 +143,33 @@ impl<W: World> Worker<W> {
         let inputs = match routed {
             Routed::Ignored(why) => {
                 info!(message_id, reason = %why, "message ignored");
+                telemetry::message(telemetry::Message::Ignored);
                 return Disposition::Done(why);
             }
             Routed::Inputs(inputs) => inputs,
         };
         let mut summary = Vec::new();
+        let mut outcomes = Vec::new();
         for (service, input) in inputs {
             let span = info_span!("input", service = %service, key = %input.key);
             match self.apply(&service, input).instrument(span).await {
-                Ok(outcome) => summary.push(format!("{service}: {}", describe(&outcome))),
+                Ok(outcome) => {
+                    summary.push(format!("{service}: {}", describe(&outcome)));
+                    outcomes.push(outcome);
+                }
                 Err(e) => return Disposition::Retry(format!("{service}: {e}")),
             }
         }
+        telemetry::message(if outcomes.iter().any(|o| matches!(o, Outcome::Applied)) {
+            telemetry::Message::Processed
+        } else if outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Rejected { .. }))
+        {
+            telemetry::Message::Rejected
+        } else {
+            telemetry::Message::Ignored
+        });
         Disposition::Done(summary.join("; "))
     }
 
@@ -327,10 +343,12 @@ impl<W: World> Worker<W> {
                     patiently(|| self.world().delete(&m.receipt)).await
                 }
                 Disposition::DeadLetter(why) => {
+                    telemetry::message(telemetry::Message::Rejected);
                     warn!(reason = %why, "rejected; released to the dead-letter redrive");
                     patiently(|| self.world().set_visibility(&m.receipt, Duration::ZERO)).await
                 }
                 Disposition::Retry(why) => {
+                    telemetry::message(telemetry::Message::Retried);
                     warn!(reason = %why, "will retry");
                     let backoff = Duration::from_secs(u64::from(m.receive_count.min(30)));
                     patiently(|| self.world().set_visibility(&m.receipt, backoff)).await

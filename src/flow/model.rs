@@ -344,6 +344,12 @@ pub struct Rollback {
     pub failures: u32,
     /// Whether the rollback effects must be re-run at the next tick.
     pub rerun: bool,
+    /// When the rollback began (absent in records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
+    /// Whether a rollback alarm began it (the alarm → weights restored latency).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_alarm: bool,
 }
 
 /// One deployment of one image to one service.

@@ -1,5 +1,7 @@
 //! The embedded mode's `/metrics` endpoint, in the Prometheus text exposition format
-//! (version 0.0.4): the numbers production sends to CloudWatch, plus the router's own.
+//! (version 0.0.4): the router's own numbers and the embedded world's, followed by the
+//! instrumentation the AWS worker sends to CloudWatch as EMF ([`crate::telemetry`]),
+//! recorded here by a Prometheus recorder.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -196,6 +198,8 @@ pub fn render(local: &Local) -> String {
     );
     let dead = local.db.dead_letters().map(|d| d.len()).unwrap_or(0);
     let _ = writeln!(out, "bluegreen_dead_letters {dead}");
+    // The instrumentation the AWS worker sends to CloudWatch as EMF (crate::telemetry).
+    out.push_str(&crate::telemetry::render_prometheus());
     out
 }
 
@@ -231,6 +235,9 @@ pub async fn serve_metrics(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) {
+    if let Err(e) = crate::telemetry::init_prometheus() {
+        tracing::warn!(error = %e, "deployment metrics are off");
+    }
     let handler = move |request: hyper::Request<hyper::body::Incoming>, _peer: SocketAddr| {
         let local = local.clone();
         async move {

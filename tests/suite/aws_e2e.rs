@@ -607,8 +607,17 @@ async fn the_worker_binary_consumes_the_queue_and_stops_cleanly_on_sigterm() {
     let env = Env::create("binary", Shape::default()).await;
     let config = serde_json::to_string(&env.config).expect("config as JSON");
     let log_path = std::env::temp_dir().join(format!("{}-worker.log", env.prefix));
+    let stdout_path = std::env::temp_dir().join(format!("{}-worker.out", env.prefix));
+    // Its working directory, HOME and TMPDIR: an empty directory that must stay empty
+    // (the container's root file system is read-only).
+    let home = std::env::temp_dir().join(format!("{}-home", env.prefix));
+    std::fs::create_dir_all(&home).expect("home");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bluegreen"))
         .args(["worker", "--wait", "1s", "--id", "binary-test"])
+        .current_dir(&home)
+        .env("HOME", &home)
+        .env("TMPDIR", &home)
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .env("BLUEGREEN_CONFIG_JSON", config)
         .env_remove("BLUEGREEN_CONFIG")
         .env("AWS_ENDPOINT_URL", crate::moto::endpoint())
@@ -638,6 +647,49 @@ async fn the_worker_binary_consumes_the_queue_and_stops_cleanly_on_sigterm() {
         .expect("exit status");
     assert_eq!(exit.code(), Some(0));
     assert!(signalled.elapsed() < std::time::Duration::from_secs(25));
+    let written: Vec<_> = std::fs::read_dir(&home)
+        .expect("home")
+        .map(|e| e.map(|e| e.path()))
+        .collect();
+    assert!(written.is_empty(), "the worker wrote {written:?}");
+    // Nothing is left in flight: each message it held was finished (deleted) or released.
+    let attributes = aws_sdk_sqs::Client::new(&env.sdk)
+        .get_queue_attributes()
+        .queue_url(&env.queue_url)
+        .attribute_names(
+            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        )
+        .send()
+        .await
+        .expect("queue attributes");
+    let in_flight = attributes
+        .attributes()
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        })
+        .cloned();
+    assert_eq!(in_flight.as_deref(), Some("0"), "messages left in flight");
+    // stdout carries the EMF documents (flushed once more at exit) and the final line.
+    let stdout = std::fs::read_to_string(&stdout_path).expect("stdout");
+    let (emf, other): (Vec<&str>, Vec<&str>) = stdout.lines().partition(|l| l.starts_with('{'));
+    assert_eq!(other, ["worker stopped"], "{stdout}");
+    let documents: Vec<serde_json::Value> = emf
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("an EMF document is JSON"))
+        .collect();
+    assert!(
+        documents
+            .iter()
+            .any(|d| d["MessagesProcessed"].as_u64() >= Some(1)
+                && d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Bluegreen"),
+        "{stdout}"
+    );
+    assert!(
+        documents
+            .iter()
+            .any(|d| d["Service"] == "web" && d["DeploymentsStarted"].as_u64() == Some(1)),
+        "{stdout}"
+    );
     let logs = std::fs::read_to_string(&log_path).expect("logs");
     let lines: Vec<serde_json::Value> = logs
         .lines()

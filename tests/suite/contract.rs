@@ -230,7 +230,10 @@ fn a_tag_next_to_a_digest_is_dropped() {
     for (text, repository) in [
         (format!("web:v1@{d}"), "web"),
         (format!("team/web:v1@{d}"), "team/web"),
-        (format!("localhost:5000/team/web:v1@{d}"), "localhost:5000/team/web"),
+        (
+            format!("localhost:5000/team/web:v1@{d}"),
+            "localhost:5000/team/web",
+        ),
         (format!("localhost:5000/web@{d}"), "localhost:5000/web"),
     ] {
         let image = parse_image(&text).expect("parses");
@@ -471,4 +474,48 @@ fn a_reference_with_a_tag_and_a_digest_names_the_repository_without_the_tag() {
         assert_eq!(image.repository, repository, "{text}");
         assert_eq!(image.digest.as_deref(), Some(d.as_str()));
     }
+}
+
+/// The `Phase` metric is an index into `telemetry::PHASES`: the list holds every phase of
+/// the outbound schema once, in the order the dashboard (infra/lib/dashboard.ts) labels.
+#[test]
+fn the_phase_metric_index_matches_the_schema_and_the_dashboard() {
+    let ours: Vec<String> = bluegreen::telemetry::PHASES
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("schemas/outbound/deployment-event.schema.json"),
+        )
+        .expect("schema"),
+    )
+    .expect("schema JSON");
+    let mut in_schema: Vec<String> = schema["$defs"]["phase"]["enum"]
+        .as_array()
+        .expect("phase enum")
+        .iter()
+        .filter_map(|p| p.as_str().map(String::from))
+        .collect();
+    let mut sorted = ours.clone();
+    sorted.sort();
+    in_schema.sort();
+    assert_eq!(sorted, in_schema, "every phase once");
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/lib/dashboard.ts"),
+    )
+    .expect("dashboard.ts");
+    let list = dashboard
+        .split("export const PHASES = [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .expect("PHASES in dashboard.ts");
+    let labelled: Vec<String> = list
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect();
+    assert_eq!(labelled, ours, "the dashboard labels the same indices");
 }

@@ -341,6 +341,17 @@ async fn a_good_deployment_under_continuous_load_fails_no_request() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
     };
+    // The worker's instrumentation (EMF on AWS) through the Prometheus recorder. The
+    // recorder is the test process's, shared with other tests: at least this deployment.
+    assert!(
+        metrics.contains("# TYPE DeploymentsSucceeded counter\n"),
+        "{metrics}"
+    );
+    assert!(
+        value("DeploymentsSucceeded{Service=\"shop\"}") >= 1,
+        "{metrics}"
+    );
+    assert!(value("MessagesProcessed") >= 1, "{metrics}");
     let green_requests = value("bluegreen_requests_total{service=\"shop\",color=\"green\"}");
     assert!(green_requests > 0);
     assert_eq!(

@@ -14,6 +14,8 @@ pub(super) fn begin_rollback(cx: &mut Cx<'_>, d: &mut Deployment, reason: String
         from_phase: d.phase,
         failures: 0,
         rerun: false,
+        at: Some(cx.now),
+        by_alarm: false,
     });
     d.paused_at = None;
     d.warm_until = None;
@@ -27,6 +29,13 @@ pub(super) fn begin_rollback(cx: &mut Cx<'_>, d: &mut Deployment, reason: String
     cx.establish(d);
     let now = cx.now;
     cx.schedule(d, now);
+}
+
+/// Marks `d`'s rollback as begun by a rollback alarm.
+pub(super) fn by_alarm(d: &mut Deployment) {
+    if let Some(r) = d.rollback.as_mut() {
+        r.by_alarm = true;
+    }
 }
 
 /// Rolls back because a stage's deadline passed.
@@ -90,6 +99,7 @@ pub(super) fn on_alarm(
     };
     with_active(cx, &id, |cx, d| {
         begin_rollback(cx, d, why);
+        by_alarm(d);
         Applied
     })
 }

@@ -67,6 +67,7 @@ pub(super) fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) 
                 format!("rollback alarm(s) {} in ALARM", alarms.join(", "))
             };
             rollback::begin_rollback(cx, d, reason);
+            rollback::by_alarm(d);
             return Applied;
         }
         if d.phase == Phase::Requested {
