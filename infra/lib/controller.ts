@@ -50,7 +50,12 @@ export interface BlueGreenControllerProps {
   readonly oldestMessageAge?: Duration;
   /** Days the worker's logs are kept. Default one month. */
   readonly logRetention?: logs.RetentionDays;
+  /** The FireLens log router image. Default AWS for Fluent Bit from the public ECR gallery. */
+  readonly logRouterImage?: string;
 }
+
+/** The log router that carries EMF to CloudWatch Logs with the `json/emf` format. */
+export const DEFAULT_LOG_ROUTER_IMAGE = 'public.ecr.aws/aws-observability/aws-for-fluent-bit:stable';
 
 /** Visibility timeout the worker keeps extending (`worker.rs`: 60 s, renewed every 20 s). */
 export const WORKER_VISIBILITY = Duration.seconds(60);
@@ -192,6 +197,16 @@ export class BlueGreenController extends Construct {
       taskRole: workerRole,
       runtimePlatform: { cpuArchitecture: ecs.CpuArchitecture.X86_64, operatingSystemFamily: ecs.OperatingSystemFamily.LINUX },
     });
+    // CloudWatch Logs extracts metrics from EMF lines only when they arrive with the
+    // `json/emf` log format, which the awslogs driver does not set: a FireLens (Fluent Bit)
+    // router sends the worker's stdout (EMF) and stderr (JSON logs) with it.
+    this.taskDefinition.addFirelensLogRouter('log-router', {
+      image: ecs.ContainerImage.fromRegistry(props.logRouterImage ?? DEFAULT_LOG_ROUTER_IMAGE),
+      firelensConfig: { type: ecs.FirelensLogRouterType.FLUENTBIT },
+      essential: true,
+      memoryReservationMiB: 50,
+      logging: ecs.LogDrivers.awsLogs({ logGroup: this.logGroup, streamPrefix: 'log-router' }),
+    });
     this.taskDefinition.addContainer('worker', {
       image: props.image,
       command: ['worker'],
@@ -200,10 +215,21 @@ export class BlueGreenController extends Construct {
       environment: {
         BLUEGREEN_CONFIG_JSON: stack.toJsonString(this.config),
         BLUEGREEN_METRICS_NAMESPACE: namespace,
-        RUST_LOG: 'info',
+        BLUEGREEN_LOG: 'info',
       },
-      logging: ecs.LogDrivers.awsLogs({ logGroup: this.logGroup, streamPrefix: 'worker' }),
+      logging: ecs.LogDrivers.firelens({
+        options: {
+          Name: 'cloudwatch_logs',
+          region: stack.region,
+          log_group_name: this.logGroup.logGroupName,
+          log_stream_prefix: 'worker/',
+          auto_create_group: 'false',
+          log_key: 'log',
+          log_format: 'json/emf',
+        },
+      }),
     });
+    this.logGroup.grantWrite(workerRole);
     this.service = new ecs.FargateService(this, 'Worker', {
       cluster: props.cluster,
       taskDefinition: this.taskDefinition,

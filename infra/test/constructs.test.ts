@@ -185,7 +185,13 @@ describe('BlueGreenController', () => {
 
   it('runs the worker from environment configuration, read-only root, with a stop timeout', () => {
     const task = resources[logicalId(c.taskDefinition)].Properties;
-    const container = task.ContainerDefinitions[0];
+    const container = task.ContainerDefinitions.find((c: any) => c.Name === 'worker');
+    // EMF reaches CloudWatch metrics only with the json/emf log format: FireLens sets it.
+    assert.equal(container.LogConfiguration.LogDriver, 'awsfirelens');
+    assert.equal(container.LogConfiguration.Options.log_format, 'json/emf');
+    assert.equal(container.LogConfiguration.Options.log_key, 'log');
+    const router = task.ContainerDefinitions.find((c: any) => c.FirelensConfiguration);
+    assert.equal(router.FirelensConfiguration.Type, 'fluentbit');
     assert.equal(container.Image, IMAGE);
     assert.deepEqual(container.Command, ['worker']);
     assert.equal(container.ReadonlyRootFilesystem, true);

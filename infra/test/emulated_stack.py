@@ -16,6 +16,7 @@ Usage: python infra/test/emulated_stack.py MOTO_ENDPOINT BLUEGREEN_BINARY TEMPLA
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,49 @@ def fill_gaps(template, cloudwatch):
     return met
 
 
+def check_emf(lines, namespace):
+    """Checks each EMF document against the specification
+    (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html);
+    returns the metric names seen and their values per (name, dimensions)."""
+    names = {}
+    emf = [line for line in lines if line.startswith("{")]
+    others = [line for line in lines if not line.startswith("{")]
+    assert others == ["worker stopped"], f"stdout carries more than EMF documents: {others[:5]}"
+    assert emf, "no EMF document on stdout"
+    now_ms = time.time() * 1000
+    for line in emf:
+        doc = json.loads(line)
+        aws = doc["_aws"]
+        assert isinstance(aws["Timestamp"], int) and now_ms - 3_600_000 < aws["Timestamp"] <= now_ms + 60_000, aws["Timestamp"]
+        directives = aws["CloudWatchMetrics"]
+        assert isinstance(directives, list) and directives, aws
+        for directive in directives:
+            assert directive["Namespace"] == namespace and 1 <= len(namespace) <= 1024
+            assert isinstance(directive["Dimensions"], list)
+            for dimension_set in directive["Dimensions"]:
+                assert len(dimension_set) <= 30, dimension_set
+                for key in dimension_set:
+                    assert isinstance(doc.get(key), str) and doc[key], f"dimension {key} is not a string member: {line}"
+            assert 1 <= len(directive["Metrics"]) <= 100, directive
+            for metric in directive["Metrics"]:
+                name = metric["Name"]
+                assert 1 <= len(name) <= 1024
+                assert metric.get("Unit", "None") in EMF_UNITS, metric
+                value = doc[name]
+                values = value if isinstance(value, list) else [value]
+                assert 1 <= len(values) <= 100 and all(isinstance(v, (int, float)) for v in values), f"{name}: {value}"
+                names.setdefault(name, []).append(values)
+    return names
+
+
+EMF_UNITS = {
+    "Seconds", "Microseconds", "Milliseconds", "Bytes", "Kilobytes", "Megabytes", "Gigabytes", "Terabytes", "Bits",
+    "Kilobits", "Megabits", "Gigabits", "Terabits", "Percent", "Count", "Bytes/Second", "Kilobytes/Second",
+    "Megabytes/Second", "Gigabytes/Second", "Terabytes/Second", "Bits/Second", "Kilobits/Second", "Megabits/Second",
+    "Gigabits/Second", "Terabits/Second", "Count/Second", "None",
+}
+
+
 def production_weights(elb, rule_arn):
     rule = elb.describe_rules(RuleArns=[rule_arn])["Rules"][0]
     forward = next(a for a in rule["Actions"] if a["Type"] == "forward")
@@ -146,7 +190,7 @@ def main(endpoint, binary, template_path):
 
     # The worker's configuration is exactly what the construct injected.
     task = ecs.describe_task_definition(taskDefinition=outputs["WorkerTaskDefinitionArn"])["taskDefinition"]
-    container = task["containerDefinitions"][0]
+    container = next(c for c in task["containerDefinitions"] if c["name"] == "worker")
     env = {e["name"]: e["value"] for e in container["environment"]}
     config = json.loads(env["BLUEGREEN_CONFIG_JSON"])
     assert config["worker"]["queue_url"] == outputs["QueueUrl"], config["worker"]
@@ -211,15 +255,17 @@ def main(endpoint, binary, template_path):
         "TMPDIR": work,
         "BLUEGREEN_CONFIG_JSON": env["BLUEGREEN_CONFIG_JSON"],
         "BLUEGREEN_METRICS_NAMESPACE": env.get("BLUEGREEN_METRICS_NAMESPACE", "Bluegreen"),
-        "RUST_LOG": os.environ.get("BLUEGREEN_TEST_RUST_LOG") or env.get("RUST_LOG", "info"),
+        "BLUEGREEN_LOG": os.environ.get("BLUEGREEN_TEST_LOG") or env.get("BLUEGREEN_LOG", "info"),
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_REGION": REGION,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_MAX_ATTEMPTS": "1",
     }
-    with open(log_path, "w") as log:
-        worker = subprocess.Popen([binary, "worker", "--wait", "1s", "--reconcile-every", "5s"], env=worker_env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+    metrics_path = os.path.join(work, "stdout")
+    with open(log_path, "w") as log, open(metrics_path, "w") as stdout:
+        # The worker logs JSON on stderr and writes its EMF metrics on stdout.
+        worker = subprocess.Popen([binary, "worker", "--wait", "1s", "--reconcile-every", "5s"], env=worker_env, stdout=stdout, stderr=log, cwd=work)
     try:
         # 1. A push deploys to green: 50 % waits for promote, the operator promotes on the
         #    controller's bus, and the deployment ends at 0/100.
@@ -263,8 +309,18 @@ def main(endpoint, binary, template_path):
         assert code == 0, f"worker exited {code} on SIGTERM"
         assert took < stop_timeout, took
         print(f"worker stopped on SIGTERM in {took:.1f}s (stop timeout {stop_timeout}s), exit 0")
-        # Its working directory, HOME and TMPDIR: it wrote nothing there but its log.
-        assert sorted(os.listdir(work)) == ["config.json", "worker.log"], os.listdir(work)
+        # Its working directory, HOME and TMPDIR: it wrote nothing there but its output.
+        assert sorted(os.listdir(work)) == ["config.json", "stdout", "worker.log"], os.listdir(work)
+
+        # 4. Its metrics: every EMF line meets the specification, and the deployment,
+        #    the rollback and the messages above are in them.
+        with open(metrics_path) as f:
+            lines = f.read().splitlines()
+        names = check_emf(lines, worker_env["BLUEGREEN_METRICS_NAMESPACE"])
+        for name in ["DeploymentsStarted", "DeploymentsSucceeded", "DeploymentsRolledBack", "GreenWeight", "Weight",
+                     "Phase", "RollbackLatency", "StepLag", "MessagesProcessed", "OutboxPending"]:
+            assert name in names, f"{name} missing from the EMF output: {sorted(names)}"
+        print(f"EMF: {len(lines) - 1} documents, metrics {sorted(names)}")
     except BaseException:
         with open(log_path) as f:
             sys.stderr.write("---- worker log (last 60 lines) ----\n" + "".join(f.readlines()[-60:]))
@@ -274,6 +330,7 @@ def main(endpoint, binary, template_path):
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+    shutil.rmtree(work, ignore_errors=True)
     print("emulated stack: ok")
 
 
