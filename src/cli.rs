@@ -1,7 +1,9 @@
 //! The command line (SPEC §7).
 //!
-//! Exit codes: `0` success / valid, `1` invalid input (a bad configuration or event, an
-//! unknown service), `2` usage error (clap's own code for bad arguments).
+//! Exit codes: `0` success / valid (`watch`: the deployment succeeded), `1` invalid input
+//! (a bad configuration or event) or, for `watch` and `--wait`, a deployment that rolled
+//! back or failed, `2` usage error (clap's own code for bad arguments), `3` an operator
+//! action refused before anything was sent, `4` AWS or the embedded database unreachable.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,12 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_INVALID: u8 = 1;
 /// Exit code: usage error.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code: an operator action refused before anything was sent (unknown service, no
+/// deployment to act on, an action the phase does not allow).
+pub const EXIT_REFUSED: u8 = 3;
+/// Exit code: AWS or the embedded database could not be reached (no credentials, the bus
+/// not found, the network).
+pub const EXIT_UNREACHABLE: u8 = 4;
 
 /// Environment variable naming the configuration file.
 pub const CONFIG_FILE_ENV: &str = "BLUEGREEN_CONFIG";
@@ -165,6 +173,171 @@ pub enum Command {
         #[command(subcommand)]
         what: Validate,
     },
+    /// Deploy an image to a service (puts a `Deploy Requested` operator event).
+    #[command(
+        after_help = "Examples:\n  bluegreen deploy web --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/web:release-42 --wait\n  bluegreen deploy web --image web@sha256:<64 hex> --reason 'hotfix 1234'\n  bluegreen deploy shop --image v2 --local          # the embedded mode: a version label"
+    )]
+    Deploy {
+        /// `repository:tag` or `repository@sha256:…` (the embedded mode: a version).
+        #[arg(long)]
+        image: String,
+        /// Common options.
+        #[command(flatten)]
+        args: ActionArgs,
+    },
+    /// Skip to 100 % (or past a step that waits for promote).
+    #[command(
+        after_help = "Examples:\n  bluegreen promote web\n  bluegreen promote web --skip-bake --reason 'verified by hand' --wait"
+    )]
+    Promote {
+        /// Also skip the bake.
+        #[arg(long)]
+        skip_bake: bool,
+        /// Common options.
+        #[command(flatten)]
+        args: ActionArgs,
+    },
+    /// Pass the approval gate of a deployment awaiting approval.
+    #[command(after_help = "Example:\n  bluegreen approve web --reason 'change 4711 approved'")]
+    Approve {
+        /// Common options.
+        #[command(flatten)]
+        args: ActionArgs,
+    },
+    /// Stop a deployment's clock (alarms still roll back).
+    #[command(after_help = "Example:\n  bluegreen pause web --reason 'looking at latency'")]
+    Pause {
+        /// Common options.
+        #[command(flatten)]
+        args: ActionArgs,
+    },
+    /// Start a paused deployment's clock again.
+    #[command(after_help = "Example:\n  bluegreen resume web")]
+    Resume {
+        /// Common options.
+        #[command(flatten)]
+        args: ActionArgs,
+    },
+    /// Roll the deployment in progress back.
+    #[command(after_help = "Example:\n  bluegreen abort web --reason 'wrong image' --wait")]
+    Abort {
+        /// Common options.
+        #[command(flatten)]
+        args: ActionArgs,
+    },
+    /// Roll back the deployment in progress, or the last one while its old colour is warm.
+    #[command(
+        after_help = "Example:\n  bluegreen rollback web --reason 'errors after release' --wait"
+    )]
+    Rollback {
+        /// Common options.
+        #[command(flatten)]
+        args: ActionArgs,
+    },
+    /// Deploy the image of a rolled-back or failed deployment again.
+    #[command(after_help = "Example:\n  bluegreen retry web --deployment web-7 --wait")]
+    Retry {
+        /// Common options.
+        #[command(flatten)]
+        args: ActionArgs,
+    },
+    /// Phase, step, weights written and read from the rule now, next step, alarms, queued
+    /// image, last deployment.
+    #[command(after_help = "Examples:\n  bluegreen status\n  bluegreen status web --output json")]
+    Status {
+        /// Only this service.
+        service: Option<String>,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// A service's deployments, newest first: outcome, images, duration, reason.
+    #[command(after_help = "Example:\n  bluegreen history web --limit 5 --output json")]
+    History {
+        /// The service.
+        service: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Follow a deployment until it ends: exit 0 on Succeeded, 1 on RolledBack or Failed.
+    #[command(
+        after_help = "Examples:\n  bluegreen watch web\n  bluegreen watch web --deployment web-12 --timeout 30m   # in a CI pipeline"
+    )]
+    Watch {
+        /// The service.
+        service: String,
+        /// The deployment (default: the one in progress, else the last one).
+        #[arg(long)]
+        deployment: Option<String>,
+        /// How often to read the state.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Give up after this long (exit 1); 0 waits forever.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  bluegreen completions bash > /etc/bash_completion.d/bluegreen"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(after_help = "Example:\n  bluegreen man > bluegreen.1 && man ./bluegreen.1")]
+    Man,
+}
+
+/// Where an operator command acts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The worker's configuration (AWS); default BLUEGREEN_CONFIG, else
+    /// BLUEGREEN_CONFIG_JSON. With --local: the embedded configuration (default
+    /// bluegreen.local.toml).
+    #[arg(long, short, env = CONFIG_FILE_ENV)]
+    pub config: Option<PathBuf>,
+    /// Act on the embedded mode (`bluegreen local`) instead of AWS.
+    #[arg(long)]
+    pub local: bool,
+}
+
+/// Options of every operator action.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ActionArgs {
+    /// The service.
+    pub service: String,
+    /// The deployment meant (default: the one the action applies to).
+    #[arg(long)]
+    pub deployment: Option<String>,
+    /// Why, for the record (in the events and the deployment's history).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who asks (default: the caller's identity from STS; $USER on the embedded mode).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Then follow the deployment like `watch` (exit 0 on Succeeded, 1 otherwise).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (exit 1); 0 waits forever.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Where.
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// `validate` targets.
@@ -218,6 +391,10 @@ pub enum Output {
 /// Runs a parsed command, writing results to `out` and diagnostics to `err`; returns the
 /// exit code.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let cli = match crate::cli_ops::run(cli, out, err) {
+        Ok(code) => return code,
+        Err(cli) => *cli,
+    };
     let result = match cli.command {
         Command::Plan {
             config,
@@ -305,6 +482,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             run_demo_app(app, port)
         }
         Command::Local { config, action } => cmd_local(&config, action),
+        other => Err(format!("{other:?}: an operator command (crate::cli_ops)")),
     };
     match result {
         Ok(text) => {
@@ -364,7 +542,7 @@ fn cmd_validate_event(file: &Path, config: Option<&Path>) -> Result<String, Stri
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

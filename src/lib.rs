@@ -20,11 +20,13 @@
 
 pub mod aws;
 pub mod cli;
+pub mod cli_ops;
 pub mod config;
 pub mod contract;
 pub mod fleet;
 pub mod flow;
 pub mod local;
+pub mod operate;
 pub mod plan;
 pub mod ports;
 pub mod runner;

@@ -22,7 +22,7 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
 use super::{Aws, port_error, repeat};
 use crate::contract::Entry;
-use crate::flow::{Color, ServiceState, Timestamp};
+use crate::flow::{Color, Deployment, ServiceState, Timestamp};
 use crate::ports::{Claimed, Commit, Fence, Lease, PortError, PortResult, Store, Stored};
 
 /// How long dedup keys are remembered beyond the state's own window.
@@ -85,6 +85,30 @@ where
 
 fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> PortResult<T> {
     r.map_err(|e| PortError::Permanent(format!("building a DynamoDB request: {e}")))
+}
+
+impl Aws {
+    /// The stored record of deployment `id` (`<service>-<number>`), if any.
+    ///
+    /// # Errors
+    /// When DynamoDB cannot be read or the record is unreadable.
+    pub async fn deployment_record(&self, id: &str) -> PortResult<Option<Deployment>> {
+        let out = repeat("GetItem", || {
+            self.dynamodb
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", s(format!("DEPLOYMENT#{id}")))
+                .key("sk", s("RECORD"))
+                .send()
+        })
+        .await?;
+        let Some(text) = out.item().and_then(|item| get_s(item, "record")) else {
+            return Ok(None);
+        };
+        serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| PortError::Permanent(format!("record of {id} is unreadable: {e}")))
+    }
 }
 
 impl Store for Aws {

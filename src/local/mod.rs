@@ -22,7 +22,7 @@ pub mod platform;
 pub mod process;
 pub mod proxy;
 pub mod runtime;
-mod world;
+pub(crate) mod world;
 
 pub use config::LocalConfig;
 pub use db::{DeadLetter, LocalDb, QueueOptions};

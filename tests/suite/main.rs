@@ -16,6 +16,7 @@
 //! * `local_e2e` — the embedded mode end to end: proxy, processes, alarms, worker;
 //! * `local_proxy` — the embedded proxy alone: split, headers, streaming, draining;
 //! * `cli` — the binary's commands and exit codes;
+//! * `operator` — the operator commands end to end, on moto and on the embedded mode;
 //! * `aws_e2e` (with the `moto` harness) — the AWS worker end to end on moto server;
 //! * `aws_observed` — on moto too: green live at first sight, the rule changed behind the
 //!   worker's back (idle and mid-shift), an image requested by tag;
@@ -38,5 +39,6 @@ mod local_e2e;
 mod local_proxy;
 mod moto;
 mod observed;
+mod operator;
 mod sequences;
 mod transitions;

@@ -1,0 +1,495 @@
+//! The operator commands end to end: the `bluegreen` binary against moto server (with a
+//! worker running on the same queue) and against the embedded mode (`bluegreen local`):
+//! a whole deployment paused, resumed, promoted and followed, a second one rolled back
+//! while `--wait` follows it, refusals and unreachable AWS with their exit codes, and the
+//! JSON outputs validated against `schemas/cli/`.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bluegreen::flow::{Phase, Weights};
+use serde_json::Value;
+
+use crate::common::digest;
+use crate::moto::{Env, Running, Shape};
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bluegreen"));
+    command
+        .args(args)
+        .env("AWS_ENDPOINT_URL", crate::moto::endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("BLUEGREEN_CONFIG")
+        .env_remove("BLUEGREEN_CONFIG_JSON");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.output().expect("run bluegreen")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `args` in a blocking thread (the worker under test runs on this runtime).
+async fn bluegreen(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args, &[])
+    })
+    .await
+    .expect("join")
+}
+
+/// Serves `schemas/cli/*.json` by their `$id`, so that one schema can refer to another.
+struct CliSchemas;
+
+impl jsonschema::Retrieve for CliSchemas {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let file = uri
+            .as_str()
+            .strip_prefix("https://bluegreen.invalid/schemas/cli/")
+            .ok_or_else(|| format!("not a CLI schema: {}", uri.as_str()))?;
+        Ok(read_schema(file))
+    }
+}
+
+fn read_schema(file: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas/cli")
+        .join(file);
+    serde_json::from_str(&std::fs::read_to_string(path).expect("schema")).expect("JSON")
+}
+
+fn validator(name: &str) -> jsonschema::Validator {
+    jsonschema::options()
+        .with_retriever(CliSchemas)
+        .build(&read_schema(name))
+        .expect("the schema compiles")
+}
+
+fn valid(name: &str, output: &Output) -> Value {
+    let document: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output.stdout)));
+    let validator = validator(name);
+    let errors: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:?}\n{document:#}");
+    document
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_commands_only() {
+    let env = Env::create(
+        "operator",
+        Shape {
+            strategy: r#"{ kind = "steps", steps = [ { weight = 50 }, { weight = 100 } ] }"#,
+            bake: "0s",
+            ..Shape::default()
+        },
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("{}-operator", env.prefix));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("config.json");
+    std::fs::write(&config, serde_json::to_string(&env.config).expect("JSON")).expect("write");
+    let config = config.to_str().expect("path").to_string();
+    let c = config.as_str();
+    let (worker, _world) = env.worker("w1");
+    let running = Running::start(&worker);
+
+    // Refusals before anything is sent, exit 3.
+    let o = bluegreen(&["pause", "nope", "--by", "alice", "--config", c]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("unknown service \"nope\"; configured: web"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = bluegreen(&["promote", "web", "--by", "alice", "--config", c]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no deployment in progress"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // 1. deploy (requestedBy from STS), pause, resume, promote --wait: Succeeded, exit 0.
+    let image = format!("web@{}", digest(21));
+    let o = bluegreen(&["deploy", "web", "--image", &image, "--config", c]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("deploy web: event "),
+        "{}",
+        text(&o.stdout)
+    );
+    env.wait_for_weights(
+        Weights {
+            blue: 50,
+            green: 50,
+        },
+        60,
+    )
+    .await;
+    let o = bluegreen(&["status", "web", "--output", "json", "--config", c]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let status = valid("status.schema.json", &o);
+    let web = &status["services"][0];
+    assert_eq!(web["active"]["phase"], "Shifting");
+    assert_eq!(
+        web["active"]["step"],
+        serde_json::json!({ "index": 1, "count": 2 })
+    );
+    assert_eq!(
+        web["ruleWeights"],
+        serde_json::json!({ "blue": 50, "green": 50 })
+    );
+    assert_eq!(
+        web["writtenWeights"],
+        serde_json::json!({ "blue": 50, "green": 50 })
+    );
+    assert_eq!(web["alarms"][0]["state"], "OK");
+    assert!(
+        web["active"]["requestedBy"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("arn:aws:")),
+        "the caller's identity from STS: {web}"
+    );
+
+    let o = bluegreen(&[
+        "pause", "web", "--by", "alice", "--reason", "looking", "--config", c,
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    env.wait_for(30, "paused", |s| {
+        s.active.as_ref().is_some_and(|d| d.is_paused())
+    })
+    .await;
+    let o = bluegreen(&["approve", "web", "--by", "alice", "--config", c]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr)
+            .contains("phase Shifting; allowed: promote, pause, resume, abort, rollback"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = bluegreen(&["resume", "web", "--by", "alice", "--config", c]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    env.wait_for(30, "resumed", |s| {
+        s.active.as_ref().is_some_and(|d| !d.is_paused())
+    })
+    .await;
+    let o = bluegreen(&[
+        "promote",
+        "web",
+        "--by",
+        "alice",
+        "--wait",
+        "--timeout",
+        "60s",
+        "--config",
+        c,
+    ])
+    .await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stdout).contains("web-1 Succeeded"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_eq!(
+        env.production().await,
+        Weights {
+            blue: 0,
+            green: 100
+        }
+    );
+
+    // 2. a deploy followed with --wait, rolled back by the operator: exit 1.
+    let image = format!("web@{}", digest(22));
+    let config_owned = config.clone();
+    let waiting = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                "deploy",
+                "web",
+                "--image",
+                &image,
+                "--by",
+                "bob",
+                "--wait",
+                "--timeout",
+                "90s",
+                "--config",
+                &config_owned,
+            ],
+            &[],
+        )
+    });
+    env.wait_for(60, "the second deployment shifting", |s| {
+        s.active
+            .as_ref()
+            .is_some_and(|d| d.id == "web-2" && d.phase == Phase::Shifting)
+    })
+    .await;
+    let o = bluegreen(&[
+        "rollback",
+        "web",
+        "--by",
+        "bob",
+        "--reason",
+        "bad build",
+        "--config",
+        c,
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let followed = waiting.await.expect("join");
+    assert_eq!(
+        followed.status.code(),
+        Some(1),
+        "{}\n{}",
+        text(&followed.stdout),
+        text(&followed.stderr)
+    );
+    let lines = text(&followed.stdout);
+    assert!(
+        lines.contains("web-2 RolledBack: rollback requested by bob"),
+        "{lines}"
+    );
+    let changes: Vec<&str> = lines.lines().filter(|l| l.contains(" web-2 ")).collect();
+    assert!(
+        changes.len() >= 2
+            && changes
+                .iter()
+                .all(|l| l.starts_with("20") && l.contains("Z web-2 ") && l.contains("% green")),
+        "plain lines with a time, one per change, when stdout is not a terminal: {lines}"
+    );
+    let o = bluegreen(&["watch", "web", "--deployment", "web-2", "--config", c]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    let o = bluegreen(&["watch", "web", "--deployment", "web-1", "--config", c]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "web-1 is neither active nor last: {}",
+        text(&o.stderr)
+    );
+
+    // history, newest first, against its schema.
+    let o = bluegreen(&["history", "web", "--output", "json", "--config", c]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let history = valid("history.schema.json", &o);
+    let phases: Vec<&str> = history["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .filter_map(|d| d["phase"].as_str())
+        .collect();
+    assert_eq!(phases, ["RolledBack", "Succeeded"]);
+    assert_eq!(
+        history["deployments"][0]["reason"],
+        "rollback requested by bob: bad build"
+    );
+    let o = bluegreen(&["history", "web", "--config", c]).await;
+    assert!(text(&o.stdout).starts_with("web-2 "), "{}", text(&o.stdout));
+    running.stop().await;
+
+    // AWS that cannot be reached: a bus that does not exist, no credentials; exit 4.
+    let mut broken = env.config.clone();
+    broken.worker.event_bus = format!("{}-missing", env.prefix);
+    let broken_file = dir.join("broken.json");
+    std::fs::write(&broken_file, serde_json::to_string(&broken).expect("JSON")).expect("write");
+    let b = broken_file.to_str().expect("path");
+    let o = bluegreen(&[
+        "deploy",
+        "web",
+        "--image",
+        "web:release-1",
+        "--by",
+        "x",
+        "--config",
+        b,
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
+    let c2 = c.to_string();
+    let o = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bluegreen"));
+        command
+            .args(["deploy", "web", "--image", "web:release-1", "--config", &c2])
+            .env("AWS_ENDPOINT_URL", crate::moto::endpoint())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE");
+        command.output().expect("run")
+    })
+    .await
+    .expect("join");
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no AWS credentials"),
+        "{}",
+        text(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_same_commands_drive_the_embedded_mode() {
+    let dir = std::env::temp_dir().join(format!("bluegreen-operator-local-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let file = dir.join("local.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[local]
+state_dir = "{dir}"
+
+[[services]]
+name = "web"
+listen = "127.0.0.1:{port}"
+command = "'{exe}' demo-app --port {{port}}"
+strategy = {{ kind = "steps", steps = [ {{ weight = 50 }}, {{ weight = 100 }} ] }}
+bake = "100ms"
+termination_wait = "100ms"
+timeouts = {{ poll = "100ms" }}
+"#,
+            dir = dir.display(),
+            exe = env!("CARGO_BIN_EXE_bluegreen")
+        ),
+    )
+    .expect("config");
+    let c = file.to_str().expect("path");
+    let mut local = Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+        .args(["local", "--config", c])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("local");
+    let status = |_: ()| -> Value {
+        let o = run(
+            &[
+                "status", "web", "--local", "--config", c, "--output", "json",
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        valid("status.schema.json", &o)["services"][0].clone()
+    };
+    let o = run(
+        &["deploy", "web", "--image", "v2", "--local", "--config", c],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // Polls the observable condition, for at most 60 s.
+    let mut polls = 0;
+    let at_half = loop {
+        let s = status(());
+        if s["ruleWeights"] == serde_json::json!({ "blue": 50, "green": 50 }) {
+            break s;
+        }
+        polls += 1;
+        assert!(polls < 600, "never at 50 %: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(at_half["active"]["phase"], "Shifting");
+    let o = run(
+        &[
+            "promote",
+            "web",
+            "--local",
+            "--config",
+            c,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        &[],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stdout).contains("web-1 Succeeded"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = run(
+        &[
+            "history", "web", "--local", "--config", c, "--output", "json",
+        ],
+        &[],
+    );
+    let history = valid("history.schema.json", &o);
+    assert_eq!(history["deployments"][0]["phase"], "Succeeded");
+    let o = run(&["abort", "web", "--local", "--config", c], &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "nothing to abort: {}",
+        text(&o.stderr)
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &local.id().to_string()])
+        .status();
+    let _ = local.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_definitions() {
+    let o = run(&["completions", "bash"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    let script = text(&o.stdout);
+    for command in [
+        "deploy", "promote", "watch", "status", "history", "rollback",
+    ] {
+        assert!(
+            script.contains(command),
+            "{command} missing from the bash completion"
+        );
+    }
+    let o = run(&["man"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    let page = text(&o.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH bluegreen"),
+        "{page}"
+    );
+    assert!(page.contains("deploy"), "{page}");
+    let o = run(&["watch", "--help"], &[]);
+    assert!(text(&o.stdout).contains("Examples:"), "{}", text(&o.stdout));
+}
