@@ -26,6 +26,10 @@ hands a rule the bus object itself and fails the stack); `Fn::GetAtt` of a targe
 `LoadBalancerFullName` (the metric dimensions alarms and dashboards use) answer as AWS
 does, where moto fails the stack.
 
+SQS `StartMessageMoveTask` (the dead-letter redrive a runbook shows), which moto does not
+implement, moves every message of the source queue to the queue whose redrive policy
+names it (or to `DestinationArn`) at once, as the task does over time.
+
 Everything else is moto as installed; the worker under test talks to it over HTTP like
 to AWS.
 
@@ -42,7 +46,9 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.ecs import models as ecs
 from moto.elbv2.models import FakeLoadBalancer, FakeTargetGroup, elbv2_backends
 from moto.events.models import EventBus
+from moto.core.responses import ActionResult
 from moto.server import main
+from moto.sqs.responses import SQSResponse
 
 
 def roll_out(backend, service):
@@ -178,6 +184,30 @@ def _load_balancer_full_name(self, name):
 
 
 FakeLoadBalancer.get_cfn_attribute = _load_balancer_full_name
+
+def start_message_move_task(self):
+    # SourceArn: a dead-letter queue; DestinationArn (optional): where to; by default the
+    # queue whose redrive policy names the source.
+    backend = self.sqs_backend
+    source_arn = self._get_param("SourceArn")
+    destination_arn = self._get_param("DestinationArn")
+    queues = list(backend.queues.values())
+    source = next(q for q in queues if q.queue_arn == source_arn)
+    if destination_arn:
+        destination = next(q for q in queues if q.queue_arn == destination_arn)
+    else:
+        destination = next(
+            q for q in queues if (q.redrive_policy or {}).get("deadLetterTargetArn") == source_arn
+        )
+    with source._messages_lock:
+        moving = list(source._messages)
+        source._messages.clear()
+    for message in moving:
+        backend.send_message(destination.name, message.body)
+    return ActionResult({"TaskHandle": f"{source.name}-{len(moving)}-{utcnow().timestamp()}"})
+
+
+SQSResponse.start_message_move_task = start_message_move_task
 
 if __name__ == "__main__":
     main(sys.argv[1:])

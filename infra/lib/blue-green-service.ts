@@ -313,7 +313,7 @@ function rollbackAlarms(
   const errorRate = new cloudwatch.Alarm(scope, `${cap}ErrorRate`, {
     ...common,
     alarmName: `${name}-${colour}-5xx`,
-    alarmDescription: `Target 5xx above ${rate} % of at least ${minimum} requests a period on ${name}-${colour}. ${runbookLink('rollback-alarm')}`,
+    alarmDescription: `Target 5xx above ${rate} % of at least ${minimum} requests a period on ${name}-${colour}. ${runbookLink('service-colour-5xx')}`,
     metric: new cloudwatch.MathExpression({
       expression: `IF(FILL(requests, 0) >= ${minimum}, 100 * FILL(errors, 0) / requests, 0)`,
       usingMetrics: { requests, errors },
@@ -327,7 +327,7 @@ function rollbackAlarms(
   const latency = new cloudwatch.Alarm(scope, `${cap}Latency`, {
     ...common,
     alarmName: `${name}-${colour}-p99`,
-    alarmDescription: `p99 target response time above ${latencyLimit.toSeconds()} s on ${name}-${colour}. ${runbookLink('rollback-alarm')}`,
+    alarmDescription: `p99 target response time above ${latencyLimit.toSeconds()} s on ${name}-${colour}. ${runbookLink('service-colour-p99')}`,
     metric: targetGroup.metrics.targetResponseTime({ period, statistic: 'p99' }),
     threshold: latencyLimit.toMilliseconds() / 1000,
     comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -336,14 +336,14 @@ function rollbackAlarms(
   const unhealthy = new cloudwatch.Alarm(scope, `${cap}Unhealthy`, {
     ...common,
     alarmName: `${name}-${colour}-unhealthy`,
-    alarmDescription: `${hosts} or more unhealthy targets in ${name}-${colour}. ${runbookLink('rollback-alarm')}`,
+    alarmDescription: `${hosts} or more unhealthy targets in ${name}-${colour}. ${runbookLink('service-colour-unhealthy')}`,
     metric: targetGroup.metrics.unhealthyHostCount({ period, statistic: 'Maximum' }),
     threshold: hosts,
     comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
   });
   const rollback = new cloudwatch.CompositeAlarm(scope, `${cap}Rollback`, {
     compositeAlarmName: `${name}-${colour}-rollback`,
-    alarmDescription: `Any rollback alarm of ${name}-${colour}: the worker rolls back a deployment to this colour. ${runbookLink('rollback-alarm')}`,
+    alarmDescription: `Any rollback alarm of ${name}-${colour}: the worker rolls back a deployment to this colour. ${runbookLink('service-colour-rollback')}`,
     alarmRule: cloudwatch.AlarmRule.anyOf(errorRate, latency, unhealthy),
   });
   return { errorRate, latency, unhealthy, rollback };

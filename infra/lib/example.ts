@@ -115,6 +115,9 @@ export class ExampleStack extends Stack {
     out('LoadBalancerDns', alb.loadBalancerDnsName, 'Where the sample service answers');
     out('DashboardName', this.controller.dashboard.dashboardName, 'CloudWatch dashboard');
     out('OperatorRoleArn', operator.roleArn, 'Role operators assume to put operator events');
+    out('ClusterName', cluster.clusterName, 'The cluster of the services and the worker');
+    out('WorkerServiceName', this.controller.service.serviceName, 'The worker ECS service');
+    out('LogGroupName', this.controller.logGroup.logGroupName, 'The worker logs and EMF metrics');
 
     this.acknowledge();
     skipCheckov(alb, 'CKV_AWS_91', 'Example ALB: access logs need an S3 bucket the owner chooses');

@@ -319,6 +319,27 @@ describe('IAM', () => {
   });
 });
 
+describe('runbooks', () => {
+  const dir = path.resolve(__dirname, '..', '..', 'runbooks');
+  it('links every alarm to a runbook file that exists', () => {
+    const alarms = [...ofType('AWS::CloudWatch::Alarm'), ...ofType('AWS::CloudWatch::CompositeAlarm')];
+    assert.ok(alarms.length >= 15);
+    for (const [id, r] of alarms) {
+      const link = /Runbook: runbooks\/([a-z0-9-]+\.md)/.exec(JSON.stringify(r.Properties.AlarmDescription));
+      assert.ok(link, `${id} has no runbook link`);
+      assert.ok(fs.existsSync(path.join(dir, link[1])), `${id}: runbooks/${link[1]} does not exist`);
+    }
+  });
+  it('gives every runbook the same six sections', () => {
+    const files = fs.readdirSync(dir).filter((f) => f.endsWith('.md') && f !== 'README.md');
+    assert.ok(files.length >= 16);
+    for (const f of files) {
+      const headings = [...fs.readFileSync(path.join(dir, f), 'utf8').matchAll(/^## (\w+)/gm)].map((m) => m[1]);
+      assert.deepEqual(headings, ['Meaning', 'Impact', 'Diagnosis', 'Mitigation', 'Verification', 'Escalation'], f);
+    }
+  });
+});
+
 describe('checkov', () => {
   it('skips a check only with a reason, in the resource metadata', () => {
     const skips = Object.entries(resources).flatMap(([id, r]) => (r.Metadata?.checkov?.skip ?? []).map((s: any) => ({ id, ...s })));

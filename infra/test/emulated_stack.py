@@ -26,6 +26,9 @@ import uuid
 
 import boto3
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runbooks  # noqa: E402
+
 ACCOUNT = "123456789012"  # moto's default account: the worker sends no account header
 REGION = "us-east-1"
 STACK = "BluegreenExample"
@@ -330,6 +333,8 @@ def main(endpoint, binary, template_path):
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+    # 5. Every command the runbooks show, against this stack.
+    runbooks.run_all(endpoint, binary)
     shutil.rmtree(work, ignore_errors=True)
     print("emulated stack: ok")
 
