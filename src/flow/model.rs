@@ -254,6 +254,37 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase change the flow makes, `(from, to)`: the forward path with its skips
+    /// (no test stage, no approval gate, no bake), a rollback from every phase that can
+    /// still be undone (and from `Succeeded` while the old colour is warm), and the two
+    /// ends of a rollback. A property test checks that no other change ever happens;
+    /// `docs/architecture.md` draws this table.
+    pub const TRANSITIONS: &'static [(Phase, Phase)] = &[
+        (Phase::Requested, Phase::Provisioning),
+        (Phase::Provisioning, Phase::WaitingForGreen),
+        (Phase::WaitingForGreen, Phase::Testing),
+        (Phase::WaitingForGreen, Phase::AwaitingApproval),
+        (Phase::WaitingForGreen, Phase::Shifting),
+        (Phase::Testing, Phase::AwaitingApproval),
+        (Phase::Testing, Phase::Shifting),
+        (Phase::AwaitingApproval, Phase::Shifting),
+        (Phase::Shifting, Phase::Baking),
+        (Phase::Shifting, Phase::Finalizing),
+        (Phase::Baking, Phase::Finalizing),
+        (Phase::Finalizing, Phase::Succeeded),
+        (Phase::Requested, Phase::RollingBack),
+        (Phase::Provisioning, Phase::RollingBack),
+        (Phase::WaitingForGreen, Phase::RollingBack),
+        (Phase::Testing, Phase::RollingBack),
+        (Phase::AwaitingApproval, Phase::RollingBack),
+        (Phase::Shifting, Phase::RollingBack),
+        (Phase::Baking, Phase::RollingBack),
+        (Phase::Succeeded, Phase::RollingBack),
+        (Phase::RollingBack, Phase::RolledBack),
+        (Phase::RollingBack, Phase::Failed),
+        (Phase::Requested, Phase::Failed),
+    ];
+
     /// Whether nothing more happens to the deployment by itself.
     #[must_use]
     pub fn is_terminal(self) -> bool {

@@ -564,3 +564,29 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    // A quarter of the cases: every other property already runs these sequences.
+    #![proptest_config(ProptestConfig { cases: config().cases.div_ceil(4), ..config() })]
+
+    /// The phase table (`Phase::TRANSITIONS`, which docs/architecture.md draws) holds
+    /// every phase change the flow makes: no transition happens that the table lacks.
+    #[test]
+    fn every_phase_change_is_in_the_phase_table(
+        settings in service_settings(),
+        ops in proptest::collection::vec(any_op(), 1..60),
+    ) {
+        let mut r = run(settings, &ops);
+        finish(&mut r);
+        for e in &r.w.log.events {
+            if let (Some(from), Some(to)) = (e.detail.previous_phase, e.detail.phase)
+                && from != to
+            {
+                prop_assert!(
+                    Phase::TRANSITIONS.contains(&(from, to)),
+                    "{from} -> {to} ({:?}) is not in Phase::TRANSITIONS", e.kind
+                );
+            }
+        }
+    }
+}

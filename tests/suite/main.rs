@@ -12,6 +12,8 @@
 //! * `hostile` — events that must neither deploy nor roll back, and fuzzing of the whole
 //!   inbound path;
 //! * `config` — the configuration document and its errors;
+//! * `docs` — the generated references and state machine of `docs/` match the schemas
+//!   and the code;
 //! * `local_db` — the embedded store and inbox;
 //! * `local_e2e` — the embedded mode end to end: proxy, processes, alarms, worker;
 //! * `local_proxy` — the embedded proxy alone: split, headers, streaming, draining;
@@ -31,6 +33,7 @@ mod cli;
 mod common;
 mod config;
 mod contract;
+mod docs;
 mod faults;
 mod hostile;
 mod invariants;
