@@ -4,7 +4,7 @@
 //! redrive, or put it back. The reconciler runs here too, under a lease so that one
 //! worker of many runs it at a time.
 //!
-//! Message dispositions (documented in the README):
+//! Message dispositions (documented in docs/worker.md):
 //! * applied, or deliberately ignored (a failed push, an alarm back to OK, a duplicate, an
 //!   event for a finished deployment answered with `Event Rejected`) → deleted;
 //! * malformed, unknown kind, unknown service, wrong account or region → `Event Rejected`

@@ -209,7 +209,7 @@ export class BlueGreenService extends Construct {
       priority: rule.priority ?? 100,
       conditions: rule.conditions ?? [elbv2.ListenerCondition.pathPatterns(['/*'])],
       // The worker moves these weights; a stack update that touches the rule writes 100/0
-      // again (see the README: drift detection answers it).
+      // again (infra/README.md: drift detection answers it).
       action: elbv2.ListenerAction.weightedForward([
         { targetGroup: blue.targetGroup, weight: 100 },
         { targetGroup: green.targetGroup, weight: 0 },

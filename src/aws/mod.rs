@@ -1,7 +1,7 @@
 //! The AWS adapters (official SDK crates): one [`Aws`] value implements every port.
 //!
 //! * [`sqs`] — the inbox (long poll, visibility, delayed self-addressed ticks);
-//! * [`dynamodb`] — the store (one table; key design in the README);
+//! * [`dynamodb`] — the store (one table; key design in docs/worker.md);
 //! * [`elb`] — the traffic router (listener rule / default action weights, read back);
 //! * [`ecs`] — the platform (task definition revision, service updates, health);
 //! * [`events`] — the bus (`PutEvents` in batches of 10);
