@@ -12,6 +12,7 @@ use crate::cli::{
     ActionArgs, Cli, Command, EXIT_INVALID, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, Output,
     Target, load_config, runtime,
 };
+use crate::flow::Action;
 use crate::operate::{Console, ConsoleError, Request, Status, Verb, exit_code, split_bar};
 
 /// Runs `cli` if it is an operator command and returns its exit code; gives any other
@@ -23,13 +24,13 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Box
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (verb, args) = match cli.command {
         Command::Deploy { image, args } => (Verb::Deploy { image }, args),
-        Command::Promote { skip_bake, args } => (Verb::Promote { skip_bake }, args),
-        Command::Approve { args } => (Verb::Approve, args),
-        Command::Pause { args } => (Verb::Pause, args),
-        Command::Resume { args } => (Verb::Resume, args),
-        Command::Abort { args } => (Verb::Abort, args),
-        Command::Rollback { args } => (Verb::Rollback, args),
-        Command::Retry { args } => (Verb::Retry, args),
+        Command::Promote { skip_bake, args } => (Verb::Act(Action::Promote { skip_bake }), args),
+        Command::Approve { args } => (Verb::Act(Action::Approve), args),
+        Command::Pause { args } => (Verb::Act(Action::Pause), args),
+        Command::Resume { args } => (Verb::Act(Action::Resume), args),
+        Command::Abort { args } => (Verb::Act(Action::Abort), args),
+        Command::Rollback { args } => (Verb::Act(Action::Rollback), args),
+        Command::Retry { args } => (Verb::Act(Action::Retry), args),
         Command::Status {
             service,
             target,
@@ -159,7 +160,7 @@ async fn act(
     }
     // A deploy follows the deployment it creates; the others the one they act on.
     let (deployment, after) = match request.verb {
-        Verb::Deploy { .. } | Verb::Retry => (None, Some(before.deployments_started)),
+        Verb::Deploy { .. } | Verb::Act(Action::Retry) => (None, Some(before.deployments_started)),
         _ => (args.deployment, None),
     };
     let follow = Follow {

@@ -11,9 +11,11 @@ use serde_json::{Value, json};
 
 use crate::contract::{self, Routed, Sources};
 use crate::fleet::Fleet;
-use crate::flow::{self, Color, Deployment, Outcome, Phase, ServiceState, Timestamp, Weights};
+use crate::flow::{
+    self, Action, Color, Deployment, Outcome, Phase, ServiceState, Timestamp, Weights,
+};
 
-/// An operator action.
+/// An operator action: a deployment of an image, or one of the core's actions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verb {
     /// Deploy an image (`repository:tag` or `repository@sha256:…`).
@@ -21,23 +23,8 @@ pub enum Verb {
         /// The image.
         image: String,
     },
-    /// Skip to 100 % (or past an untimed pause).
-    Promote {
-        /// Also skip the bake.
-        skip_bake: bool,
-    },
-    /// Pass the approval gate.
-    Approve,
-    /// Stop the clock.
-    Pause,
-    /// Start it again.
-    Resume,
-    /// Roll the active deployment back.
-    Abort,
-    /// Roll back the active deployment, or the last one while its old colour is warm.
-    Rollback,
-    /// Deploy a rolled-back or failed deployment's image again.
-    Retry,
+    /// Promote, approve, pause, resume, abort, roll back or retry.
+    Act(Action),
 }
 
 impl Verb {
@@ -46,13 +33,13 @@ impl Verb {
     pub fn detail_type(&self) -> &'static str {
         match self {
             Verb::Deploy { .. } => "Deploy Requested",
-            Verb::Promote { .. } => "Promote Requested",
-            Verb::Approve => "Approve Requested",
-            Verb::Pause => "Pause Requested",
-            Verb::Resume => "Resume Requested",
-            Verb::Abort => "Abort Requested",
-            Verb::Rollback => "Rollback Requested",
-            Verb::Retry => "Retry Requested",
+            Verb::Act(Action::Promote { .. }) => "Promote Requested",
+            Verb::Act(Action::Approve) => "Approve Requested",
+            Verb::Act(Action::Pause) => "Pause Requested",
+            Verb::Act(Action::Resume) => "Resume Requested",
+            Verb::Act(Action::Abort) => "Abort Requested",
+            Verb::Act(Action::Rollback) => "Rollback Requested",
+            Verb::Act(Action::Retry) => "Retry Requested",
         }
     }
 
@@ -61,13 +48,7 @@ impl Verb {
     pub fn name(&self) -> &'static str {
         match self {
             Verb::Deploy { .. } => "deploy",
-            Verb::Promote { .. } => "promote",
-            Verb::Approve => "approve",
-            Verb::Pause => "pause",
-            Verb::Resume => "resume",
-            Verb::Abort => "abort",
-            Verb::Rollback => "rollback",
-            Verb::Retry => "retry",
+            Verb::Act(action) => action.as_str(),
         }
     }
 }
@@ -100,7 +81,7 @@ impl Request {
         }
         match &self.verb {
             Verb::Deploy { image } => detail["image"] = json!(image),
-            Verb::Promote { skip_bake: true } => detail["skipBake"] = json!(true),
+            Verb::Act(Action::Promote { skip_bake: true }) => detail["skipBake"] = json!(true),
             _ => {}
         }
         detail

@@ -30,6 +30,17 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
     command.output().expect("run bluegreen")
 }
 
+/// Asserts the exit code, showing both streams when it is not the one expected.
+fn exited(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -109,14 +120,14 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
 
     // Refusals before anything is sent, exit 3.
     let o = bluegreen(&["pause", "nope", "--by", "alice", "--config", c]).await;
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    exited(&o, 3);
     assert!(
         text(&o.stderr).contains("unknown service \"nope\"; configured: web"),
         "{}",
         text(&o.stderr)
     );
     let o = bluegreen(&["promote", "web", "--by", "alice", "--config", c]).await;
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    exited(&o, 3);
     assert!(
         text(&o.stderr).contains("no deployment in progress"),
         "{}",
@@ -126,7 +137,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     // 1. deploy (requestedBy from STS), pause, resume, promote --wait: Succeeded, exit 0.
     let image = format!("web@{}", digest(21));
     let o = bluegreen(&["deploy", "web", "--image", &image, "--config", c]).await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    exited(&o, 0);
     assert!(
         text(&o.stdout).starts_with("deploy web: event "),
         "{}",
@@ -141,7 +152,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     )
     .await;
     let o = bluegreen(&["status", "web", "--output", "json", "--config", c]).await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    exited(&o, 0);
     let status = valid("status.schema.json", &o);
     let web = &status["services"][0];
     assert_eq!(web["active"]["phase"], "Shifting");
@@ -169,13 +180,13 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         "pause", "web", "--by", "alice", "--reason", "looking", "--config", c,
     ])
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    exited(&o, 0);
     env.wait_for(30, "paused", |s| {
         s.active.as_ref().is_some_and(|d| d.is_paused())
     })
     .await;
     let o = bluegreen(&["approve", "web", "--by", "alice", "--config", c]).await;
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    exited(&o, 3);
     assert!(
         text(&o.stderr)
             .contains("phase Shifting; allowed: promote, pause, resume, abort, rollback"),
@@ -183,7 +194,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         text(&o.stderr)
     );
     let o = bluegreen(&["resume", "web", "--by", "alice", "--config", c]).await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    exited(&o, 0);
     env.wait_for(30, "resumed", |s| {
         s.active.as_ref().is_some_and(|d| !d.is_paused())
     })
@@ -200,13 +211,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         c,
     ])
     .await;
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
+    exited(&o, 0);
     assert!(
         text(&o.stdout).contains("web-1 Succeeded"),
         "{}",
@@ -258,15 +263,9 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         c,
     ])
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    exited(&o, 0);
     let followed = waiting.await.expect("join");
-    assert_eq!(
-        followed.status.code(),
-        Some(1),
-        "{}\n{}",
-        text(&followed.stdout),
-        text(&followed.stderr)
-    );
+    exited(&followed, 1);
     let lines = text(&followed.stdout);
     assert!(
         lines.contains("web-2 RolledBack: rollback requested by bob"),
@@ -281,7 +280,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         "plain lines with a time, one per change, when stdout is not a terminal: {lines}"
     );
     let o = bluegreen(&["watch", "web", "--deployment", "web-2", "--config", c]).await;
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    exited(&o, 1);
     let o = bluegreen(&["watch", "web", "--deployment", "web-1", "--config", c]).await;
     assert_eq!(
         o.status.code(),
@@ -292,7 +291,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
 
     // history, newest first, against its schema.
     let o = bluegreen(&["history", "web", "--output", "json", "--config", c]).await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    exited(&o, 0);
     let history = valid("history.schema.json", &o);
     let phases: Vec<&str> = history["deployments"]
         .as_array()
@@ -326,7 +325,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         b,
     ])
     .await;
-    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    exited(&o, 4);
     assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
     let c2 = c.to_string();
     let o = tokio::task::spawn_blocking(move || {
@@ -347,7 +346,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     })
     .await
     .expect("join");
-    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    exited(&o, 4);
     assert!(
         text(&o.stderr).contains("no AWS credentials"),
         "{}",
@@ -402,14 +401,14 @@ timeouts = {{ poll = "100ms" }}
             ],
             &[],
         );
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        exited(&o, 0);
         valid("status.schema.json", &o)["services"][0].clone()
     };
     let o = run(
         &["deploy", "web", "--image", "v2", "--local", "--config", c],
         &[],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    exited(&o, 0);
     // Polls the observable condition, for at most 60 s.
     let mut polls = 0;
     let at_half = loop {
@@ -435,13 +434,7 @@ timeouts = {{ poll = "100ms" }}
         ],
         &[],
     );
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
+    exited(&o, 0);
     assert!(
         text(&o.stdout).contains("web-1 Succeeded"),
         "{}",
