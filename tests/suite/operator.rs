@@ -306,6 +306,35 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     );
     let o = bluegreen(&["history", "web", "--config", c]).await;
     assert!(text(&o.stdout).starts_with("web-2 "), "{}", text(&o.stdout));
+
+    // 3. retry deploys the rolled-back image again; abort rolls the retry back.
+    let o = bluegreen(&["retry", "web", "--by", "carol", "--config", c]).await;
+    exited(&o, 0);
+    env.wait_for(60, "the retry shifting", |s| {
+        s.active
+            .as_ref()
+            .is_some_and(|d| d.id == "web-3" && d.phase == Phase::Shifting)
+    })
+    .await;
+    let o = bluegreen(&[
+        "abort", "web", "--by", "carol", "--reason", "enough", "--config", c,
+    ])
+    .await;
+    exited(&o, 0);
+    let state = env
+        .wait_for(60, "the retry rolled back", |s| {
+            s.last
+                .as_ref()
+                .is_some_and(|d| d.id == "web-3" && d.phase == Phase::RolledBack)
+        })
+        .await;
+    let retried = state.last.expect("the retry");
+    assert_eq!(retried.id, "web-3");
+    assert_eq!(retried.retry_of.as_deref(), Some("web-2"));
+    assert_eq!(
+        retried.to_image.digest.as_deref(),
+        Some(digest(22).as_str())
+    );
     running.stop().await;
 
     // AWS that cannot be reached: a bus that does not exist, no credentials; exit 4.
