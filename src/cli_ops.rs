@@ -282,14 +282,25 @@ async fn watch(
             Some(d) => {
                 followed.get_or_insert_with(|| d.id.clone());
                 let weights = status.rule_weights.unwrap_or(d.weights);
+                let firing: Vec<&str> = status
+                    .alarms
+                    .iter()
+                    .filter(|a| a.state == "ALARM")
+                    .map(|a| a.name.as_str())
+                    .collect();
                 let line = format!(
-                    "{} {}{} step {}/{} {}",
+                    "{} {}{} step {}/{} {}{}",
                     d.id,
                     d.phase,
                     if d.paused { " (paused)" } else { "" },
                     d.step.index,
                     d.step.count,
-                    split_bar(weights, 20)
+                    split_bar(weights, 20),
+                    if firing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ALARM: {}", firing.join(", "))
+                    }
                 );
                 if line != last_line {
                     if follow.tty {

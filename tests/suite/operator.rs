@@ -224,6 +224,13 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
             green: 100
         }
     );
+    let o = bluegreen(&["watch", "web", "--config", c]).await;
+    exited(&o, 0);
+    assert!(
+        text(&o.stdout).ends_with("web-1 Succeeded\n"),
+        "{}",
+        text(&o.stdout)
+    );
 
     // 2. a deploy followed with --wait, rolled back by the operator: exit 1.
     let image = format!("web@{}", digest(22));
@@ -252,6 +259,21 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
             .is_some_and(|d| d.id == "web-2" && d.phase == Phase::Shifting)
     })
     .await;
+    // watch names a rollback alarm in ALARM (a first line, then it gives up).
+    crate::moto::set_alarm(&env.sdk, &env.alarm, "ALARM").await;
+    let o = bluegreen(&["watch", "web", "--timeout", "1s", "--config", c]).await;
+    exited(&o, 1);
+    assert!(
+        text(&o.stdout).contains("web-2 Shifting step 1/2 blue  50%"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stdout).contains(&format!("ALARM: {}", env.alarm)),
+        "{}",
+        text(&o.stdout)
+    );
+    crate::moto::set_alarm(&env.sdk, &env.alarm, "OK").await;
     let o = bluegreen(&[
         "rollback",
         "web",
