@@ -209,7 +209,8 @@ pub fn check(
 pub struct AlarmStatus {
     /// The alarm's name.
     pub name: String,
-    /// `ALARM`, `OK` (not in alarm), or `UNKNOWN` (could not be read).
+    /// `ALARM`, `OK` (not in alarm), `INSUFFICIENT_DATA` (the embedded mode: too few
+    /// requests to judge), or `UNKNOWN` (not read, or not judged yet).
     pub state: &'static str,
 }
 
@@ -768,7 +769,20 @@ impl Console {
                     Ok(None) => Err("the embedded router has not started yet".into()),
                     Err(e) => Err(e.to_string()),
                 };
-                (rule, unknown_alarms(&names))
+                // As the running `bluegreen local` last judged them.
+                let alarms = names
+                    .iter()
+                    .map(|n| AlarmStatus {
+                        name: n.clone(),
+                        state: match db.get(&crate::local::alarms::alarm_key(n)) {
+                            Ok(Some(s)) if s == "ALARM" => "ALARM",
+                            Ok(Some(s)) if s == "OK" => "OK",
+                            Ok(Some(_)) => "INSUFFICIENT_DATA",
+                            _ => "UNKNOWN",
+                        },
+                    })
+                    .collect();
+                (rule, alarms)
             }
         };
         Ok(Status::of(&state, rule, alarms, self.now()))

@@ -222,6 +222,12 @@ impl Evaluator {
     }
 }
 
+/// Where the embedded database keeps an alarm's last state.
+#[must_use]
+pub fn alarm_key(name: &str) -> String {
+    format!("alarm:{name}")
+}
+
 /// The CloudWatch-shaped event for a state change.
 #[must_use]
 pub fn state_change_event(
@@ -289,6 +295,10 @@ pub async fn run(
                 sequence += 1;
                 let id = format!("local-alarm-{name}-{}-{sequence}", clock().millis());
                 info!(alarm = %name, from = previous.as_str(), to = state.as_str(), %reason, "alarm state change");
+                // For `bluegreen status --local`, which runs in another process.
+                if let Err(e) = db.put(&alarm_key(&name), state.as_str()) {
+                    warn!(error = %e, "alarms: cannot record the state");
+                }
                 let body = state_change_event(&name, state, previous, &reason, &at, &id);
                 if let Err(e) = db.send(body, Duration::ZERO).await {
                     warn!(error = %e, "alarms: cannot enqueue the state change");

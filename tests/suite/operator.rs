@@ -13,21 +13,38 @@ use serde_json::Value;
 use crate::common::digest;
 use crate::moto::{Env, Running, Shape};
 
+/// Runs the binary with no AWS settings (the embedded mode, local commands).
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    command(args, envs).output().expect("run bluegreen")
+}
+
+fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bluegreen"));
     command
         .args(args)
-        .env("AWS_ENDPOINT_URL", crate::moto::endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("BLUEGREEN_CONFIG")
         .env_remove("BLUEGREEN_CONFIG_JSON");
     for (k, v) in envs {
         command.env(k, v);
     }
-    command.output().expect("run bluegreen")
+    command
+}
+
+/// Runs the binary against moto server.
+fn run_aws(args: &[&str]) -> Output {
+    let endpoint = crate::moto::endpoint();
+    command(
+        args,
+        &[
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    )
+    .output()
+    .expect("run bluegreen")
 }
 
 /// Asserts the exit code, showing both streams when it is not the one expected.
@@ -50,7 +67,7 @@ async fn bluegreen(args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(&args, &[])
+        run_aws(&args)
     })
     .await
     .expect("join")
@@ -236,22 +253,19 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     let image = format!("web@{}", digest(22));
     let config_owned = config.clone();
     let waiting = tokio::task::spawn_blocking(move || {
-        run(
-            &[
-                "deploy",
-                "web",
-                "--image",
-                &image,
-                "--by",
-                "bob",
-                "--wait",
-                "--timeout",
-                "90s",
-                "--config",
-                &config_owned,
-            ],
-            &[],
-        )
+        run_aws(&[
+            "deploy",
+            "web",
+            "--image",
+            &image,
+            "--by",
+            "bob",
+            "--wait",
+            "--timeout",
+            "90s",
+            "--config",
+            &config_owned,
+        ])
     });
     env.wait_for(60, "the second deployment shifting", |s| {
         s.active
@@ -432,6 +446,7 @@ strategy = {{ kind = "steps", steps = [ {{ weight = 50 }}, {{ weight = 100 }} ] 
 bake = "100ms"
 termination_wait = "100ms"
 timeouts = {{ poll = "100ms" }}
+alarms = [ {{ name = "web-5xx", error_rate_above = 0.5, window = "2s", min_requests = 1 }} ]
 "#,
             dir = dir.display(),
             exe = env!("CARGO_BIN_EXE_bluegreen")
@@ -455,6 +470,24 @@ timeouts = {{ poll = "100ms" }}
         exited(&o, 0);
         valid("status.schema.json", &o)["services"][0].clone()
     };
+    // Traffic through the router until the running `local` judged the alarm, which
+    // `status` (another process) reads back.
+    let mut polls = 0;
+    loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+            );
+            let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
+        }
+        if status(())["alarms"][0] == serde_json::json!({ "name": "web-5xx", "state": "OK" }) {
+            break;
+        }
+        polls += 1;
+        assert!(polls < 1200, "the alarm was never judged: {}", status(()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let o = run(
         &["deploy", "web", "--image", "v2", "--local", "--config", c],
         &[],
