@@ -627,13 +627,17 @@ impl Console {
     pub async fn state(&self, service: &str) -> Result<ServiceState, ConsoleError> {
         use crate::ports::Store;
         self.known(service)?;
-        let loaded = match self {
-            Console::Aws { aws, .. } => aws.load(service, Color::Blue).await,
-            Console::Local { db, .. } => db.load(service, Color::Blue).await,
-        };
-        loaded
-            .map(|s| s.state)
-            .map_err(|e| aws_error("GetItem", "", &e))
+        match self {
+            Console::Aws { aws, .. } => aws
+                .load(service, Color::Blue)
+                .await
+                .map_err(|e| aws_error("GetItem", "", &e)),
+            Console::Local { db, .. } => db
+                .load(service, Color::Blue)
+                .await
+                .map_err(|e| ConsoleError::Unreachable(e.to_string())),
+        }
+        .map(|s| s.state)
     }
 
     /// Who is asking: the caller's ARN on AWS, the user on the embedded mode.
