@@ -146,6 +146,8 @@ export class BlueGreenService extends Construct {
   public readonly passedRoles: iam.IRole[];
   /** The cluster. */
   public readonly cluster: ecs.ICluster;
+  /** The task definition family the worker registers new revisions in. */
+  public readonly taskDefinitionFamily: string;
   /** This service's entry in the worker's configuration (`services[]`). */
   public readonly entry: ServiceEntry;
 
@@ -160,6 +162,7 @@ export class BlueGreenService extends Construct {
     this.loadBalancer = props.loadBalancer;
     this.repository = props.repository;
     this.cluster = props.cluster;
+    this.taskDefinitionFamily = props.taskDefinition.family;
     const vpc = props.cluster.vpc;
     const deregistrationDelay = props.deregistrationDelay ?? Duration.seconds(30);
     const terminationWait = props.terminationWait ?? Duration.minutes(10);

@@ -1,4 +1,4 @@
-import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy, Stack, Token, Validations } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -243,6 +243,13 @@ export class BlueGreenController extends Construct {
 
     this.grant(workerRole, props.services, rollbackAlarms);
     const wildcard = 'AwsSolutions-IAM5[Resource::*]';
+    const shown = (value: string, token: string) => (Token.isUnresolved(value) ? `<${token}>` : value);
+    for (const family of new Set(props.services.map((s) => s.taskDefinitionFamily))) {
+      Validations.of(workerRole).acknowledge({
+        id: `AwsSolutions-IAM5[Resource::arn:${shown(stack.partition, 'AWS::Partition')}:ecs:${shown(stack.region, 'AWS::Region')}:${shown(stack.account, 'AWS::AccountId')}:task-definition/${family}:*]`,
+        reason: 'Every revision of the service family: the worker registers a new one per deployment and may tag it only while registering it',
+      });
+    }
     Validations.of(workerRole).acknowledge({
       id: wildcard,
       reason:
@@ -365,6 +372,19 @@ export class BlueGreenController extends Construct {
   }
 
   /**
+   * Lets `role` run the operator commands: put operator events on the bus, and read what
+   * `bluegreen status`, `history` and `watch` show (the table, the rules, the alarms).
+   */
+  public grantOperator(role: iam.IGrantable, services: BlueGreenService[]): void {
+    this.bus.grantPutEventsTo(role);
+    this.table.grant(role, 'dynamodb:GetItem');
+    const alarms = services.flatMap((s) => s.alarms().filter((a) => a instanceof cloudwatch.CompositeAlarm).map((a) => a.alarmArn));
+    iam.Grant.addToPrincipal({ grantee: role, actions: ['cloudwatch:DescribeAlarms'], resourceArns: alarms });
+    // ELBv2 Describe* support no resource-level permissions.
+    iam.Grant.addToPrincipal({ grantee: role, actions: ['elasticloadbalancing:DescribeRules', 'elasticloadbalancing:DescribeListeners'], resourceArns: ['*'] });
+  }
+
+  /**
    * The bus's resource policy: the named operators may put operator events; nobody else
    * may put an event with the operator source (an explicit deny also binds principals of
    * this account whose own policies allow `events:PutEvents`).
@@ -422,8 +442,16 @@ export class BlueGreenController extends Construct {
     // ELBv2 Describe* actions support no resource-level permissions.
     add('ReadRulesAndHealth', ['elasticloadbalancing:DescribeRules', 'elasticloadbalancing:DescribeListeners', 'elasticloadbalancing:DescribeTargetHealth'], ['*']);
     add('UpdateRegisteredServices', ['ecs:UpdateService', 'ecs:DescribeServices'], services.flatMap((s) => s.serviceArns()));
-    // RegisterTaskDefinition and DescribeTaskDefinition support no resource-level permissions.
-    add('DeriveTaskDefinitions', ['ecs:RegisterTaskDefinition', 'ecs:DescribeTaskDefinition'], ['*']);
+    // RegisterTaskDefinition, DescribeTaskDefinition and ListTaskDefinitions support no
+    // resource-level permissions.
+    add('DeriveTaskDefinitions', ['ecs:RegisterTaskDefinition', 'ecs:DescribeTaskDefinition', 'ecs:ListTaskDefinitions'], ['*']);
+    // The worker tags each revision it registers with its deployment (found again after a
+    // crash by ListTagsForResource); tagging is allowed only as part of the registration.
+    const revisions = [...new Set(services.map((s) => s.taskDefinitionFamily))].map((family) =>
+      Stack.of(this).formatArn({ service: 'ecs', resource: 'task-definition', resourceName: `${family}:*` }),
+    );
+    add('TagDerivedRevisions', ['ecs:TagResource'], revisions, { StringEquals: { 'ecs:CreateAction': 'RegisterTaskDefinition' } });
+    add('FindDerivedRevisions', ['ecs:ListTagsForResource'], revisions);
     add(
       'PassServiceRoles',
       ['iam:PassRole'],

@@ -103,7 +103,11 @@ export class ExampleStack extends Stack {
       assignPublicIp: true,
       vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
     });
-    this.controller.bus.grantPutEventsTo(operator);
+    this.controller.grantOperator(operator, [this.web]);
+    Validations.of(operator).acknowledge({
+      id: 'AwsSolutions-IAM5[Resource::*]',
+      reason: 'Only elasticloadbalancing:DescribeRules and DescribeListeners (for bluegreen status), which support no resource-level permission',
+    });
 
     const out = (id: string, value: string, description: string) => new CfnOutput(this, id, { value, description });
     out('QueueUrl', this.controller.queue.queueUrl, 'Input queue of the worker');

@@ -266,6 +266,7 @@ describe('IAM', () => {
     'elasticloadbalancing:DescribeTargetHealth',
     'ecs:RegisterTaskDefinition',
     'ecs:DescribeTaskDefinition',
+    'ecs:ListTaskDefinitions',
     'ecr:GetAuthorizationToken',
   ]);
   const statements = ofType('AWS::IAM::Policy').flatMap(([id, r]) =>
@@ -311,6 +312,48 @@ describe('IAM', () => {
     for (const r of list(alarms.Resource)) assert.match(JSON.stringify(r), /Rollback/);
     const [ecr] = granting('ecr:DescribeImages');
     assert.deepEqual(list(ecr.Resource), [{ 'Fn::GetAtt': [logicalId(stack.node.findChild('WebRepository')), 'Arn'] }]);
+  });
+
+  it('grants every AWS operation the worker calls (as its adapters name them in src/aws/)', () => {
+    const src = path.resolve(__dirname, '..', '..', 'src', 'aws');
+    const prefix: Record<string, string> = {
+      'cloudwatch.rs': 'cloudwatch',
+      'dynamodb.rs': 'dynamodb',
+      'ecr.rs': 'ecr',
+      'ecs.rs': 'ecs',
+      'elb.rs': 'elasticloadbalancing',
+      'events.rs': 'events',
+      'sqs.rs': 'sqs',
+    };
+    // Operations whose IAM action lives elsewhere, or that the construct does not need.
+    const special: Record<string, string | null> = {
+      'ecs:DescribeTargetHealth': 'elasticloadbalancing:DescribeTargetHealth', // the ECS adapter reads target health
+      'dynamodb:TransactWriteItems': null, // no action of its own: each item is authorized by its PutItem/UpdateItem/…
+      'elasticloadbalancing:ModifyListener': null, // only for production_listener_arn; the construct moves rules
+    };
+    const granted = new Set(worker.flatMap((s: any) => list(s.Action)));
+    let checked = 0;
+    for (const [file, service] of Object.entries(prefix)) {
+      const text = fs.readFileSync(path.join(src, file), 'utf8');
+      for (const m of text.matchAll(/(?:repeat|port_error|conditional)\(\s*"([A-Za-z]+)"/g)) {
+        const called = `${service}:${m[1]}`;
+        const action = called in special ? special[called] : called;
+        if (action === null) continue;
+        assert.ok(granted.has(action), `the worker calls ${m[1]} (src/aws/${file}) but its role lacks ${action}`);
+        checked += 1;
+      }
+    }
+    assert.ok(checked >= 20, `only ${checked} operations found`);
+  });
+
+  it('lets the operator role run status, history and watch as well as put events', () => {
+    const operator = ref(stack.node.findChild('Operator'));
+    const actions = ofType('AWS::IAM::Policy')
+      .filter(([, r]) => r.Properties.Roles.some((x: any) => JSON.stringify(x) === JSON.stringify(operator)))
+      .flatMap(([, r]) => r.Properties.PolicyDocument.Statement.flatMap((st: any) => list(st.Action)));
+    for (const a of ['events:PutEvents', 'dynamodb:GetItem', 'elasticloadbalancing:DescribeRules', 'cloudwatch:DescribeAlarms']) {
+      assert.ok(actions.includes(a), `operator lacks ${a}: ${actions}`);
+    }
   });
 
   it('fails on a wildcard where a scoped resource is possible', () => {
