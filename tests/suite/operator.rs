@@ -47,6 +47,18 @@ fn run_aws(args: &[&str]) -> Output {
     .expect("run bluegreen")
 }
 
+/// Polls `probe` every 100 ms until it gives a value; fails naming `what` after two
+/// minutes (the suite runs next to the fault suite on two cores).
+fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..1200 {
+        if let Some(value) = probe() {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after two minutes waiting for {what}");
+}
+
 /// Asserts the exit code, showing both streams when it is not the one expected.
 fn exited(o: &Output, code: i32) {
     assert_eq!(
@@ -472,8 +484,7 @@ alarms = [ {{ name = "web-5xx", error_rate_above = 0.5, window = "2s", min_reque
     };
     // Traffic through the router until the running `local` judged the alarm, which
     // `status` (another process) reads back.
-    let mut polls = 0;
-    loop {
+    until("the alarm to be judged", || {
         if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             let _ = std::io::Write::write_all(
                 &mut stream,
@@ -481,29 +492,18 @@ alarms = [ {{ name = "web-5xx", error_rate_above = 0.5, window = "2s", min_reque
             );
             let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
         }
-        if status(())["alarms"][0] == serde_json::json!({ "name": "web-5xx", "state": "OK" }) {
-            break;
-        }
-        polls += 1;
-        assert!(polls < 1200, "the alarm was never judged: {}", status(()));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let s = status(());
+        (s["alarms"][0] == serde_json::json!({ "name": "web-5xx", "state": "OK" })).then_some(s)
+    });
     let o = run(
         &["deploy", "web", "--image", "v2", "--local", "--config", c],
         &[],
     );
     exited(&o, 0);
-    // Polls the observable condition, for at most two minutes.
-    let mut polls = 0;
-    let at_half = loop {
+    let at_half = until("the router at 50 %", || {
         let s = status(());
-        if s["ruleWeights"] == serde_json::json!({ "blue": 50, "green": 50 }) {
-            break s;
-        }
-        polls += 1;
-        assert!(polls < 1200, "never at 50 %: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        (s["ruleWeights"] == serde_json::json!({ "blue": 50, "green": 50 })).then_some(s)
+    });
     assert_eq!(at_half["active"]["phase"], "Shifting");
     let o = run(
         &[
