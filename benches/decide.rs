@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bluegreen::flow::{
     Action, AlarmState, Check, Color, ImageRef, Input, InputKind, Observations, Phase,
-    ServiceSettings, ServiceState, Strategy, Timestamp, decide,
+    ProductionRules, ServiceSettings, ServiceState, Strategy, Timestamp, decide,
 };
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
@@ -109,7 +109,7 @@ fn mid_shift(settings: &ServiceSettings) -> (ServiceState, Timestamp) {
                 now = now.max(d.next_tick.expect("pending tick").due);
                 // The rule as the worker would read it: what it last confirmed.
                 let observed = Observations {
-                    production: Some(Ok(state.serving())),
+                    production: Some(Ok(ProductionRules::one("rule", state.serving()))),
                     ..healthy.clone()
                 };
                 Input::tick(d.pending_key().expect("pending tick"), observed)
@@ -128,7 +128,7 @@ fn bench(c: &mut Criterion) {
     state.confirmed = Some(d.weights);
     let t = d.next_tick.expect("pending");
     let observed = Observations {
-        production: Some(Ok(d.weights)),
+        production: Some(Ok(ProductionRules::one("rule", d.weights))),
         ..Observations::alarms_ok()
     };
     let tick = Input::tick(d.pending_key().expect("pending"), observed);

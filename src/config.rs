@@ -110,6 +110,9 @@ pub struct ServiceConfig {
     /// Production listener rule whose weights are shifted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production_listener_rule_arn: Option<String>,
+    /// Or: several production listener rules, moved together.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub production_listener_rule_arns: Vec<String>,
     /// Or: production listener whose default action is shifted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production_listener_arn: Option<String>,
@@ -251,6 +254,16 @@ pub enum TrafficTarget {
     Listener(String),
 }
 
+impl TrafficTarget {
+    /// The rule's or listener's ARN.
+    #[must_use]
+    pub fn arn(&self) -> &str {
+        match self {
+            TrafficTarget::Rule(arn) | TrafficTarget::Listener(arn) => arn,
+        }
+    }
+}
+
 impl Config {
     /// Parses and validates a TOML document.
     ///
@@ -314,7 +327,7 @@ impl Config {
         let mut errors = Vec::new();
         let mut err = |field: String, message: String| errors.push(FieldError { field, message });
         let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut owners: HashMap<String, (usize, &'static str)> = HashMap::new();
+        let mut owners: HashMap<String, (usize, String)> = HashMap::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = |field: &str| format!("services[{i}].{field}");
             if let Some(j) = names.insert(s.name.as_str(), i) {
@@ -323,17 +336,26 @@ impl Config {
                     format!("duplicate service name {:?} (also services[{j}])", s.name),
                 );
             }
-            match (&s.production_listener_rule_arn, &s.production_listener_arn) {
-                (None, None) => err(
+            let given = [
+                s.production_listener_rule_arn.is_some(),
+                !s.production_listener_rule_arns.is_empty(),
+                s.production_listener_arn.is_some(),
+            ];
+            match given.iter().filter(|g| **g).count() {
+                0 => err(
                     at("production_listener_rule_arn"),
-                    "one of production_listener_rule_arn or production_listener_arn is required"
+                    "one of production_listener_rule_arn, production_listener_rule_arns or production_listener_arn is required"
                         .into(),
                 ),
-                (Some(_), Some(_)) => err(
-                    at("production_listener_arn"),
-                    "give production_listener_rule_arn or production_listener_arn, not both".into(),
+                1 => {}
+                _ => err(
+                    at(if given[2] {
+                        "production_listener_arn"
+                    } else {
+                        "production_listener_rule_arns"
+                    }),
+                    "give only one of production_listener_rule_arn, production_listener_rule_arns and production_listener_arn".into(),
                 ),
-                _ => {}
             }
             if s.test_listener_rule_arn.is_some() && s.test_listener_arn.is_some() {
                 err(
@@ -352,30 +374,29 @@ impl Config {
             }
             // One ECS service, target group or listener rule must belong to one bluegreen
             // service only, or two deployments would write the same traffic.
-            let resources = [
-                ("blue_service", format!("{}/{}", s.cluster, s.blue_service)),
+            let mut resources = vec![
                 (
-                    "green_service",
+                    "blue_service".to_string(),
+                    format!("{}/{}", s.cluster, s.blue_service),
+                ),
+                (
+                    "green_service".to_string(),
                     format!("{}/{}", s.cluster, s.green_service),
                 ),
-                ("blue_target_group_arn", s.blue_target_group_arn.clone()),
-                ("green_target_group_arn", s.green_target_group_arn.clone()),
-            ]
-            .into_iter()
-            .chain(
-                s.production_listener_rule_arn
-                    .clone()
-                    .map(|a| ("production_listener_rule_arn", a)),
-            )
-            .chain(
-                s.production_listener_arn
-                    .clone()
-                    .map(|a| ("production_listener_arn", a)),
-            );
+                (
+                    "blue_target_group_arn".to_string(),
+                    s.blue_target_group_arn.clone(),
+                ),
+                (
+                    "green_target_group_arn".to_string(),
+                    s.green_target_group_arn.clone(),
+                ),
+            ];
+            resources.extend(production_fields(s));
             for (field, id) in resources {
                 match owners.get(&id) {
                     Some((j, other)) if *j != i => err(
-                        at(field),
+                        at(&field),
                         format!("{id} is already used by services[{j}].{other}"),
                     ),
                     _ => {
@@ -502,25 +523,51 @@ pub(crate) fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut
     }
 }
 
-/// Every ELBv2 ARN of a service must be in one partition, region and account.
-fn check_arn_scope(s: &ServiceConfig, err: &mut impl FnMut(String, String), i: usize) {
-    let arns = [
-        ("blue_target_group_arn", Some(&s.blue_target_group_arn)),
-        ("green_target_group_arn", Some(&s.green_target_group_arn)),
+/// The production rule or listener fields of a service with their ARNs:
+/// `("production_listener_rule_arns[1]", arn)`.
+fn production_fields(s: &ServiceConfig) -> Vec<(String, String)> {
+    let single = [
         (
             "production_listener_rule_arn",
-            s.production_listener_rule_arn.as_ref(),
+            &s.production_listener_rule_arn,
+        ),
+        ("production_listener_arn", &s.production_listener_arn),
+    ];
+    single
+        .into_iter()
+        .filter_map(|(field, arn)| arn.clone().map(|a| (field.to_string(), a)))
+        .chain(
+            s.production_listener_rule_arns
+                .iter()
+                .enumerate()
+                .map(|(k, a)| (format!("production_listener_rule_arns[{k}]"), a.clone())),
+        )
+        .collect()
+}
+
+/// Every ELBv2 ARN of a service must be in one partition, region and account.
+fn check_arn_scope(s: &ServiceConfig, err: &mut impl FnMut(String, String), i: usize) {
+    let mut arns = vec![
+        (
+            "blue_target_group_arn".to_string(),
+            s.blue_target_group_arn.clone(),
         ),
         (
-            "production_listener_arn",
-            s.production_listener_arn.as_ref(),
+            "green_target_group_arn".to_string(),
+            s.green_target_group_arn.clone(),
         ),
-        ("test_listener_rule_arn", s.test_listener_rule_arn.as_ref()),
-        ("test_listener_arn", s.test_listener_arn.as_ref()),
     ];
-    let mut first: Option<(&str, String)> = None;
+    arns.extend(production_fields(s));
+    let test = [
+        ("test_listener_rule_arn", &s.test_listener_rule_arn),
+        ("test_listener_arn", &s.test_listener_arn),
+    ];
+    arns.extend(
+        test.into_iter()
+            .filter_map(|(field, arn)| arn.clone().map(|a| (field.to_string(), a))),
+    );
+    let mut first: Option<(String, String)> = None;
     for (field, arn) in arns {
-        let Some(arn) = arn else { continue };
         let scope: String = arn.split(':').skip(1).take(4).collect::<Vec<_>>().join(":");
         match &first {
             None => first = Some((field, scope)),
@@ -542,17 +589,21 @@ impl ServiceConfig {
         self.test_listener_rule_arn.is_some() || self.test_listener_arn.is_some()
     }
 
-    /// The production traffic target.
+    /// The production traffic targets, moved together (empty only in a configuration
+    /// that failed validation).
     #[must_use]
-    pub fn production(&self) -> Option<TrafficTarget> {
-        self.production_listener_rule_arn
+    pub fn production(&self) -> Vec<TrafficTarget> {
+        let rules = self
+            .production_listener_rule_arn
+            .iter()
+            .chain(&self.production_listener_rule_arns)
+            .cloned()
+            .map(TrafficTarget::Rule);
+        let listener = self
+            .production_listener_arn
             .clone()
-            .map(TrafficTarget::Rule)
-            .or_else(|| {
-                self.production_listener_arn
-                    .clone()
-                    .map(TrafficTarget::Listener)
-            })
+            .map(TrafficTarget::Listener);
+        rules.chain(listener).collect()
     }
 
     /// The test traffic target, if any.
@@ -583,11 +634,6 @@ impl ServiceConfig {
             timeouts: self.timeouts.resolve(),
             rollback_attempts: self.rollback_attempts,
             drift: self.drift,
-            production_rule: self
-                .production_listener_rule_arn
-                .clone()
-                .or_else(|| self.production_listener_arn.clone())
-                .unwrap_or_default(),
         }
     }
 }

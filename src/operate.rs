@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use crate::contract::{self, Routed, Sources};
 use crate::fleet::Fleet;
 use crate::flow::{
-    self, Action, Color, Deployment, Outcome, Phase, ServiceState, Timestamp, Weights,
+    self, Action, Color, Deployment, Outcome, Phase, ProductionRules, RuleWeights, ServiceState,
+    Timestamp, Weights,
 };
 
 /// An operator action: a deployment of an image, or one of the core's actions.
@@ -308,10 +309,12 @@ pub struct Status {
     pub active: Option<DeploymentView>,
     /// Weights last written and read back.
     pub written_weights: Option<Weights>,
-    /// Weights read from the production rule now.
+    /// Weights read from the production rules now, when they all hold the same.
     pub rule_weights: Option<Weights>,
-    /// Why the rule could not be read, if it could not.
+    /// Why the rules could not be read, or that they disagree.
     pub rule_error: Option<String>,
+    /// Each production rule and its weights as read now.
+    pub rules: Vec<RuleWeights>,
     /// Rollback alarms and their states.
     pub alarms: Vec<AlarmStatus>,
     /// The image waiting for the active deployment to end.
@@ -325,13 +328,23 @@ impl Status {
     #[must_use]
     pub fn of(
         state: &ServiceState,
-        rule: Result<Weights, String>,
+        rules: Result<ProductionRules, String>,
         alarms: Vec<AlarmStatus>,
         now: Timestamp,
     ) -> Status {
-        let (rule_weights, rule_error) = match rule {
-            Ok(w) => (Some(w), None),
-            Err(e) => (None, Some(e)),
+        let (rule_weights, rule_error, rules) = match rules {
+            Ok(read) => match read.agreed() {
+                Some(w) => (Some(w), None, read.rules().to_vec()),
+                None => (
+                    None,
+                    Some(format!(
+                        "the production rules disagree: {}",
+                        read.describe()
+                    )),
+                    read.rules().to_vec(),
+                ),
+            },
+            Err(e) => (None, Some(e), Vec::new()),
         };
         Status {
             service: state.service.clone(),
@@ -341,6 +354,7 @@ impl Status {
             written_weights: state.active.as_ref().map(|d| d.weights).or(state.confirmed),
             rule_weights,
             rule_error,
+            rules,
             alarms,
             queued_image: state.queued.as_ref().map(|q| q.image.pinned()),
             last: state.last.as_ref().map(|d| DeploymentView::of(d, now)),
@@ -411,13 +425,20 @@ pub fn render_status(s: &Status) -> String {
         let _ = writeln!(out, "  written: {}", split_bar(w, 20));
     }
     match (&s.rule_weights, &s.rule_error) {
-        (Some(w), _) => {
+        (Some(w), _) if s.rules.len() < 2 => {
             let _ = writeln!(out, "  rule:    {}", split_bar(*w, 20));
         }
-        (None, Some(e)) => {
+        (None, Some(e)) if s.rules.is_empty() => {
             let _ = writeln!(out, "  rule:    unreadable: {e}");
         }
-        (None, None) => {}
+        _ => {
+            for r in &s.rules {
+                let _ = writeln!(out, "  rule:    {} {}", split_bar(r.weights, 20), r.rule);
+            }
+            if let Some(e) = &s.rule_error {
+                let _ = writeln!(out, "  rules:   {e}");
+            }
+        }
     }
     for a in &s.alarms {
         let _ = writeln!(out, "  alarm {}: {}", a.name, a.state);
@@ -769,7 +790,9 @@ impl Console {
                 // The router's weights as the running `bluegreen local` persisted them;
                 // its alarms are evaluated in that process only.
                 let rule = match db.get(&crate::local::world::weights_key(service)) {
-                    Ok(Some(text)) => serde_json::from_str(&text).map_err(|e| e.to_string()),
+                    Ok(Some(text)) => serde_json::from_str(&text)
+                        .map(|w| ProductionRules::one(crate::local::world::router_name(service), w))
+                        .map_err(|e| e.to_string()),
                     Ok(None) => Err("the embedded router has not started yet".into()),
                     Err(e) => Err(e.to_string()),
                 };

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::contract::Entry;
-use crate::flow::{Color, Deployment, ServiceState, TargetHealth, Timestamp, Weights};
+use crate::flow::{
+    Color, Deployment, ProductionRules, ServiceState, TargetHealth, Timestamp, Weights,
+};
 
 /// Why a port call failed, grouped by the caller's reaction.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,10 +240,12 @@ pub trait Store: Send + Sync {
 /// The load balancer. Services are named; each adapter knows where a service's rules
 /// are (ALB listener rules, the embedded proxy).
 pub trait Traffic: Send + Sync {
-    /// Current production weights of the service.
-    fn production(&self, service: &str) -> impl Future<Output = PortResult<Weights>> + Send;
-    /// Writes production weights, preserving everything else on the rule, then reads them
-    /// back and returns what was read; a mismatch is an error.
+    /// Current weights of each of the service's production rules.
+    fn production(&self, service: &str)
+    -> impl Future<Output = PortResult<ProductionRules>> + Send;
+    /// Writes production weights to every production rule, preserving everything else on
+    /// each, then reads them back and returns what was read; a rule that reads back
+    /// anything else is an error.
     fn set_production(
         &self,
         service: &str,

@@ -38,8 +38,10 @@ export interface TestListenerProps {
   readonly allowFrom: ec2.IPeer;
 }
 
-/** A production listener rule (priority and conditions). */
+/** A production listener rule (listener, priority and conditions). */
 export interface ProductionRuleProps {
+  /** Listener the rule is on. Default: the service's `listener`. */
+  readonly listener?: elbv2.ApplicationListener;
   /** Rule priority on the listener. Default 100. */
   readonly priority?: number;
   /** Conditions. Default: path `/*`. */
@@ -56,8 +58,14 @@ export interface BlueGreenServiceProps {
   readonly loadBalancer: elbv2.ApplicationLoadBalancer;
   /** Production listener; the rule's weighted forward action is what the worker moves. */
   readonly listener: elbv2.ApplicationListener;
-  /** The production rule. */
+  /** The production rule. Give this or `productionRules`. Default: path `/*` at priority 100. */
   readonly productionRule?: ProductionRuleProps;
+  /**
+   * Several production rules (an HTTP and an HTTPS listener, a host and a path rule), all
+   * forwarding to the two target groups; the worker moves them together, starts a
+   * deployment only when they all serve one colour, and reports drift on each.
+   */
+  readonly productionRules?: ProductionRuleProps[];
   /** Optional test listener forwarding to the idle colour. */
   readonly testListener?: TestListenerProps;
   /** First task definition (both colours start on it; the worker derives the next ones). */
@@ -130,8 +138,10 @@ export class BlueGreenService extends Construct {
   public readonly serviceName: string;
   /** Blue and green. */
   public readonly colours: Record<Colour, ColourResources>;
-  /** The production rule. */
+  /** The production rule (the first, when there are several). */
   public readonly productionRule: elbv2.ApplicationListenerRule;
+  /** Every production rule, in the order the worker reads and writes them. */
+  public readonly productionRules: elbv2.ApplicationListenerRule[];
   /** The test listener's rule, if any. */
   public readonly testRule?: elbv2.ApplicationListenerRule;
   /** The test listener, if any. */
@@ -206,18 +216,29 @@ export class BlueGreenService extends Construct {
     const blue = make('blue');
     const green = make('green');
 
-    const rule = props.productionRule ?? {};
-    this.productionRule = new elbv2.ApplicationListenerRule(this, 'ProductionRule', {
-      listener: props.listener,
-      priority: rule.priority ?? 100,
-      conditions: rule.conditions ?? [elbv2.ListenerCondition.pathPatterns(['/*'])],
-      // The worker moves these weights; a stack update that touches the rule writes 100/0
-      // again (infra/README.md: drift detection answers it).
-      action: elbv2.ListenerAction.weightedForward([
-        { targetGroup: blue.targetGroup, weight: 100 },
-        { targetGroup: green.targetGroup, weight: 0 },
-      ]),
-    });
+    if (props.productionRule && props.productionRules) {
+      throw new Error(`${name}: give productionRule or productionRules, not both`);
+    }
+    const rules = props.productionRules ?? [props.productionRule ?? {}];
+    if (rules.length === 0) {
+      throw new Error(`${name}: productionRules needs at least one rule`);
+    }
+    this.productionRules = rules.map(
+      (rule, i) =>
+        // The first keeps the id a single rule has, so adding a second replaces nothing.
+        new elbv2.ApplicationListenerRule(this, i === 0 ? 'ProductionRule' : `ProductionRule${i + 1}`, {
+          listener: rule.listener ?? props.listener,
+          priority: rule.priority ?? 100 + i,
+          conditions: rule.conditions ?? [elbv2.ListenerCondition.pathPatterns(['/*'])],
+          // The worker moves these weights; a stack update that touches the rule writes
+          // 100/0 again (infra/README.md: drift detection answers it).
+          action: elbv2.ListenerAction.weightedForward([
+            { targetGroup: blue.targetGroup, weight: 100 },
+            { targetGroup: green.targetGroup, weight: 0 },
+          ]),
+        }),
+    );
+    this.productionRule = this.productionRules[0];
 
     if (props.testListener) {
       const test = props.testListener;
@@ -257,7 +278,9 @@ export class BlueGreenService extends Construct {
       green_service: green.service.serviceName,
       blue_target_group_arn: blue.targetGroup.targetGroupArn,
       green_target_group_arn: green.targetGroup.targetGroupArn,
-      production_listener_rule_arn: this.productionRule.listenerRuleArn,
+      ...(this.productionRules.length === 1
+        ? { production_listener_rule_arn: this.productionRule.listenerRuleArn }
+        : { production_listener_rule_arns: this.productionRules.map((r) => r.listenerRuleArn) }),
       ...(this.testRule ? { test_listener_rule_arn: this.testRule.listenerRuleArn } : {}),
       container_name: props.containerName,
       ecr_repository: props.repository.repositoryName,

@@ -40,7 +40,10 @@ export interface ServiceEntry {
   green_service: string;
   blue_target_group_arn: string;
   green_target_group_arn: string;
-  production_listener_rule_arn: string;
+  /** The production rule, or … */
+  production_listener_rule_arn?: string;
+  /** … several, moved together. */
+  production_listener_rule_arns?: string[];
   test_listener_rule_arn?: string;
   container_name: string;
   ecr_repository: string;

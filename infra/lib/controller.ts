@@ -437,7 +437,10 @@ export class BlueGreenController extends Construct {
     add(
       'MoveRegisteredRules',
       ['elasticloadbalancing:ModifyRule'],
-      services.flatMap((s) => [s.productionRule.listenerRuleArn, ...(s.testRule ? [s.testRule.listenerRuleArn] : [])]),
+      services.flatMap((s) => [
+        ...s.productionRules.map((r) => r.listenerRuleArn),
+        ...(s.testRule ? [s.testRule.listenerRuleArn] : []),
+      ]),
     );
     // ELBv2 Describe* actions support no resource-level permissions.
     add('ReadRulesAndHealth', ['elasticloadbalancing:DescribeRules', 'elasticloadbalancing:DescribeListeners', 'elasticloadbalancing:DescribeTargetHealth'], ['*']);

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { App, Duration, Stack, Validations } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
+import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { ExampleStack } from '../lib/example';
@@ -105,6 +106,45 @@ describe('BlueGreenService', () => {
       assert.equal((rule.match(/ALARM\(/g) ?? []).length, 3, rule);
       assert.equal((rule.match(/ OR /g) ?? []).length, 2, rule);
     }
+  });
+
+  it('moves several production rules together: each forwards 100/0, the configuration lists them, the worker may modify each', () => {
+    const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
+    const two = new ExampleStack(app, 'TwoRules', {
+      workerImage: IMAGE,
+      webOverrides: {
+        productionRules: [{}, { priority: 200, conditions: [elbv2.ListenerCondition.hostHeaders(['api.example.com'])] }],
+      },
+    });
+    const res = Template.fromStack(two).toJSON().Resources as typeof resources;
+    const idOf = (construct: any) => two.getLogicalId(construct.node.defaultChild);
+    const rules = two.web.productionRules;
+    assert.equal(rules.length, 2);
+    assert.equal(idOf(rules[0]), idOf(two.web.productionRule), 'the first rule keeps the single rule id');
+    const tgs = [two.web.colours.blue.targetGroup, two.web.colours.green.targetGroup].map((t) => ({ Ref: idOf(t) }));
+    const props = rules.map((r) => res[idOf(r)].Properties);
+    assert.deepEqual(props.map((p) => p.Priority), [100, 200]);
+    assert.deepEqual(props[1].Conditions, [{ Field: 'host-header', HostHeaderConfig: { Values: ['api.example.com'] } }]);
+    for (const p of props) {
+      assert.deepEqual(p.Actions[0].ForwardConfig.TargetGroups, [
+        { TargetGroupArn: tgs[0], Weight: 100 },
+        { TargetGroupArn: tgs[1], Weight: 0 },
+      ]);
+    }
+    const entry = JSON.parse(JSON.stringify(two.resolve(two.web.entry)));
+    assert.equal(entry.production_listener_rule_arn, undefined);
+    assert.deepEqual(entry.production_listener_rule_arns, rules.map((r) => ({ Ref: idOf(r) })));
+    const role = { Ref: idOf(two.controller.taskDefinition.taskRole) };
+    const modify = Object.values(res)
+      .filter((r) => r.Type === 'AWS::IAM::Policy' && r.Properties.Roles.some((x: any) => JSON.stringify(x) === JSON.stringify(role)))
+      .flatMap((r) => r.Properties.PolicyDocument.Statement)
+      .filter((st: any) => [st.Action].flat().includes('elasticloadbalancing:ModifyRule'))
+      .flatMap((st: any) => [st.Resource].flat());
+    assert.deepEqual(modify, [...rules.map((r) => ({ Ref: idOf(r) })), { Ref: idOf(two.web.testRule) }]);
+    assert.throws(
+      () => new ExampleStack(new App(), 'Both', { workerImage: IMAGE, webOverrides: { productionRule: {}, productionRules: [{}] } }),
+      /give productionRule or productionRules, not both/,
+    );
   });
 
   it('refuses a termination wait shorter than the deregistration delay', () => {

@@ -1,5 +1,6 @@
 //! The traffic router: weights of the forward action of a listener rule, or of a
-//! listener's default actions.
+//! listener's default actions; a service with several production rules has them read
+//! and written together.
 //!
 //! Only the two target groups' weights change: the action list, its order, every other
 //! action, the rule's conditions and the stickiness configuration are written back as
@@ -12,9 +13,11 @@ use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetGroupTuple,
 };
 
+use futures_util::future::join_all;
+
 use super::{Aws, repeat};
 use crate::config::{ServiceConfig, TrafficTarget};
-use crate::flow::Weights;
+use crate::flow::{ProductionRules, RuleWeights, Weights};
 use crate::ports::{PortError, PortResult, Traffic};
 
 impl Aws {
@@ -187,21 +190,46 @@ pub fn with_weights(
     Ok(updated)
 }
 
+/// `error` with the rule or listener it is about named first.
+fn about(target: &TrafficTarget, error: PortError) -> PortError {
+    match error {
+        PortError::Retryable(why) => PortError::Retryable(format!("{}: {why}", target.arn())),
+        PortError::Permanent(why) => PortError::Permanent(format!("{}: {why}", target.arn())),
+        other => other,
+    }
+}
+
 impl Traffic for Aws {
-    async fn production(&self, service: &str) -> PortResult<Weights> {
+    async fn production(&self, service: &str) -> PortResult<ProductionRules> {
         let svc = self.resources(service)?;
-        let target = svc
-            .production()
-            .ok_or_else(|| PortError::Permanent("no production listener configured".into()))?;
-        self.weights_of(svc, &target).await
+        let targets = svc.production();
+        let reads = join_all(targets.iter().map(|t| self.weights_of(svc, t))).await;
+        let mut rules = Vec::with_capacity(reads.len());
+        for (target, read) in targets.iter().zip(reads) {
+            rules.push(RuleWeights {
+                rule: target.arn().to_string(),
+                weights: read.map_err(|e| about(target, e))?,
+            });
+        }
+        ProductionRules::new(rules)
+            .ok_or_else(|| PortError::Permanent("no production listener configured".into()))
     }
 
+    /// Every rule is written at once (a rollback takes as long with three rules as with
+    /// one); a rule that fails fails the write, which the core retries as a whole.
     async fn set_production(&self, service: &str, weights: Weights) -> PortResult<Weights> {
         let svc = self.resources(service)?;
-        let target = svc
-            .production()
-            .ok_or_else(|| PortError::Permanent("no production listener configured".into()))?;
-        self.set_weights(svc, &target, weights).await
+        let targets = svc.production();
+        if targets.is_empty() {
+            return Err(PortError::Permanent(
+                "no production listener configured".into(),
+            ));
+        }
+        let writes = join_all(targets.iter().map(|t| self.set_weights(svc, t, weights))).await;
+        for (target, written) in targets.iter().zip(writes) {
+            written.map_err(|e| about(target, e))?;
+        }
+        Ok(weights)
     }
 
     async fn set_test(&self, service: &str, weights: Weights) -> PortResult<()> {

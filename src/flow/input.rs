@@ -308,9 +308,100 @@ pub struct Observations {
     pub alarms_firing: Option<Vec<String>>,
     /// Rollout and target health of the new colour.
     pub target_health: Option<TargetHealth>,
-    /// The production rule's weights, or why the rule cannot be read as the service's
+    /// The production rules' weights, or why a rule cannot be read as the service's
     /// blue/green pair (another target group on it, no forward action).
-    pub production: Option<Result<Weights, String>>,
+    pub production: Option<Result<ProductionRules, String>>,
+}
+
+/// One production rule as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleWeights {
+    /// The rule (an ALB listener rule or listener ARN, or the embedded router's name).
+    pub rule: String,
+    /// Its weights.
+    pub weights: Weights,
+}
+
+/// Every production rule of a service as read, in the configured order; never empty.
+///
+/// A service may route several rules (two listeners, a host and a path rule) to its two
+/// target groups; the worker moves them together. When they disagree, what production
+/// "serves" depends on what is being judged, and a disagreement must never hide drift on
+/// one rule: see [`ProductionRules::judge`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<RuleWeights>", into = "Vec<RuleWeights>")]
+pub struct ProductionRules(Vec<RuleWeights>);
+
+impl ProductionRules {
+    /// The rules as read; `None` for an empty list.
+    #[must_use]
+    pub fn new(rules: Vec<RuleWeights>) -> Option<ProductionRules> {
+        (!rules.is_empty()).then_some(ProductionRules(rules))
+    }
+
+    /// A single rule.
+    #[must_use]
+    pub fn one(rule: impl Into<String>, weights: Weights) -> ProductionRules {
+        ProductionRules(vec![RuleWeights {
+            rule: rule.into(),
+            weights,
+        }])
+    }
+
+    /// The rules, in the configured order.
+    #[must_use]
+    pub fn rules(&self) -> &[RuleWeights] {
+        &self.0
+    }
+
+    /// The weights every rule holds, or `None` when they disagree.
+    #[must_use]
+    pub fn agreed(&self) -> Option<Weights> {
+        let first = self.0[0].weights;
+        self.0.iter().all(|r| r.weights == first).then_some(first)
+    }
+
+    /// The rule that tells most about production, judged against the weights the worker
+    /// intends (`expected`) and those it last confirmed:
+    ///
+    /// * the first rule holding neither — drift someone else made, on that rule;
+    /// * else the first not holding `expected` — a write that has not landed on every
+    ///   rule yet (a crash between two rules' writes), which the next write finishes;
+    /// * else the first rule: they all hold `expected`.
+    #[must_use]
+    pub fn judge(&self, expected: Weights, confirmed: Option<Weights>) -> &RuleWeights {
+        let known = |w: Weights| w == expected || Some(w) == confirmed;
+        self.0
+            .iter()
+            .find(|r| !known(r.weights))
+            .or_else(|| self.0.iter().find(|r| r.weights != expected))
+            .unwrap_or(&self.0[0])
+    }
+
+    /// The rules and what each serves, for messages: `rule-a (blue 100% / green 0%)`, or
+    /// several joined by `; `.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|r| format!("{} ({})", r.rule, r.weights))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl TryFrom<Vec<RuleWeights>> for ProductionRules {
+    type Error = &'static str;
+
+    fn try_from(rules: Vec<RuleWeights>) -> Result<Self, Self::Error> {
+        ProductionRules::new(rules).ok_or("at least one production rule")
+    }
+}
+
+impl From<ProductionRules> for Vec<RuleWeights> {
+    fn from(rules: ProductionRules) -> Self {
+        rules.0
+    }
 }
 
 impl Observations {

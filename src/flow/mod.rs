@@ -23,7 +23,8 @@ pub use effect::{
     RejectCode, StepPosition,
 };
 pub use input::{
-    Action, AlarmState, CheckOutcome, Input, InputKind, Observations, TargetHealth, TickKey,
+    Action, AlarmState, CheckOutcome, Input, InputKind, Observations, ProductionRules, RuleWeights,
+    TargetHealth, TickKey,
 };
 pub use model::{
     Color, Deployment, Hold, ImageRef, PendingTick, Phase, Plan, QueuedImage, Rollback,

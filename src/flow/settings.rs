@@ -248,8 +248,6 @@ pub struct ServiceSettings {
     pub rollback_attempts: u32,
     /// What to do about weight drift.
     pub drift: DriftPolicy,
-    /// The production listener rule (or listener) as events name it.
-    pub production_rule: String,
 }
 
 impl ServiceSettings {
@@ -268,7 +266,6 @@ impl ServiceSettings {
             timeouts: Timeouts::default(),
             rollback_attempts: 5,
             drift: DriftPolicy::Reassert,
-            production_rule: String::new(),
         }
     }
 

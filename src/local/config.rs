@@ -306,7 +306,6 @@ impl LocalService {
         settings.timeouts = self.timeouts.resolve();
         // Only bluegreen writes the embedded router's weights.
         settings.drift = DriftPolicy::default();
-        settings.production_rule = format!("local proxy {}", self.listen);
         Service {
             name: self.name.clone(),
             ecr_repository: self.name.clone(),

@@ -13,7 +13,7 @@ use super::platform::LocalPlatform;
 use super::proxy::Route;
 use crate::aws::http::HttpChecks;
 use crate::contract::Entry;
-use crate::flow::{Color, TargetHealth, Weights};
+use crate::flow::{Color, ProductionRules, TargetHealth, Weights};
 use crate::ports::{
     Alarms, Bus, Checks, Claimed, Commit, Fence, Inbox, Lease, Platform, PortError, PortResult,
     Received, Registry, Store, Stored, Traffic,
@@ -70,6 +70,12 @@ impl Local {
     }
 }
 
+/// The embedded router of `service`, as events and `status` name its production rule.
+#[must_use]
+pub fn router_name(service: &str) -> String {
+    format!("embedded router of {service}")
+}
+
 /// The router's weights are also written to the database, so that a restart serves
 /// the split the store's state expects.
 pub fn weights_key(service: &str) -> String {
@@ -124,8 +130,11 @@ impl Store for Local {
 }
 
 impl Traffic for Local {
-    async fn production(&self, service: &str) -> PortResult<Weights> {
-        Ok(self.route(service)?.weights())
+    async fn production(&self, service: &str) -> PortResult<ProductionRules> {
+        Ok(ProductionRules::one(
+            router_name(service),
+            self.route(service)?.weights(),
+        ))
     }
 
     async fn set_production(&self, service: &str, weights: Weights) -> PortResult<Weights> {

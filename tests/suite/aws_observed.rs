@@ -477,3 +477,79 @@ async fn concurrent_commits_on_one_version_land_once_and_only_the_owner_extends_
         (Some(winner), later.plus(Duration::from_secs(30)))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_production_rules_move_together_and_drift_on_one_is_found_and_written_back() {
+    let env = Env::create(
+        "tworules",
+        Shape {
+            second_rule: true,
+            ..Shape::default()
+        },
+    )
+    .await;
+    let rules = env.service().production_listener_rule_arns.clone();
+    assert_eq!(rules.len(), 2, "{:?}", env.service());
+    let (worker, _) = env.worker_with("w1", Duration::from_secs(1));
+    let running = Running::start(&worker);
+    env.push(&format!("sha256:{}", "8d".repeat(32)), "release-8")
+        .await;
+    env.wait_for(60, "success and release of blue", |s| {
+        s.last
+            .as_ref()
+            .is_some_and(|d| d.phase == Phase::Succeeded && d.warm_until.is_none())
+    })
+    .await;
+    assert_eq!(env.production().await, wt(0, 100), "both rules moved");
+    // Each rule kept its own conditions and the stickiness it was created with.
+    let described = aws_sdk_elasticloadbalancingv2::Client::new(&env.sdk)
+        .describe_rules()
+        .set_rule_arns(Some(rules.clone()))
+        .send()
+        .await
+        .expect("describe rules");
+    let fields: Vec<Vec<String>> = described
+        .rules()
+        .iter()
+        .map(|r| {
+            r.conditions()
+                .iter()
+                .map(|c| format!("{}={:?}", c.field().unwrap_or_default(), c.values()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            vec![r#"path-pattern=["/*"]"#.to_string()],
+            vec![r#"host-header=["api0.example.com"]"#.to_string()]
+        ]
+    );
+    for rule in described.rules() {
+        let sticky = rule.actions()[0]
+            .forward_config()
+            .and_then(|f| f.target_group_stickiness_config())
+            .map(|s| (s.enabled(), s.duration_seconds()));
+        assert_eq!(sticky, Some((Some(true), Some(300))), "{rule:?}");
+    }
+
+    // A person sets the second rule back to blue; the first still serves green.
+    env.rewrite(&rules[1], wt(100, 0)).await;
+    env.wait_for_weights(wt(0, 100), 30).await;
+    running.stop().await;
+
+    let events = events(&env).await;
+    let drift = of_kind(&events, "Weight Drift Detected");
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    let d = &drift[0]["detail"]["drift"];
+    assert_eq!(
+        d["rule"].as_str(),
+        Some(rules[1].as_str()),
+        "the rule that moved"
+    );
+    assert_eq!(d["found"], serde_json::json!({ "blue": 100, "green": 0 }));
+    assert_eq!(
+        d["expected"],
+        serde_json::json!({ "blue": 0, "green": 100 })
+    );
+}

@@ -17,8 +17,8 @@ use bluegreen::contract::Entry;
 use bluegreen::fleet::{Fleet, Service};
 use bluegreen::flow::{
     Action, AlarmState, Color, Decision, EventDetail, EventKind, ImageRef, Input, InputKind,
-    OutboundEvent, Outcome, Phase, ServiceSettings, ServiceState, Strategy, TargetHealth, TickKey,
-    Timestamp, Weights,
+    OutboundEvent, Outcome, Phase, ProductionRules, RuleWeights, ServiceSettings, ServiceState,
+    Strategy, TargetHealth, TickKey, Timestamp, Weights,
 };
 use bluegreen::local::db::{LocalDb, QueueOptions};
 use bluegreen::ports::{
@@ -118,12 +118,12 @@ pub fn healthy() -> TargetHealth {
 /// The production listener rule events name.
 pub const RULE: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/alb/50dc6c495c0c9188/f2f7dc8efc522ab2/9683b2d02a6cabee";
 
+/// The second production rule, when the simulated service has one.
+pub const RULE2: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/alb/50dc6c495c0c9188/3e9f0a8d6c1b2a47/0b1c2d3e4f5a6b7c";
+
 /// The worker's view of the one service, deploying with `settings`.
 pub fn fleet(s: &ServiceSettings) -> Fleet {
-    let mut settings = s.clone();
-    if settings.production_rule.is_empty() {
-        settings.production_rule = RULE.into();
-    }
+    let settings = s.clone();
     Fleet {
         source: "bluegreen".into(),
         manual_source: "bluegreen.manual".into(),
@@ -180,6 +180,11 @@ pub struct Log {
 pub struct Cloud {
     /// The production rule's weights.
     pub rule: Weights,
+    /// A second production rule's weights, when the service has two (written after the
+    /// first, read after it).
+    pub rule2: Option<Weights>,
+    /// The worker dies between the first and the second rule's write.
+    pub crash_between_rules: bool,
     /// Set: the rule cannot be read as the service's pair (e.g. a third target group).
     pub rule_error: Option<String>,
     pub test_rule: Weights,
@@ -213,6 +218,8 @@ impl Default for Cloud {
         Cloud {
             rule: Weights::all(Color::Blue),
             rule_error: None,
+            rule2: None,
+            crash_between_rules: false,
             test_rule: Weights::all(Color::Blue),
             alarms_firing: Some(Vec::new()),
             health: Some(healthy()),
@@ -354,18 +361,36 @@ impl Store for Sim {
 }
 
 impl Traffic for Sim {
-    async fn production(&self, _service: &str) -> PortResult<Weights> {
+    async fn production(&self, _service: &str) -> PortResult<ProductionRules> {
         let c = self.cloud();
-        match &c.rule_error {
-            Some(why) => Err(PortError::Permanent(why.clone())),
-            None => Ok(c.rule),
+        if let Some(why) = &c.rule_error {
+            return Err(PortError::Permanent(why.clone()));
         }
+        let mut rules = vec![RuleWeights {
+            rule: RULE.into(),
+            weights: c.rule,
+        }];
+        rules.extend(c.rule2.map(|weights| RuleWeights {
+            rule: RULE2.into(),
+            weights,
+        }));
+        Ok(ProductionRules::new(rules).expect("a rule"))
     }
     async fn set_production(&self, _service: &str, weights: Weights) -> PortResult<Weights> {
         self.effect("set-production-weights").await?;
-        let die = {
+        let die_between = {
             let mut c = self.cloud();
             c.rule = weights;
+            c.rule2.is_some() && std::mem::take(&mut c.crash_between_rules)
+        };
+        if die_between {
+            self.die().await;
+        }
+        let die = {
+            let mut c = self.cloud();
+            if c.rule2.is_some() {
+                c.rule2 = Some(weights);
+            }
             c.log.production.push(weights);
             c.log.calls.push(Call::Production(weights));
             std::mem::take(&mut c.crash_after_write)

@@ -170,7 +170,70 @@ fn a_service_needs_exactly_one_production_target() {
         "container_name = \"app\"\nproduction_listener_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/prod-alb/50dc6c495c0c9188/f2f7dc8efc522ab2\"",
         1,
     );
-    assert!(errors_of(&both).contains("services[0].production_listener_arn: give"));
+    assert!(errors_of(&both).contains("services[0].production_listener_arn: give only one"));
+}
+
+const RULE_A: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/prod-alb/50dc6c495c0c9188/f2f7dc8efc522ab2/9683b2d02a6cabee";
+const RULE_B: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/prod-alb/50dc6c495c0c9188/0467ef3c8400ae65/4c5d6e7f8091a2b3";
+const API_RULE: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/prod-alb/50dc6c495c0c9188/f2f7dc8efc522ab2/a794c3e13b7dbcff";
+
+/// The example with web's production rule replaced by `line`.
+fn with_web_production(line: &str) -> String {
+    let single = format!("production_listener_rule_arn = \"{RULE_A}\"");
+    assert!(EXAMPLE.contains(&single));
+    EXAMPLE.replacen(&single, line, 1)
+}
+
+#[test]
+fn several_production_rules_are_moved_together() {
+    let text = with_web_production(&format!(
+        "production_listener_rule_arns = [\"{RULE_A}\", \"{RULE_B}\"]"
+    ));
+    let c = Config::from_toml_str(&text).expect("loads");
+    let web = c.service("web").expect("web");
+    let arns: Vec<String> = web
+        .production()
+        .iter()
+        .map(|t| t.arn().to_string())
+        .collect();
+    assert_eq!(arns, [RULE_A, RULE_B]);
+    // And as JSON (the form the CDK construct injects).
+    let value: serde_json::Value = toml::from_str(&text).expect("toml value");
+    assert_eq!(Config::from_json_str(&value.to_string()).expect("json"), c);
+}
+
+#[test]
+fn several_production_rules_are_checked_one_by_one() {
+    let cases = [
+        (
+            format!("production_listener_rule_arns = [\"{RULE_A}\", \"{RULE_B}\"]\nproduction_listener_rule_arn = \"{RULE_A}\""),
+            "services[0].production_listener_rule_arns: give only one".to_string(),
+        ),
+        (
+            format!("production_listener_rule_arns = [\"{RULE_A}\", \"{RULE_A}\"]"),
+            "services[0].production_listener_rule_arns: [".to_string(),
+        ),
+        (
+            format!("production_listener_rule_arns = [\"{RULE_B}\", \"{API_RULE}\"]"),
+            format!("services[1].production_listener_rule_arn: {API_RULE} is already used by services[0].production_listener_rule_arns[1]"),
+        ),
+        (
+            format!(
+                "production_listener_rule_arns = [\"{RULE_A}\", \"{}\"]",
+                RULE_B.replace("us-east-1", "eu-west-1")
+            ),
+            "services[0].production_listener_rule_arns[1]: is in aws:elasticloadbalancing:eu-west-1".to_string(),
+        ),
+        (
+            "production_listener_rule_arns = []".to_string(),
+            "services[0].production_listener_rule_arns: [] has less than 1 item".to_string(),
+        ),
+    ];
+    for (line, want) in cases {
+        // Duplicates and an empty list are the schema's to refuse; the rest the checks'.
+        let e = errors_of(&with_web_production(&line));
+        assert!(e.contains(&want), "{line}: {e}");
+    }
 }
 
 #[test]

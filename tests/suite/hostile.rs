@@ -17,8 +17,8 @@ use bluegreen::config::Config;
 use bluegreen::contract::{self, Routed, Sources};
 use bluegreen::fleet::Fleet;
 use bluegreen::flow::{
-    EventKind, Input, InputKind, Observations, Outcome, Phase, ServiceState, TargetHealth,
-    Timestamp, Weights, decide,
+    EventKind, Input, InputKind, Observations, Outcome, Phase, ProductionRules, ServiceState,
+    TargetHealth, Timestamp, Weights, decide,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
@@ -449,7 +449,7 @@ fn states(fleet: &Fleet) -> Vec<(String, ServiceState)> {
                             task_definition: Some("arn:td:2".into()),
                             ..healthy()
                         }),
-                        production: Some(Ok(state.serving())),
+                        production: Some(Ok(ProductionRules::one("rule", state.serving()))),
                     };
                     Input::tick(d.pending_key().expect("tick"), observed)
                 }

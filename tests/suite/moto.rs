@@ -32,7 +32,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use bluegreen::aws::Aws;
 use bluegreen::config::{Config, ServiceConfig};
 use bluegreen::contract::Entry;
-use bluegreen::flow::{Color, ServiceState, TargetHealth, Weights};
+use bluegreen::flow::{Color, ProductionRules, ServiceState, TargetHealth, Weights};
 use bluegreen::ports::{
     Alarms, Bus, Checks, Claimed, Commit, Fence, Inbox, Lease, Platform, PortResult, Received,
     Registry, Store, Stored, Traffic, system_clock,
@@ -101,6 +101,9 @@ pub struct Shape {
     pub own_alarm_and_repository: bool,
     /// The queue's redrive policy.
     pub max_receive_count: u32,
+    /// Give every service a second production rule (a host-header rule on the same
+    /// listener), configured with the first as `production_listener_rule_arns`.
+    pub second_rule: bool,
 }
 
 impl Default for Shape {
@@ -118,6 +121,7 @@ impl Default for Shape {
             concurrencies: &[],
             own_alarm_and_repository: false,
             max_receive_count: 3,
+            second_rule: false,
         }
     }
 }
@@ -367,6 +371,30 @@ impl Env {
                 .expect("arn")
                 .to_string();
 
+            let production = if shape.second_rule {
+                let second = elb
+                    .create_rule()
+                    .listener_arn(&listener)
+                    .priority(30 + i32::from(k))
+                    .conditions(
+                        RuleCondition::builder()
+                            .field("host-header")
+                            .values(format!("api{k}.example.com"))
+                            .build(),
+                    )
+                    .actions(forward_action(&blue_tg, &green_tg, Weights::all(live)))
+                    .send()
+                    .await
+                    .expect("second rule")
+                    .rules()[0]
+                    .rule_arn()
+                    .expect("arn")
+                    .to_string();
+                format!(r#"production_listener_rule_arns = ["{rule_arn}", "{second}"]"#)
+            } else {
+                format!(r#"production_listener_rule_arn = "{rule_arn}""#)
+            };
+
             let td = ecs
                 .register_task_definition()
                 .family(format!("{p}-web{suffix}"))
@@ -489,7 +517,7 @@ blue_service = "{p}-blue{suffix}"
 green_service = "{p}-green{suffix}"
 blue_target_group_arn = "{blue_tg}"
 green_target_group_arn = "{green_tg}"
-production_listener_rule_arn = "{rule_arn}"
+{production}
 container_name = "app"
 ecr_repository = "{repository}"
 strategy = {strategy}
@@ -713,8 +741,17 @@ account_id = "123456789012"
         }
     }
 
-    /// Current production weights on the listener rule.
+    /// Current production weights on the listener rule (every production rule holds
+    /// them: rules that disagree fail the test).
     pub async fn production(&self) -> Weights {
+        let rules = self.production_rules().await;
+        rules
+            .agreed()
+            .unwrap_or_else(|| panic!("the production rules disagree: {}", rules.describe()))
+    }
+
+    /// Every production rule of `web` as the ELBv2 adapter reads it.
+    pub async fn production_rules(&self) -> ProductionRules {
         Aws::new(&self.sdk, &self.config)
             .production("web")
             .await
@@ -768,10 +805,16 @@ impl Env {
     /// Rewrites the production rule's forward weights with a plain ELBv2 call, as a
     /// stack update or a person in the console does (stickiness kept as created).
     pub async fn rewrite_rule(&self, weights: Weights) {
+        let rule = self.service().production_listener_rule_arn.expect("a rule");
+        self.rewrite(&rule, weights).await;
+    }
+
+    /// Rewrites `rule`'s forward weights the same way.
+    pub async fn rewrite(&self, rule: &str, weights: Weights) {
         let svc = self.service();
         aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk)
             .modify_rule()
-            .rule_arn(svc.production_listener_rule_arn.expect("a rule"))
+            .rule_arn(rule)
             .actions(forward_action(
                 &svc.blue_target_group_arn,
                 &svc.green_target_group_arn,
@@ -994,7 +1037,7 @@ impl Store for MotoWorld {
 }
 
 impl Traffic for MotoWorld {
-    async fn production(&self, service: &str) -> PortResult<Weights> {
+    async fn production(&self, service: &str) -> PortResult<ProductionRules> {
         self.aws.production(service).await
     }
     async fn set_production(&self, service: &str, weights: Weights) -> PortResult<Weights> {
@@ -1184,13 +1227,14 @@ impl Env {
     pub async fn wait_for_weights(&self, weights: Weights, secs: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
-            let seen = self.production().await;
-            if seen == weights {
+            let seen = self.production_rules().await;
+            if seen.agreed() == Some(weights) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "production stayed at {seen}, expected {weights}"
+                "production stayed at {}, expected {weights}",
+                seen.describe()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

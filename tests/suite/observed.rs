@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bluegreen::flow::{
     Action, Check, Color, DriftPolicy, EventKind, InputKind, OutboundEvent, Outcome, Phase,
-    RejectCode, Weights,
+    ProductionRules, RejectCode, RuleWeights, ServiceSettings, Weights,
 };
 
 use crate::common::*;
@@ -421,4 +421,158 @@ fn the_old_colour_is_not_released_while_the_rule_sends_it_traffic() {
     w.settle();
     assert_eq!(w.log.scaled_to_zero, [Color::Blue]);
     assert_eq!(events_of(&w, EventKind::OldColorReleased).len(), 1);
+}
+
+// Several production rules (two listeners, a host and a path rule) move together: the
+// core judges them as one production, and a disagreement never hides drift on a rule.
+
+/// A world whose service has a second production rule, serving blue like the first.
+fn two_rules(s: ServiceSettings) -> World {
+    let w = World::new(s);
+    w.cloud().rule2 = Some(Weights::all(Color::Blue));
+    w
+}
+
+/// Both rules' weights (the second is always set in these tests).
+fn both(w: &World) -> (Weights, Weights) {
+    let c = w.cloud();
+    (c.rule, c.rule2.expect("a second rule"))
+}
+
+#[test]
+fn two_production_rules_hold_the_same_weights_at_every_step() {
+    let mut w = two_rules(settings());
+    w.apply(push(1));
+    let mut seen = Vec::new();
+    for _ in 0..500 {
+        if w.tick().is_none() {
+            break;
+        }
+        let (first, second) = both(&w);
+        assert_eq!(first, second, "the rules moved apart");
+        if seen.last() != Some(&first) {
+            seen.push(first);
+        }
+    }
+    assert_eq!(
+        seen,
+        [wt(100, 0), wt(75, 25), wt(50, 50), wt(25, 75), wt(0, 100)]
+    );
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+}
+
+#[test]
+fn a_deployment_does_not_start_while_the_production_rules_disagree() {
+    let mut w = two_rules(settings());
+    w.cloud().rule2 = Some(Weights::all(Color::Green));
+    w.apply(push(1));
+    w.settle();
+    let d = w
+        .state
+        .last
+        .clone()
+        .or(w.state.active.clone())
+        .expect("deployment");
+    assert!(d.phase.is_terminal(), "{:?}", d.phase);
+    let reason = events_of(&w, EventKind::Failed)
+        .into_iter()
+        .chain(events_of(&w, EventKind::RolledBack))
+        .filter_map(|e| e.detail.reason)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(reason.contains("rules disagree"), "{reason}");
+    assert!(reason.contains(RULE) && reason.contains(RULE2), "{reason}");
+    assert!(w.log.production.is_empty(), "nothing written");
+    assert!(w.log.updates.is_empty(), "no colour touched");
+}
+
+#[test]
+fn drift_on_one_of_two_rules_is_reported_naming_it_and_both_are_written_back() {
+    let mut w = two_rules(settings());
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::Shifting) && w.cloud().rule == wt(75, 25));
+    // Someone sets the second rule back to blue by hand; the first still holds 75/25.
+    w.cloud().rule2 = Some(wt(100, 0));
+    w.tick();
+    let drift = events_of(&w, EventKind::WeightDriftDetected);
+    assert_eq!(drift.len(), 1);
+    let d = drift[0].detail.drift.clone().expect("drift");
+    assert_eq!(d.rule, RULE2, "the rule that drifted is named");
+    assert_eq!((d.expected, d.found), (wt(75, 25), wt(100, 0)));
+    let reason = drift[0].detail.reason.clone().unwrap_or_default();
+    assert!(reason.contains(RULE2), "{reason}");
+    // The write-back and the step that tick takes are one write, to both rules.
+    assert_eq!(both(&w), (wt(50, 50), wt(50, 50)), "written together");
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(both(&w), (wt(0, 100), wt(0, 100)));
+}
+
+#[test]
+fn drift_on_one_of_two_rules_with_the_report_policy_is_still_reported() {
+    let mut s = settings();
+    s.drift = DriftPolicy::Report;
+    let mut w = two_rules(s);
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::Baking));
+    w.cloud().rule2 = Some(wt(50, 50));
+    w.tick();
+    let drift = events_of(&w, EventKind::WeightDriftDetected);
+    assert_eq!(drift.len(), 1, "a rule the worker did not write is news");
+    let d = drift[0].detail.drift.clone().expect("drift");
+    assert_eq!(
+        (d.rule.as_str(), d.expected, d.found),
+        (RULE2, wt(0, 100), wt(50, 50))
+    );
+}
+
+#[test]
+fn a_crash_between_two_rules_writes_is_finished_by_the_next_write_without_drift() {
+    let mut w = two_rules(settings());
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::Shifting) && w.cloud().rule == wt(75, 25));
+    w.cloud().crash_between_rules = true;
+    w.tick(); // the first rule gets 50/50, then the worker dies
+    assert_eq!(w.cloud().crashes, 1);
+    assert_eq!(both(&w), (wt(50, 50), wt(75, 25)));
+    w.settle();
+    assert!(
+        events_of(&w, EventKind::WeightDriftDetected).is_empty(),
+        "a write that has not landed on every rule is not drift"
+    );
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(both(&w), (wt(0, 100), wt(0, 100)));
+}
+
+#[test]
+fn judging_rules_that_disagree_never_hides_the_one_that_drifted() {
+    let rules = |a: Weights, b: Weights| {
+        ProductionRules::new(vec![
+            RuleWeights {
+                rule: "a".into(),
+                weights: a,
+            },
+            RuleWeights {
+                rule: "b".into(),
+                weights: b,
+            },
+        ])
+        .expect("rules")
+    };
+    let (old, new, hand) = (wt(75, 25), wt(50, 50), wt(100, 0));
+    // Rule a still holds the last confirmed weights (its write has not landed), rule b
+    // was changed by hand: b is the news.
+    let judged = rules(old, hand).judge(new, Some(old)).clone();
+    assert_eq!((judged.rule.as_str(), judged.weights), ("b", hand));
+    let judged = rules(hand, new).judge(new, Some(old)).clone();
+    assert_eq!((judged.rule.as_str(), judged.weights), ("a", hand));
+    // Only a write in progress: the rule it has not reached yet.
+    let judged = rules(new, old).judge(new, Some(old)).clone();
+    assert_eq!((judged.rule.as_str(), judged.weights), ("b", old));
+    // Agreement.
+    let judged = rules(new, new).judge(new, Some(old)).clone();
+    assert_eq!(judged.weights, new);
+    assert_eq!(rules(new, new).agreed(), Some(new));
+    assert_eq!(rules(new, old).agreed(), None);
+    assert!(ProductionRules::new(Vec::new()).is_none(), "never empty");
 }

@@ -225,12 +225,16 @@ pub(super) fn release_old_color(cx: &mut Cx<'_>, id: &str, observed: &Observatio
             format!("deployment {id} is not the last one"),
         );
     };
-    if let Some(Ok(found)) = &observed.production
-        && found.of(d.stable) > 0
+    let expected = Weights::all(cx.state.live);
+    let judged = match &observed.production {
+        Some(Ok(rules)) => Some(rules.judge(expected, cx.state.confirmed)),
+        _ => None,
+    };
+    if let Some(found) = judged
+        && found.weights.of(d.stable) > 0
     {
-        let expected = Weights::all(cx.state.live);
-        if cx.state.confirmed != Some(*found) {
-            tick::drifted(cx, &mut d, expected, *found);
+        if cx.state.confirmed != Some(found.weights) {
+            tick::drifted(cx, &mut d, expected, found, false);
         }
         if cx.settings.drift != DriftPolicy::Reassert {
             let due = cx.now.plus_ms(cx.poll_ms());

@@ -36,7 +36,7 @@ use super::effect::{
     Decision, Drift, Effect, EventDetail, EventKind, IgnoreCode, OutboundEvent, Outcome,
     RejectCode, StepPosition,
 };
-use super::input::{Input, InputKind, TickKey};
+use super::input::{Input, InputKind, RuleWeights, TickKey};
 use super::model::{
     Color, Deployment, Hold, PendingTick, Phase, RECENT_KEYS, ServiceState, Timestamp, Weights,
     duration_ms,
@@ -345,9 +345,12 @@ impl Cx<'_> {
     }
 
     /// Announces that the rule serves `found` where the worker expected `expected`.
-    fn emit_drift(&mut self, d: &mut Deployment, expected: Weights, found: Weights) {
+    fn emit_drift(&mut self, d: &mut Deployment, expected: Weights, found: &RuleWeights) {
         let policy = self.settings.drift;
-        let rule = self.settings.production_rule.clone();
+        let RuleWeights {
+            rule,
+            weights: found,
+        } = found.clone();
         let what = match policy {
             super::DriftPolicy::Reassert => format!("writing {expected} back"),
             _ if d.is_paused() && policy == super::DriftPolicy::Report => format!(
@@ -358,7 +361,7 @@ impl Cx<'_> {
             super::DriftPolicy::Pause | super::DriftPolicy::Report => "reported only".to_string(),
         };
         let reason = format!(
-            "the production rule serves {found}, not the {expected} the worker wrote; {what} (drift policy {})",
+            "the production rule {rule} serves {found}, not the {expected} the worker wrote; {what} (drift policy {})",
             policy.as_str()
         );
         let phase = d.phase;

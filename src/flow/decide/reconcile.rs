@@ -32,14 +32,17 @@ pub(super) fn on_reconcile(cx: &mut Cx<'_>, observed: &Observations) -> Verdict 
     let expected = Weights::all(cx.state.live);
     let idle = cx.state.active.is_none() && cx.state.live_observed;
     let found = match &observed.production {
-        Some(Ok(found)) if idle => Some(*found),
+        Some(Ok(rules)) if idle => Some(rules.judge(expected, cx.state.confirmed).clone()),
         _ => None,
     };
-    let news = found.filter(|f| cx.state.confirmed != Some(*f));
+    let news = found.filter(|f| cx.state.confirmed != Some(f.weights));
+    let restored = news
+        .as_ref()
+        .filter(|f| f.weights == expected)
+        .map(|f| f.weights);
     let drift = news
-        .filter(|f| *f != expected)
+        .filter(|f| f.weights != expected)
         .zip(cx.state.last.as_ref().map(|d| d.id.clone()));
-    let restored = news.filter(|f| *f == expected);
 
     if redrive.is_none() && last_tick.is_none() && drift.is_none() && restored.is_none() {
         return Ignore(
@@ -71,7 +74,7 @@ pub(super) fn on_reconcile(cx: &mut Cx<'_>, observed: &Observations) -> Verdict 
     }
     if let Some((found, id)) = drift {
         return with_deployment(cx, &id, |cx, d| {
-            tick::drifted(cx, d, expected, found);
+            tick::drifted(cx, d, expected, &found, false);
             Applied
         });
     }

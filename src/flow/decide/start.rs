@@ -145,22 +145,37 @@ pub(super) fn start(
     cx.state.active = Some(d);
 }
 
-/// The start checks, on `Requested`'s tick (rollback alarms were judged before): the
-/// production rule must serve exactly one colour, and the one the stored state says is
-/// live; a service seen for the first time adopts what the rule serves.
+/// The start checks, on `Requested`'s tick (rollback alarms were judged before): every
+/// production rule must serve the same single colour, and the one the stored state says
+/// is live; a service seen for the first time adopts what the rules serve.
 pub(super) fn start_checks(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
-    let rule = cx.settings.production_rule.clone();
-    let found = match &observed.production {
-        Some(Ok(found)) => *found,
+    let rules = match &observed.production {
+        Some(Ok(rules)) => rules,
         Some(Err(why)) => {
             return refuse(
                 cx,
                 d,
-                format!("refused: the production rule {rule} cannot be read as blue/green: {why}"),
+                format!("refused: the production rule cannot be read as blue/green: {why}"),
             );
         }
         None => return hold(cx, d, "the production rule could not be read"),
     };
+    let rule = rules.describe();
+    let Some(found) = rules.agreed() else {
+        return refuse(
+            cx,
+            d,
+            format!(
+                "refused: the production rules disagree: {rule}; a deployment starts only when they all serve one colour"
+            ),
+        );
+    };
+    let rule = rules
+        .rules()
+        .iter()
+        .map(|r| r.rule.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let Some(serving) = found.sole_color() else {
         return refuse(
             cx,

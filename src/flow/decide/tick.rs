@@ -4,7 +4,7 @@
 
 use super::{Applied, Cx, Ignore, Verdict, forward, rollback, start, with_active};
 use crate::flow::effect::{Effect, EventKind, IgnoreCode};
-use crate::flow::input::{Observations, TickKey};
+use crate::flow::input::{Observations, ProductionRules, RuleWeights, TickKey};
 use crate::flow::model::{Deployment, Hold, Phase, Weights};
 use crate::flow::settings::{DriftPolicy, ServiceSettings};
 
@@ -188,28 +188,33 @@ fn firing(observed: &Observations, settings: &ServiceSettings) -> Option<Vec<Str
     Some(firing)
 }
 
-/// Judges the production rule as read for `d` before a step (or a re-drive): returns
-/// whether to go on. A deployment that has not read the rule yet (`Requested`) or is
+/// Judges the production rules as read for `d` before a step (or a re-drive): returns
+/// whether to go on. A deployment that has not read the rules yet (`Requested`) or is
 /// rolling back (it writes the known-good weights anyway) is not judged.
 pub(super) fn judge_rule(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) -> bool {
     match &observed.production {
-        Some(Ok(found)) if !matches!(d.phase, Phase::Requested | Phase::RollingBack) => {
-            check_drift(cx, d, *found)
+        Some(Ok(rules)) if !matches!(d.phase, Phase::Requested | Phase::RollingBack) => {
+            check_drift(cx, d, rules)
         }
         _ => true,
     }
 }
 
-/// Compares the production rule with what the worker wrote. Returns whether the caller
-/// goes on.
+/// Compares the production rules with what the worker wrote (through the rule
+/// [`ProductionRules::judge`](crate::flow::ProductionRules::judge) picks). Returns whether
+/// the caller goes on.
 ///
-/// * the rule serves the weights `d` intends: fine (and a read-back whose confirmation
+/// * every rule serves the weights `d` intends: fine (and a read-back whose confirmation
 ///   was lost in a crash is confirmed now);
-/// * it serves the weights last confirmed: the intended write has not landed yet (a crash
-///   before it); the step's own write follows, nothing drifted;
+/// * a rule serves the weights last confirmed and none anything else: the intended write
+///   has not landed everywhere yet (a crash before or during it); the step's own write
+///   follows, nothing drifted;
 /// * anything else is drift: reported, then handled by the service's drift policy.
-fn check_drift(cx: &mut Cx<'_>, d: &mut Deployment, found: Weights) -> bool {
+fn check_drift(cx: &mut Cx<'_>, d: &mut Deployment, rules: &ProductionRules) -> bool {
     let expected = d.weights;
+    let judged = rules.judge(expected, cx.state.confirmed).clone();
+    let found = judged.weights;
+    let exposed = exposes_target(d, rules);
     if found == expected {
         if cx.state.confirmed != Some(found) {
             forward::confirm(cx, d, found);
@@ -217,7 +222,7 @@ fn check_drift(cx: &mut Cx<'_>, d: &mut Deployment, found: Weights) -> bool {
         return true;
     }
     if cx.state.confirmed == Some(found) {
-        if !exposes_target(d, found) {
+        if !exposed {
             return true;
         }
         // Drift that sends the new colour traffic before it is updated was recorded,
@@ -231,29 +236,32 @@ fn check_drift(cx: &mut Cx<'_>, d: &mut Deployment, found: Weights) -> bool {
             return true;
         }
     }
-    drifted(cx, d, expected, found)
+    drifted(cx, d, expected, &judged, exposed)
 }
 
-/// Whether `found` sends traffic to the colour `d` is about to update in place.
-fn exposes_target(d: &Deployment, found: Weights) -> bool {
-    matches!(d.phase, Phase::Provisioning | Phase::WaitingForGreen) && found.of(d.target) > 0
+/// Whether a production rule sends traffic to the colour `d` is about to update in place.
+pub(super) fn exposes_target(d: &Deployment, rules: &ProductionRules) -> bool {
+    matches!(d.phase, Phase::Provisioning | Phase::WaitingForGreen)
+        && rules.rules().iter().any(|r| r.weights.of(d.target) > 0)
 }
 
-/// Records drift on `d` and carries out the policy; returns whether the caller goes on.
+/// Records drift on `d` (the rule `found` holds what the worker did not write) and
+/// carries out the policy; returns whether the caller goes on.
 ///
-/// `report` never lets a deployment update the new colour in place while the rule sends
-/// it traffic (someone switched to it by hand): that deployment is paused instead.
+/// `report` never lets a deployment update the new colour in place while a rule sends
+/// it traffic (someone switched to it by hand, `target_exposed`): that deployment is
+/// paused instead.
 pub(super) fn drifted(
     cx: &mut Cx<'_>,
     d: &mut Deployment,
     expected: Weights,
-    found: Weights,
+    found: &RuleWeights,
+    target_exposed: bool,
 ) -> bool {
     // Production serves `found` now: a later read of the same weights is not news, and
     // the write-back below is confirmed as a shift like any other.
-    cx.state.confirmed = Some(found);
+    cx.state.confirmed = Some(found.weights);
     let policy = cx.settings.drift;
-    let target_exposed = exposes_target(d, found);
     let pause = !d.phase.is_terminal()
         && (policy == DriftPolicy::Pause || (policy == DriftPolicy::Report && target_exposed));
     if pause {
