@@ -75,6 +75,25 @@ impl<T: Inbox + Store + Traffic + Platform + Bus + Alarms + Checks + Registry + 
 /// Where time comes from: the system clock in production, a test's own in tests.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
+tokio::task_local! {
+    /// The moment after which no request of the effect running on this task may leave.
+    static SEND_BEFORE: tokio::time::Instant;
+}
+
+/// Runs `effect` so that adapters refuse to send any request of it after `deadline`
+/// ([`send_deadline`]): the check sits right before the bytes leave, where a timeout
+/// around the whole effect cannot reach (a task woken late polls its call before its
+/// timer).
+pub async fn sending_before<F: Future>(deadline: tokio::time::Instant, effect: F) -> F::Output {
+    SEND_BEFORE.scope(deadline, effect).await
+}
+
+/// The send deadline of the effect running on this task, if any.
+#[must_use]
+pub fn send_deadline() -> Option<tokio::time::Instant> {
+    SEND_BEFORE.try_with(|d| *d).ok()
+}
+
 /// The system clock.
 #[must_use]
 pub fn system_clock() -> Clock {

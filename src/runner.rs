@@ -32,7 +32,7 @@ use crate::flow::{
     self, CheckOutcome, Decision, Effect, IgnoreCode, Input, InputKind, Observations, Outcome,
     TickKey, Timestamp,
 };
-use crate::ports::{Clock, Commit, Lease, PortError, PortResult, World, patiently};
+use crate::ports::{Clock, Commit, Lease, PortError, PortResult, World, patiently, sending_before};
 
 /// How long a decision keeps retrying a lost compare-and-swap (another task holds the
 /// service lease while it runs effects) before the message is put back.
@@ -255,9 +255,16 @@ impl<W: World> Runner<W> {
                     }
                     Err(e) => break Err(e),
                 };
-                let budget = Duration::from_millis(until.since(now)).saturating_sub(LEASE_MARGIN);
-                let executed =
-                    tokio::time::timeout(budget, self.execute(svc, &effect, cursor, now)).await;
+                // From the clock now: the check itself may have taken seconds (a slow
+                // store), and that time is gone from the lease.
+                let left = until.since((self.clock)());
+                let budget = Duration::from_millis(left).saturating_sub(LEASE_MARGIN);
+                let send_before = tokio::time::Instant::now() + budget;
+                let executed = tokio::time::timeout(
+                    budget,
+                    sending_before(send_before, self.execute(svc, &effect, cursor, now)),
+                )
+                .await;
                 let executed = executed.unwrap_or_else(|_| {
                     Err(PortError::Retryable(format!(
                         "still running {} before the lease ends",

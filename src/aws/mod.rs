@@ -27,6 +27,8 @@ use std::sync::Arc;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_ecs::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_ecs::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
@@ -91,8 +93,16 @@ impl Aws {
         Aws {
             sqs: aws_sdk_sqs::Client::new(sdk),
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
-            elb: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
-            ecs: aws_sdk_ecs::Client::new(sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::from_conf(
+                aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk)
+                    .interceptor(SendDeadline)
+                    .build(),
+            ),
+            ecs: aws_sdk_ecs::Client::from_conf(
+                aws_sdk_ecs::config::Builder::from(sdk)
+                    .interceptor(SendDeadline)
+                    .build(),
+            ),
             ecr: aws_sdk_ecr::Client::new(sdk),
             events: aws_sdk_eventbridge::Client::new(sdk),
             cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
@@ -115,6 +125,35 @@ impl Aws {
         self.services
             .get(name)
             .ok_or_else(|| PortError::Permanent(format!("service {name} is not configured")))
+    }
+}
+
+/// Refuses to transmit a request after the send deadline of the effect it belongs to
+/// ([`crate::ports::sending_before`]), checked after signing, right before the request
+/// leaves. On the clients whose writes move traffic or colours (ELBv2, ECS): a
+/// `ModifyRule` or `UpdateService` never leaves a worker whose lease is about to lapse,
+/// however late its task was woken. The refusal reaches the caller as a transport
+/// failure, which is retryable: the runner checks its lease again before another try.
+#[derive(Debug)]
+struct SendDeadline;
+
+impl Intercept for SendDeadline {
+    fn name(&self) -> &'static str {
+        "SendDeadline"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        match crate::ports::send_deadline() {
+            Some(deadline) if tokio::time::Instant::now() >= deadline => {
+                Err("not sent: the effect's lease margin was reached".into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 

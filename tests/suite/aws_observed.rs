@@ -553,3 +553,35 @@ async fn two_production_rules_move_together_and_drift_on_one_is_found_and_writte
         serde_json::json!({ "blue": 0, "green": 100 })
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_of_an_effect_leaves_after_its_send_deadline() {
+    use bluegreen::aws::Aws;
+    use bluegreen::ports::{PortError, Traffic, sending_before};
+
+    let env = Env::create("senddeadline", Shape::default()).await;
+    let aws = Aws::new(&env.sdk, &env.config);
+    // The deadline has passed (a task woken after its lease margin): nothing is sent.
+    let late = tokio::time::Instant::now();
+    let refused = sending_before(late, aws.set_production("web", wt(0, 100))).await;
+    match refused {
+        Err(PortError::Retryable(why)) => assert!(why.contains("lease margin"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        env.production().await,
+        wt(100, 0),
+        "the rule was not written"
+    );
+    // Before the deadline the same write lands; outside an effect there is no deadline.
+    let soon = tokio::time::Instant::now() + Duration::from_secs(60);
+    let written = sending_before(soon, aws.set_production("web", wt(50, 50))).await;
+    assert_eq!(written.expect("written"), wt(50, 50));
+    assert_eq!(
+        aws.set_production("web", wt(0, 100))
+            .await
+            .expect("written"),
+        wt(0, 100)
+    );
+    assert_eq!(env.production().await, wt(0, 100));
+}
