@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,9 +120,21 @@ struct EventCall {
     worker: String,
     event_ids: Vec<String>,
     fault: Option<Fault>,
+    /// The answer came back after the worker's attempt timeout (see `faults::Call`).
+    late: Arc<AtomicBool>,
     /// The request body (`PutEvents` only): what to show when an input left no trace.
     body: String,
 }
+
+impl EventCall {
+    /// Whether the worker never got this call's answer, though moto applied it.
+    fn answer_lost(&self) -> bool {
+        self.fault == Some(Fault::AnswerLost) || self.late.load(Ordering::Relaxed)
+    }
+}
+
+/// The workers' SDK attempt timeout in this suite.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the proxies' hook saw and judged.
 #[derive(Debug, Default)]
@@ -190,6 +203,7 @@ impl Inspector {
                     worker: call.worker.clone(),
                     event_ids: ids,
                     fault: call.fault,
+                    late: call.answered_late.clone(),
                     body: String::from_utf8_lossy(&call.body).into_owned(),
                 });
             }
@@ -210,6 +224,7 @@ impl Inspector {
                         worker: call.worker.clone(),
                         event_ids: keys,
                         fault: call.fault,
+                        late: call.answered_late.clone(),
                         body: text,
                     });
                 }
@@ -225,6 +240,7 @@ impl Inspector {
                         worker: call.worker.clone(),
                         event_ids: vec![id],
                         fault: call.fault,
+                        late: call.answered_late.clone(),
                         body: sk.to_string(),
                     });
                 }
@@ -442,7 +458,7 @@ impl Workers {
                 "--aws-attempts",
                 "1",
                 "--aws-timeout",
-                "3s",
+                &format!("{}s", ATTEMPT_TIMEOUT.as_secs()),
                 "--concurrency",
                 "4",
                 "--lease",
@@ -598,6 +614,7 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
     let faults = Faults {
         rate: s.rate,
         hold: Duration::from_secs(4),
+        attempt_timeout: ATTEMPT_TIMEOUT,
     };
     let logs = std::env::temp_dir().join(format!("bluegreen-chaos-{}", env.prefix));
     std::fs::create_dir_all(&logs).expect("log dir");
@@ -950,11 +967,11 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
             .iter()
             .filter(|p| p.event_ids.contains(id))
             .collect();
-        let lost_answer = puts.iter().any(|p| p.fault == Some(Fault::AnswerLost))
+        let lost_answer = puts.iter().any(|p| p.answer_lost())
             || audit
                 .marks
                 .iter()
-                .any(|m| m.event_ids.contains(id) && m.fault.is_some());
+                .any(|m| m.event_ids.contains(id) && (m.fault.is_some() || m.answer_lost()));
         let killed = puts.iter().filter(|p| p.fault.is_none()).any(|p| {
             workers
                 .lock()
@@ -976,7 +993,15 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
             let t = |at: Instant| at.saturating_duration_since(load_started);
             let calls: Vec<String> = puts
                 .iter()
-                .map(|p| format!("put by {} at {:.1?} ({:?})", p.worker, t(p.at), p.fault))
+                .map(|p| {
+                    format!(
+                        "put by {} at {:.1?} ({:?}{})",
+                        p.worker,
+                        t(p.at),
+                        p.fault,
+                        if p.answer_lost() { ", answer lost" } else { "" }
+                    )
+                })
                 .chain(
                     audit
                         .marks

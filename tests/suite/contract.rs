@@ -244,6 +244,20 @@ fn a_tag_next_to_a_digest_is_dropped() {
     assert_eq!(parse_image(&format!(":v1@{d}")), None);
 }
 
+/// A tag never holds a slash: a colon right before the last slash is part of the path
+/// (odd as such a reference is), so no tag is split off there, with or without a digest.
+#[test]
+fn a_colon_right_before_the_last_slash_never_starts_a_tag() {
+    let plain = parse_image("localhost:/web").expect("parses");
+    assert_eq!(
+        (plain.repository.as_str(), plain.tag.as_deref()),
+        ("localhost:/web", None)
+    );
+    let d = format!("sha256:{}", "d".repeat(64));
+    let pinned = parse_image(&format!("localhost:/web@{d}")).expect("parses");
+    assert_eq!(pinned.repository, "localhost:/web");
+}
+
 /// Worlds that between them emit every outbound event kind.
 fn worlds() -> Vec<World> {
     let mut out = Vec::new();

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -80,6 +80,10 @@ pub struct Call {
     pub body: Bytes,
     /// The fault injected, if any.
     pub fault: Option<Fault>,
+    /// Set once moto's answer came back later than the worker's attempt timeout (a slow
+    /// emulator on a saturated machine): the worker gave up on the call, so its answer
+    /// was lost as surely as an injected `AnswerLost`, though the call was applied.
+    pub answered_late: Arc<AtomicBool>,
 }
 
 /// Told of every call before it is forwarded (or failed).
@@ -105,6 +109,8 @@ pub struct Faults {
     pub rate: f64,
     /// How long a `timeout` holds the call (past the worker's attempt timeout).
     pub hold: Duration,
+    /// The worker's attempt timeout: a call answered later than this was given up on.
+    pub attempt_timeout: Duration,
 }
 
 /// One proxy, for one worker.
@@ -252,6 +258,7 @@ async fn handle(request: Request<Incoming>, route: Arc<Route>) -> Reply {
         counts,
         hook,
     } = &*route;
+    let received = tokio::time::Instant::now();
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -272,11 +279,13 @@ async fn handle(request: Request<Incoming>, route: Arc<Route>) -> Reply {
             .entry(f)
             .or_default() += 1;
     }
+    let answered_late = Arc::new(AtomicBool::new(false));
     hook(Call {
         worker: worker.clone(),
         operation: op,
         body: body.clone(),
         fault,
+        answered_late: answered_late.clone(),
     })
     .await;
     match fault {
@@ -316,6 +325,9 @@ async fn handle(request: Request<Incoming>, route: Arc<Route>) -> Reply {
     let response = client.request(forward).await.map_err(|_| reset())?;
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(|_| reset())?.to_bytes();
+    if received.elapsed() >= faults.attempt_timeout {
+        answered_late.store(true, Ordering::Relaxed);
+    }
     if fault == Some(Fault::AnswerLost) {
         return Err(reset());
     }

@@ -189,6 +189,48 @@ fn an_oversized_message_is_rejected_unread() {
 }
 
 #[test]
+fn a_message_of_exactly_the_size_limit_is_read_and_one_byte_more_is_refused() {
+    let max = contract::inbound::MAX_MESSAGE_BYTES;
+    let event = r#"{"version":"0","id":"x","source":"aws.ecr","detail-type":"ECR Image Action","detail":{}}"#;
+    let at_limit = format!("{event}{}", " ".repeat(max - event.len()));
+    assert_eq!(at_limit.len(), max);
+    let read = contract::parse_str(&at_limit, &Sources::default());
+    assert!(
+        !matches!(read, Err(contract::ParseError::TooLarge { .. })),
+        "refused at the limit"
+    );
+    match contract::parse_str(&format!("{at_limit} "), &Sources::default()) {
+        Err(contract::ParseError::TooLarge { bytes }) => assert_eq!(bytes, max + 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Ticks and reconcile requests come only from the worker's own source: the same detail
+/// types from any other source (the manual one included) are of no known kind.
+#[test]
+fn worker_messages_from_any_other_source_are_of_no_known_kind() {
+    let sources = Sources::default();
+    let message = |source: &str, detail_type: &str| {
+        serde_json::json!({
+            "version": "0", "id": "t-1", "source": source, "detail-type": detail_type,
+            "time": "2026-01-01T00:00:00Z", "resources": [],
+            "detail": {
+                "service": "web", "deploymentId": "web-1", "cursor": 1, "attempt": 1,
+                "due": "2026-01-01T00:00:00Z"
+            }
+        })
+    };
+    for source in [sources.manual.as_str(), "aws.ecr", "evil"] {
+        for detail_type in ["Deployment Tick", "Reconcile Requested"] {
+            let err =
+                contract::parse(&message(source, detail_type), &sources).expect_err("refused");
+            assert_eq!(err.code(), "unknown-kind", "{source} {detail_type}");
+        }
+    }
+    assert!(contract::parse(&message(&sources.own, "Deployment Tick"), &sources).is_ok());
+}
+
+#[test]
 fn deeply_nested_json_is_rejected_without_exhausting_the_stack() {
     let depth = 100_000;
     let nested = format!(
