@@ -251,6 +251,11 @@ fn drift_with_the_pause_policy_pauses_the_deployment_until_an_operator_resumes()
     assert_eq!(w.active().step, 0, "no step taken over drifted weights");
     let drift = events_of(&w, EventKind::WeightDriftDetected);
     assert!(drift[0].detail.paused);
+    let reason = drift[0].detail.reason.clone().unwrap_or_default();
+    assert!(
+        reason.ends_with("; the deployment is paused for an operator (drift policy pause)"),
+        "{reason}"
+    );
     assert_eq!(w.cloud().rule, wt(100, 0), "nothing written");
     w.apply(op("resume", Action::Resume));
     w.settle();
@@ -575,4 +580,60 @@ fn judging_rules_that_disagree_never_hides_the_one_that_drifted() {
     assert_eq!(rules(new, new).agreed(), Some(new));
     assert_eq!(rules(new, old).agreed(), None);
     assert!(ProductionRules::new(Vec::new()).is_none(), "never empty");
+}
+
+#[test]
+fn only_an_image_without_a_digest_or_a_resolution_is_resolved_first() {
+    let state = bluegreen::flow::ServiceState::new(SERVICE, Color::Blue);
+    let deploy = |digest: bool, unresolved: Option<&str>| {
+        let mut input = push(1);
+        if let InputKind::Deploy {
+            image,
+            unresolved: u,
+            ..
+        } = &mut input.kind
+        {
+            if !digest {
+                image.digest = None;
+                image.tag = Some("release-1".into());
+            }
+            *u = unresolved.map(str::to_string);
+        }
+        bluegreen::flow::needs(&state, &input).resolve_tag
+    };
+    assert!(deploy(false, None), "a tag alone is resolved");
+    assert!(!deploy(true, None), "a digest needs no resolution");
+    assert!(
+        !deploy(false, Some("no such tag")),
+        "a failed resolution is not tried again"
+    );
+}
+
+#[test]
+fn a_refusal_names_the_deployment_the_operator_named() {
+    let mut s = settings();
+    s.approval = true;
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::AwaitingApproval));
+    w.apply(op("approve-2", Action::Approve));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    w.apply(push(2));
+    w.run_until(|w| w.phase() == Some(Phase::AwaitingApproval));
+    // Promote the finished web-1 while web-2 waits for approval: refused, about web-1.
+    let outcome = w.apply(op_on(
+        "promote-1",
+        Action::Promote { skip_bake: false },
+        Some("web-1"),
+    ));
+    assert!(matches!(outcome, Outcome::Rejected { .. }), "{outcome:?}");
+    let rejected = events_of(&w, EventKind::Rejected);
+    assert_eq!(
+        rejected
+            .last()
+            .and_then(|e| e.detail.deployment_id.as_deref()),
+        Some("web-1"),
+        "{rejected:#?}"
+    );
 }
