@@ -1087,7 +1087,9 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
 
     // Alarm to weights restored, under faults: for the deployments an alarm rolled back
     // (an alarm that found its deployment already rolling back, superseded or aborted,
-    // restored nothing).
+    // restored nothing), when the rule carried traffic to the new colour (an alarm before
+    // the first shift has nothing to restore; the next write of those weights would be
+    // a later deployment's).
     let by_alarm: std::collections::HashSet<&str> = records
         .iter()
         .filter(|d| {
@@ -1101,17 +1103,25 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
     for fired in &alarms_fired {
         first_alarm.entry(fired.1.as_str()).or_insert(fired);
     }
-    let mut latencies: Vec<Duration> = first_alarm
+    let applied_writes = |service: &String| -> Vec<&RuleWrite> {
+        audit
+            .rule_writes
+            .iter()
+            .filter(|w| w.service == *service && w.applied)
+            .collect()
+    };
+    let mut latencies: Vec<(Duration, String)> = first_alarm
         .values()
         .filter(|(_, id, _, _)| by_alarm.contains(id.as_str()))
-        .filter_map(|(service, _, at, restore)| {
-            audit
-                .rule_writes
-                .iter()
-                .filter(|w| {
-                    w.service == *service && w.at >= *at && w.applied && w.weights == Some(*restore)
-                })
-                .map(|w| w.at.duration_since(*at))
+        .filter(|(service, _, at, restore)| {
+            let before = applied_writes(service).into_iter().rfind(|w| w.at < *at);
+            before.is_some_and(|w| w.weights != Some(*restore))
+        })
+        .filter_map(|(service, id, at, restore)| {
+            applied_writes(service)
+                .into_iter()
+                .filter(|w| w.at >= *at && w.weights == Some(*restore))
+                .map(|w| (w.at.duration_since(*at), id.clone()))
                 .next()
         })
         .collect();
@@ -1163,12 +1173,14 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
         other.len()
     );
     let _ = writeln!(report, "| sequence gaps | {} |", gaps.len());
+    let durations: Vec<Duration> = latencies.iter().map(|(d, _)| *d).collect();
     let _ = writeln!(
         report,
-        "| alarm → weights restored, p50 / p99 (n = {}) | {:.0?} / {:.0?} |",
+        "| alarm → weights restored, p50 / p99 (n = {}) | {:.0?} / {:.0?} (slowest: {}) |",
         latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99)
+        percentile(&durations, 0.5),
+        percentile(&durations, 0.99),
+        latencies.last().map_or("none", |(_, id)| id.as_str())
     );
     println!("{report}");
     println!("worker logs: {}", logs.display());

@@ -80,9 +80,10 @@ pub struct Call {
     pub body: Bytes,
     /// The fault injected, if any.
     pub fault: Option<Fault>,
-    /// Set once moto's answer came back later than the worker's attempt timeout (a slow
-    /// emulator on a saturated machine): the worker gave up on the call, so its answer
-    /// was lost as surely as an injected `AnswerLost`, though the call was applied.
+    /// Set once moto's answer came back later than the worker's attempt timeout, or the
+    /// worker hung up before it came (a slow emulator on a saturated machine): the
+    /// worker gave up on a call moto may have applied, so its answer was lost as surely
+    /// as an injected `AnswerLost`.
     pub answered_late: Arc<AtomicBool>,
 }
 
@@ -233,6 +234,18 @@ fn error(protocol: Protocol, status: StatusCode, code: &str) -> Response<Full<By
     response
 }
 
+/// Marks a forwarded call's answer as lost when dropped before the answer was taken
+/// (the worker hung up first).
+struct Unanswered(Option<Arc<AtomicBool>>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 fn reset() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset")
 }
@@ -322,9 +335,14 @@ async fn handle(request: Request<Incoming>, route: Arc<Route>) -> Reply {
         }
     }
     let forward = forward.body(Full::new(body)).expect("request");
+    // From here moto may apply the call whether or not its answer reaches the worker: the
+    // worker gives up after its attempt timeout and closes the connection, and hyper then
+    // drops this future before it answers.
+    let mut unanswered = Unanswered(Some(answered_late));
     let response = client.request(forward).await.map_err(|_| reset())?;
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(|_| reset())?.to_bytes();
+    let answered_late = unanswered.0.take().expect("set above");
     if received.elapsed() >= faults.attempt_timeout {
         answered_late.store(true, Ordering::Relaxed);
     }
