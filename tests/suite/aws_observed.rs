@@ -29,6 +29,21 @@ async fn events(env: &Env) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A worker reconciling every second, once it deployed the image `sha256:<byte × 32>`
+/// tagged `tag` and released blue.
+async fn deployed_and_released(env: &Env, byte: &str, tag: &str) -> Running {
+    let (worker, _) = env.worker_with("w1", Duration::from_secs(1));
+    let running = Running::start(&worker);
+    env.push(&format!("sha256:{}", byte.repeat(32)), tag).await;
+    env.wait_for(60, "success and release of blue", |s| {
+        s.last
+            .as_ref()
+            .is_some_and(|d| d.phase == Phase::Succeeded && d.warm_until.is_none())
+    })
+    .await;
+    running
+}
+
 fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
     events.iter().filter(|e| e["detail-type"] == kind).collect()
 }
@@ -73,16 +88,7 @@ async fn green_live_with_no_stored_state_deploys_to_blue_and_never_touches_green
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_changed_while_idle_is_detected_and_written_back() {
     let env = Env::create("idledrift", Shape::default()).await;
-    let (worker, _) = env.worker_with("w1", Duration::from_secs(1));
-    let running = Running::start(&worker);
-    env.push(&format!("sha256:{}", "6b".repeat(32)), "release-6")
-        .await;
-    env.wait_for(60, "success and release of blue", |s| {
-        s.last
-            .as_ref()
-            .is_some_and(|d| d.phase == Phase::Succeeded && d.warm_until.is_none())
-    })
-    .await;
+    let running = deployed_and_released(&env, "6b", "release-6").await;
     // A stack update writes the template's weights back: blue 100.
     env.rewrite_rule(wt(100, 0)).await;
     env.wait_for_weights(wt(0, 100), 30).await;
@@ -490,16 +496,7 @@ async fn two_production_rules_move_together_and_drift_on_one_is_found_and_writte
     .await;
     let rules = env.service().production_listener_rule_arns.clone();
     assert_eq!(rules.len(), 2, "{:?}", env.service());
-    let (worker, _) = env.worker_with("w1", Duration::from_secs(1));
-    let running = Running::start(&worker);
-    env.push(&format!("sha256:{}", "8d".repeat(32)), "release-8")
-        .await;
-    env.wait_for(60, "success and release of blue", |s| {
-        s.last
-            .as_ref()
-            .is_some_and(|d| d.phase == Phase::Succeeded && d.warm_until.is_none())
-    })
-    .await;
+    let running = deployed_and_released(&env, "8d", "release-8").await;
     assert_eq!(env.production().await, wt(0, 100), "both rules moved");
     // Each rule kept its own conditions and the stickiness it was created with.
     let described = aws_sdk_elasticloadbalancingv2::Client::new(&env.sdk)

@@ -1183,6 +1183,23 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
         latencies.last().map_or("none", |(_, id)| id.as_str())
     );
     println!("{report}");
+    // The slowest restore's timeline, for whoever looks into it.
+    if let Some((_, id)) = latencies.last()
+        && let Some((service, _, at, restore)) = first_alarm.get(id.as_str())
+    {
+        let t = |i: Instant| i.saturating_duration_since(load_started);
+        let writes: Vec<String> = audit
+            .rule_writes
+            .iter()
+            .filter(|w| w.service == *service && w.at + Duration::from_secs(60) >= *at)
+            .take(12)
+            .map(|w| format!("{:.1?} {:?} applied={}", t(w.at), w.weights, w.applied))
+            .collect();
+        println!(
+            "slowest restore: {id} (alarm at {:.1?}, restore {restore}); rule writes on {service} from a minute before: {writes:?}",
+            t(*at)
+        );
+    }
     println!("worker logs: {}", logs.display());
     assert!(
         failures.is_empty(),

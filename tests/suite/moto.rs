@@ -348,48 +348,37 @@ impl Env {
             } else {
                 Color::Blue
             };
-            let rule_arn = elb
-                .create_rule()
-                .listener_arn(&listener)
-                .priority(10 + i32::from(k))
-                .conditions(
-                    RuleCondition::builder()
-                        .field("path-pattern")
-                        .values(if k == 0 {
-                            "/*".to_string()
-                        } else {
-                            format!("/s{k}/*")
-                        })
-                        .build(),
-                )
-                .actions(forward_action(&blue_tg, &green_tg, Weights::all(live)))
-                .send()
-                .await
-                .expect("rule")
-                .rules()[0]
-                .rule_arn()
-                .expect("arn")
-                .to_string();
-
-            let production = if shape.second_rule {
-                let second = elb
-                    .create_rule()
+            // A production rule forwarding to the pair, serving the live colour.
+            let weighted_rule = |priority: i32, field: &str, value: String| {
+                elb.create_rule()
                     .listener_arn(&listener)
-                    .priority(30 + i32::from(k))
-                    .conditions(
-                        RuleCondition::builder()
-                            .field("host-header")
-                            .values(format!("api{k}.example.com"))
-                            .build(),
-                    )
+                    .priority(priority)
+                    .conditions(RuleCondition::builder().field(field).values(value).build())
                     .actions(forward_action(&blue_tg, &green_tg, Weights::all(live)))
                     .send()
+            };
+            let arn_of =
+                |out: aws_sdk_elasticloadbalancingv2::operation::create_rule::CreateRuleOutput| {
+                    out.rules()[0].rule_arn().expect("arn").to_string()
+                };
+            let path = if k == 0 {
+                "/*".to_string()
+            } else {
+                format!("/s{k}/*")
+            };
+            let rule_arn = arn_of(
+                weighted_rule(10 + i32::from(k), "path-pattern", path)
                     .await
-                    .expect("second rule")
-                    .rules()[0]
-                    .rule_arn()
-                    .expect("arn")
-                    .to_string();
+                    .expect("rule"),
+            );
+
+            let production = if shape.second_rule {
+                let host = format!("api{k}.example.com");
+                let second = arn_of(
+                    weighted_rule(30 + i32::from(k), "host-header", host)
+                        .await
+                        .expect("second rule"),
+                );
                 format!(r#"production_listener_rule_arns = ["{rule_arn}", "{second}"]"#)
             } else {
                 format!(r#"production_listener_rule_arn = "{rule_arn}""#)
