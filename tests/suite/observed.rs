@@ -637,3 +637,27 @@ fn a_refusal_names_the_deployment_the_operator_named() {
         "{rejected:#?}"
     );
 }
+
+#[test]
+fn only_the_release_of_the_last_deployment_reads_the_rule_once_it_succeeded() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.run_until(|w| w.last_phase() == Some(Phase::Succeeded));
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    let tick_of = |id: &str| {
+        bluegreen::flow::Input::tick(
+            bluegreen::flow::TickKey {
+                deployment_id: id.into(),
+                cursor: 9,
+                attempt: 1,
+            },
+            bluegreen::flow::Observations::default(),
+        )
+    };
+    let needs = |id: &str| bluegreen::flow::needs(&w.state, &tick_of(id)).production;
+    assert!(
+        needs("web-1"),
+        "the old colour's release reads the rule first"
+    );
+    assert!(!needs("web-0"), "a tick of no deployment reads nothing");
+}
