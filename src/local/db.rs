@@ -66,8 +66,10 @@ pub struct LocalDb {
     options: QueueOptions,
 }
 
+/// How long an open or a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -135,20 +137,52 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Puts the file in WAL mode. WAL is a property of the file, so only the first open of a new
+/// file switches it; that takes an exclusive lock for which SQLite does not run the busy
+/// handler, so two processes opening a fresh state directory at once (`bluegreen local` and
+/// `bluegreen local deploy`) wait here instead, up to [`BUSY_TIMEOUT`].
+fn use_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let mut pause = Duration::from_millis(2);
+    let mut waited = Duration::ZERO;
+    loop {
+        let busy = match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+        {
+            // An in-memory database has no WAL and stays `memory`.
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") || mode.eq_ignore_ascii_case("memory") => {
+                return Ok(());
+            }
+            // Refused without an error: another connection holds the file.
+            Ok(mode) => rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some(format!("the journal stays {mode:?}, not WAL")),
+            ),
+            Err(e) if is_busy(&e) => e,
+            Err(e) => return Err(e),
+        };
+        if waited >= BUSY_TIMEOUT {
+            return Err(busy);
+        }
+        std::thread::sleep(pause);
+        waited += pause;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Dedup keys are remembered this long (as in the DynamoDB store).
 const DEDUP_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn db_error(e: &rusqlite::Error) -> PortError {
-    match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(
-                f.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) =>
-        {
-            PortError::Retryable(format!("embedded database busy: {e}"))
-        }
-        _ => PortError::Permanent(format!("embedded database: {e}")),
+    if is_busy(e) {
+        PortError::Retryable(format!("embedded database busy: {e}"))
+    } else {
+        PortError::Permanent(format!("embedded database: {e}"))
     }
 }
 
@@ -212,8 +246,8 @@ impl LocalDb {
     }
 
     fn with(conn: Connection, clock: Clock, options: QueueOptions) -> PortResult<LocalDb> {
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| db_error(&e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db_error(&e))?;
+        use_wal(&conn).map_err(|e| db_error(&e))?;
         // Every statement of the hot paths stays prepared (`exec`, `row`).
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&e))?;

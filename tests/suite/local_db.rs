@@ -381,3 +381,30 @@ async fn state_outbox_and_queue_survive_a_reopen() {
     assert_eq!(db.receive(10, NOW).await.expect("receive").len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two processes open a fresh state directory at once (`bluegreen local` and
+/// `bluegreen local deploy`): switching the file to WAL takes an exclusive lock that
+/// SQLite does not wait for, so each open must wait for it itself.
+#[test]
+fn many_first_opens_of_one_file_at_once_all_succeed() {
+    let dir = std::env::temp_dir().join(format!("bluegreen-db-opens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for round in 0..20 {
+        let path = dir.join(format!("state-{round}.db"));
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    LocalDb::open(&path, clock().0, QueueOptions::default()).map(|_| ())
+                })
+            })
+            .collect();
+        for open in opens {
+            let opened = open.join().expect("no panic");
+            assert!(opened.is_ok(), "round {round}: {opened:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
