@@ -43,6 +43,9 @@ const CALL_BACKOFF: Duration = Duration::from_millis(100);
 /// [`PortError::Retryable`] (throttling, a reset, a lost answer). Only for calls that are
 /// safe to repeat: reads, and writes that are idempotent or conditional.
 ///
+/// Inside an effect with a send deadline ([`sending_before`]) a repeat that would start
+/// after the deadline is not tried: it could not be sent.
+///
 /// # Errors
 /// The last failure, or the first one that is not retryable.
 pub async fn patiently<T, F, Fut>(mut call: F) -> PortResult<T>
@@ -52,9 +55,11 @@ where
 {
     let mut attempt = 1;
     loop {
+        let pause = CALL_BACKOFF * attempt;
+        let too_late = || send_deadline().is_some_and(|d| tokio::time::Instant::now() + pause >= d);
         match call().await {
-            Err(PortError::Retryable(_)) if attempt < CALL_ATTEMPTS => {
-                tokio::time::sleep(CALL_BACKOFF * attempt).await;
+            Err(PortError::Retryable(_)) if attempt < CALL_ATTEMPTS && !too_late() => {
+                tokio::time::sleep(pause).await;
                 attempt += 1;
             }
             other => return other,

@@ -582,3 +582,33 @@ async fn no_request_of_an_effect_leaves_after_its_send_deadline() {
     );
     assert_eq!(env.production().await, wt(0, 100));
 }
+
+/// A call that fails retryably is repeated a few times, but not once its next try would
+/// start after the send deadline of the effect it belongs to.
+#[tokio::test(start_paused = true)]
+async fn no_repeat_of_a_call_starts_after_its_send_deadline() {
+    use bluegreen::ports::{PortError, PortResult, patiently, sending_before};
+
+    let tries = |deadline: Option<Duration>| async move {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let call = || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            PortResult::<()>::Err(PortError::Retryable("reset".into()))
+        };
+        let result = match deadline {
+            Some(d) => sending_before(tokio::time::Instant::now() + d, patiently(call)).await,
+            None => patiently(call).await,
+        };
+        assert!(matches!(result, Err(PortError::Retryable(_))), "{result:?}");
+        calls.into_inner()
+    };
+    assert_eq!(tries(None).await, 4, "outside an effect: every try");
+    assert_eq!(
+        tries(Some(Duration::from_secs(60))).await,
+        4,
+        "a distant deadline"
+    );
+    // Back-offs of 100, 200 and 300 ms: the second repeat would start at 300 ms.
+    assert_eq!(tries(Some(Duration::from_millis(250))).await, 2);
+    assert_eq!(tries(Some(Duration::ZERO)).await, 1, "a passed deadline");
+}

@@ -535,6 +535,36 @@ fn operator_envelope(id: &str, service: &str, detail_type: &str) -> String {
     .to_string()
 }
 
+/// Every worker's log lines that name one of `needles` (not followed by a digit: `web1`
+/// is not `web12`), in time order, each prefixed with its worker.
+fn log_lines_naming(logs: &std::path::Path, needles: &[&str]) -> Vec<String> {
+    let names = |line: &str| {
+        needles.iter().filter(|n| !n.is_empty()).any(|n| {
+            line.match_indices(n)
+                .any(|(i, _)| !line[i + n.len()..].starts_with(|c: char| c.is_ascii_digit()))
+        })
+    };
+    let mut lines: Vec<(String, String)> = std::fs::read_dir(logs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|file| {
+            let worker = file.file_name().to_string_lossy().into_owned();
+            std::fs::read_to_string(file.path())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| names(l))
+                .map(|l| (l.to_string(), worker.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
+        .into_iter()
+        .map(|(line, worker)| format!("{worker}: {line}"))
+        .collect()
+}
+
 fn alarm_envelope(id: &str, alarm: &str, at: &str) -> String {
     json!({
         "version": "0", "id": id, "detail-type": "CloudWatch Alarm State Change",
@@ -1199,6 +1229,15 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
             "slowest restore: {id} (alarm at {:.1?}, restore {restore}); rule writes on {service} from a minute before: {writes:?}",
             t(*at)
         );
+        // A passing run deletes the logs: keep what the workers said about it and about
+        // the service's alarm.
+        let alarm = names
+            .iter()
+            .position(|n| n == service)
+            .map_or("", |k| env.alarms[k].as_str());
+        for line in log_lines_naming(&logs, &[id, alarm]).iter().take(150) {
+            println!("  {line}");
+        }
     }
     println!("worker logs: {}", logs.display());
     assert!(
