@@ -523,26 +523,32 @@ pub(crate) fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut
     }
 }
 
+/// The optional ARN fields that are set, as `(field, arn)`.
+fn set_fields<'a, const N: usize>(
+    fields: [(&'a str, &'a Option<String>); N],
+) -> impl Iterator<Item = (String, String)> + 'a {
+    fields
+        .into_iter()
+        .filter_map(|(field, arn)| arn.clone().map(|a| (field.to_string(), a)))
+}
+
 /// The production rule or listener fields of a service with their ARNs:
 /// `("production_listener_rule_arns[1]", arn)`.
 fn production_fields(s: &ServiceConfig) -> Vec<(String, String)> {
-    let single = [
+    set_fields([
         (
             "production_listener_rule_arn",
             &s.production_listener_rule_arn,
         ),
         ("production_listener_arn", &s.production_listener_arn),
-    ];
-    single
-        .into_iter()
-        .filter_map(|(field, arn)| arn.clone().map(|a| (field.to_string(), a)))
-        .chain(
-            s.production_listener_rule_arns
-                .iter()
-                .enumerate()
-                .map(|(k, a)| (format!("production_listener_rule_arns[{k}]"), a.clone())),
-        )
-        .collect()
+    ])
+    .chain(
+        s.production_listener_rule_arns
+            .iter()
+            .enumerate()
+            .map(|(k, a)| (format!("production_listener_rule_arns[{k}]"), a.clone())),
+    )
+    .collect()
 }
 
 /// Every ELBv2 ARN of a service must be in one partition, region and account.
@@ -558,14 +564,10 @@ fn check_arn_scope(s: &ServiceConfig, err: &mut impl FnMut(String, String), i: u
         ),
     ];
     arns.extend(production_fields(s));
-    let test = [
+    arns.extend(set_fields([
         ("test_listener_rule_arn", &s.test_listener_rule_arn),
         ("test_listener_arn", &s.test_listener_arn),
-    ];
-    arns.extend(
-        test.into_iter()
-            .filter_map(|(field, arn)| arn.clone().map(|a| (field.to_string(), a))),
-    );
+    ]));
     let mut first: Option<(String, String)> = None;
     for (field, arn) in arns {
         let scope: String = arn.split(':').skip(1).take(4).collect::<Vec<_>>().join(":");

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use bluegreen::flow::{
-    Action, Check, Color, Concurrency, ExplicitStep, IgnoreCode, Input, InputKind, Observations,
-    Outcome, Phase, RejectCode, ServiceSettings, Strategy, TargetHealth, Weights,
+    Action, Check, CheckOutcome, Color, Concurrency, ExplicitStep, IgnoreCode, Input, InputKind,
+    Observations, Outcome, Phase, RejectCode, ServiceSettings, Strategy, TargetHealth, Weights,
 };
 
 use crate::common::*;
@@ -139,6 +139,18 @@ fn provisioning_that_never_registers_rolls_back_at_its_timeout() {
     let key = w.active().pending_key().expect("poll");
     w.apply(Input::tick(key, Observations::alarms_ok()));
     assert_eq!(w.phase(), Some(Phase::RollingBack));
+    // The registration answers at last: too late, the deployment is rolling back.
+    let outcome = w.apply(Input::new(
+        "registered-late",
+        InputKind::RevisionRegistered {
+            deployment_id: "web-1".into(),
+            task_definition_arn: "arn:late".into(),
+        },
+    ));
+    assert_eq!(ignored(&outcome), IgnoreCode::Stale);
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    assert_eq!(w.active().revision, None);
+    assert!(w.log.updates.is_empty(), "no colour pointed at it");
 }
 
 #[test]
@@ -316,6 +328,96 @@ fn a_hook_validation_waits_for_its_report() {
 }
 
 #[test]
+fn hooks_reported_one_at_a_time_each_count_once() {
+    let mut s = settings();
+    s.checks = ["smoke", "load"]
+        .map(|name| Check::Hook { name: name.into() })
+        .to_vec();
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.run_until(|w| w.phase() == Some(Phase::Testing));
+    let report = |n: u32, hook: &str| {
+        Input::new(
+            format!("event:hook-{n}"),
+            InputKind::HookReported {
+                deployment_id: "web-1".into(),
+                hook: hook.into(),
+                passed: true,
+                detail: None,
+            },
+        )
+    };
+    assert_eq!(w.apply(report(1, "smoke")), Outcome::Applied);
+    assert_eq!(w.apply(report(2, "smoke")), Outcome::Applied);
+    assert_eq!(w.phase(), Some(Phase::Testing), "load has not reported");
+    assert_eq!(w.active().checks_passed, ["smoke"]);
+    assert_eq!(w.apply(report(3, "load")), Outcome::Applied);
+    assert_eq!(w.phase(), Some(Phase::Shifting));
+}
+
+#[test]
+fn testing_runs_again_only_the_http_checks_that_have_not_passed() {
+    use bluegreen::flow::Effect;
+    use bluegreen::flow::decide::desired_effects;
+
+    let http = |name: &str| Check::Http {
+        name: name.into(),
+        url: format!("http://test/{name}"),
+        expect_status: 200,
+    };
+    let mut s = settings();
+    s.checks = vec![http("a"), Check::Hook { name: "h".into() }, http("b")];
+    let w = world_in(settings(), Phase::Shifting);
+    let mut d = w.active().clone();
+    d.phase = Phase::Testing;
+    d.plan.checks = s.checks.clone();
+    d.checks_passed = vec!["a".into()];
+    let run: Vec<Vec<Check>> = desired_effects(&s, &d)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::RunValidations { checks, .. } => Some(checks),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(run, [vec![http("b")]], "not a (passed), not h (a hook)");
+    d.checks_passed = vec!["a".into(), "b".into()];
+    assert!(
+        desired_effects(&s, &d)
+            .iter()
+            .all(|e| !matches!(e, Effect::RunValidations { .. })),
+        "only the hook is left: nothing to run"
+    );
+}
+
+#[test]
+fn a_validation_result_for_a_deployment_that_is_not_testing_is_ignored() {
+    let mut s = settings();
+    s.has_test_listener = true;
+    s.checks = vec![Check::Http {
+        name: "healthz".into(),
+        url: "http://test/healthz".into(),
+        expect_status: 200,
+    }];
+    let mut w = world_in(s, Phase::WaitingForGreen);
+    // Even one naming the current cursor (no effect of this phase asks for it).
+    let cursor = w.active().cursor;
+    let outcome = w.apply(Input::new(
+        "validated",
+        InputKind::ValidationsCompleted {
+            deployment_id: "web-1".into(),
+            cursor,
+            outcomes: vec![CheckOutcome {
+                name: "healthz".into(),
+                passed: false,
+                detail: "500".into(),
+            }],
+        },
+    ));
+    assert_eq!(ignored(&outcome), IgnoreCode::Stale);
+    assert_eq!(w.phase(), Some(Phase::WaitingForGreen));
+}
+
+#[test]
 fn the_approval_gate_waits_for_approve() {
     let mut s = settings();
     s.approval = true;
@@ -390,6 +492,18 @@ fn each_step_tick_moves_to_the_next_weight_and_ends_in_success() {
     );
     let kinds = w.event_kinds();
     assert_eq!(kinds.iter().filter(|k| **k == "Traffic Shifted").count(), 4);
+    let shifted: Vec<String> = w
+        .log
+        .events
+        .iter()
+        .filter(|e| e.kind.detail_type() == "Traffic Shifted")
+        .map(|e| e.detail.reason.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        shifted[..2],
+        ["step 1/4: 25% to green", "step 2/4: 50% to green"],
+        "each step names itself"
+    );
     assert_eq!(
         &kinds[kinds.len() - 4..],
         [
@@ -514,17 +628,43 @@ fn rollback_after_success_while_warm_restores_the_old_colour() {
     w.run_until(|w| w.last_phase() == Some(Phase::Succeeded));
     assert_eq!(w.state.live, Color::Green);
     w.advance(60);
-    assert_eq!(w.apply(op("r1", Action::Rollback)), Outcome::Applied);
+    let other = w.apply(op_on("r0", Action::Rollback, Some("web-9")));
+    assert_eq!(rejected(&other), RejectCode::UnknownDeployment);
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    let named = op_on("r1", Action::Rollback, Some("web-1"));
+    assert_eq!(w.apply(named), Outcome::Applied);
     assert_eq!(w.phase(), Some(Phase::RollingBack));
     assert_eq!(w.log.production.last(), Some(&wt(100, 0)));
     assert_eq!(w.state.live, Color::Blue);
     w.settle();
+    let back = w
+        .log
+        .events
+        .iter()
+        .rfind(|e| e.kind.detail_type() == "Traffic Shifted");
+    assert_eq!(
+        back.and_then(|e| e.detail.reason.as_deref()),
+        Some("100% back on blue")
+    );
     assert_eq!(w.last_phase(), Some(Phase::RolledBack));
     assert_eq!(
         w.log.scaled_to_zero,
         [Color::Green],
         "blue was never released"
     );
+}
+
+#[test]
+fn rollback_after_success_at_the_end_of_the_termination_wait_is_rejected() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.run_until(|w| w.last_phase() == Some(Phase::Succeeded));
+    let warm_until = w.state.last.as_ref().and_then(|d| d.warm_until);
+    // The release is due at this very millisecond: the old colour is no longer warm.
+    w.advance_to(warm_until.expect("warm"));
+    let outcome = w.apply(op("r1", Action::Rollback));
+    assert_eq!(rejected(&outcome), RejectCode::InvalidTransition);
+    assert_eq!(w.state.live, Color::Green);
 }
 
 #[test]
@@ -649,7 +789,11 @@ fn retry_after_a_rollback_starts_a_new_deployment_of_the_same_image() {
     let mut w = world_in(settings(), Phase::Shifting);
     w.apply(op("a1", Action::Abort));
     w.settle();
-    assert_eq!(w.apply(op("r1", Action::Retry)), Outcome::Applied);
+    let other = w.apply(op_on("r0", Action::Retry, Some("web-9")));
+    assert_eq!(rejected(&other), RejectCode::UnknownDeployment);
+    assert!(w.state.active.is_none());
+    let named = op_on("r1", Action::Retry, Some("web-1"));
+    assert_eq!(w.apply(named), Outcome::Applied);
     let d = w.active();
     assert_eq!(d.id, "web-2");
     assert_eq!(d.retry_of.as_deref(), Some("web-1"));

@@ -167,12 +167,9 @@ pub(super) fn enter_step(cx: &mut Cx<'_>, d: &mut Deployment, index: usize) {
     }
 }
 
+/// Moves to the next step, or to the bake after the last.
 pub(super) fn next_step(cx: &mut Cx<'_>, d: &mut Deployment) {
-    if d.step + 1 < d.plan.steps.len() {
-        enter_step(cx, d, d.step + 1);
-    } else {
-        begin_baking(cx, d);
-    }
+    enter_step(cx, d, d.step + 1);
 }
 
 fn begin_baking(cx: &mut Cx<'_>, d: &mut Deployment) {
