@@ -279,6 +279,7 @@ impl Phase {
         (Phase::AwaitingApproval, Phase::RollingBack),
         (Phase::Shifting, Phase::RollingBack),
         (Phase::Baking, Phase::RollingBack),
+        (Phase::Finalizing, Phase::RollingBack),
         (Phase::Succeeded, Phase::RollingBack),
         (Phase::RollingBack, Phase::RolledBack),
         (Phase::RollingBack, Phase::Failed),

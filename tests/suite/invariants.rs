@@ -330,17 +330,20 @@ fn finish(r: &mut Run) {
     }
     w.settle();
     // A pause is a human hold: it ends only when someone resumes. Drift found after a
-    // resume pauses once more (with the pause policy); the next resume goes on.
+    // resume pauses once more (with the pause policy); the next resume goes on. A rule
+    // that sends traffic to the colour about to be updated keeps the deployment paused
+    // until a person points it away (the worker never updates a colour with traffic).
     for attempt in 0..3 {
-        let Some(id) = w
-            .state
-            .active
-            .as_ref()
-            .filter(|d| d.is_paused())
-            .map(|d| d.id.clone())
-        else {
+        let Some((id, exposed)) = w.state.active.as_ref().filter(|d| d.is_paused()).map(|d| {
+            let before_update = matches!(d.phase, Phase::Provisioning | Phase::WaitingForGreen);
+            let exposed = before_update && w.cloud().rule.of(d.target) > 0;
+            (d.id.clone(), exposed.then_some(d.stable))
+        }) else {
             break;
         };
+        if let Some(stable) = exposed {
+            w.cloud().rule = Weights::all(stable);
+        }
         w.apply(op_on(
             &format!("final-resume-{attempt}"),
             Action::Resume,
