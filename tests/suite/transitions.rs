@@ -20,6 +20,18 @@ fn rejected(outcome: &Outcome) -> RejectCode {
     }
 }
 
+/// The settings with a test listener and one HTTP validation, `healthz`.
+fn with_healthz() -> ServiceSettings {
+    let mut s = settings();
+    s.has_test_listener = true;
+    s.checks = vec![Check::Http {
+        name: "healthz".into(),
+        url: "http://test/healthz".into(),
+        expect_status: 200,
+    }];
+    s
+}
+
 fn ignored(outcome: &Outcome) -> IgnoreCode {
     match outcome {
         Outcome::Ignored { code, .. } => *code,
@@ -248,13 +260,7 @@ fn a_lost_final_weight_write_is_reasserted_when_promote_moves_on() {
 
 #[test]
 fn healthy_green_with_validations_routes_the_test_listener_and_runs_them() {
-    let mut s = settings();
-    s.has_test_listener = true;
-    s.checks = vec![Check::Http {
-        name: "healthz".into(),
-        url: "http://test/healthz".into(),
-        expect_status: 200,
-    }];
+    let s = with_healthz();
     let mut w = World::new(s);
     w.apply(push(1));
     w.run_until(|w| w.phase() == Some(Phase::Shifting));
@@ -280,13 +286,7 @@ fn healthy_green_with_validations_routes_the_test_listener_and_runs_them() {
 
 #[test]
 fn a_failed_validation_rolls_back_before_production_moves() {
-    let mut s = settings();
-    s.has_test_listener = true;
-    s.checks = vec![Check::Http {
-        name: "healthz".into(),
-        url: "http://test/healthz".into(),
-        expect_status: 200,
-    }];
+    let s = with_healthz();
     let mut w = World::new(s);
     w.validations_pass = false;
     w.apply(push(1));
@@ -391,13 +391,7 @@ fn testing_runs_again_only_the_http_checks_that_have_not_passed() {
 
 #[test]
 fn a_validation_result_for_a_deployment_that_is_not_testing_is_ignored() {
-    let mut s = settings();
-    s.has_test_listener = true;
-    s.checks = vec![Check::Http {
-        name: "healthz".into(),
-        url: "http://test/healthz".into(),
-        expect_status: 200,
-    }];
+    let s = with_healthz();
     let mut w = world_in(s, Phase::WaitingForGreen);
     // Even one naming the current cursor (no effect of this phase asks for it).
     let cursor = w.active().cursor;
