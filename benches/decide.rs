@@ -67,6 +67,7 @@ fn mid_shift(settings: &ServiceSettings) -> (ServiceState, Timestamp) {
             registered_targets: 4,
         }),
         production: None,
+        read_errors: Vec::new(),
     };
     let mut n = 0;
     loop {
@@ -107,9 +108,10 @@ fn mid_shift(settings: &ServiceSettings) -> (ServiceState, Timestamp) {
             ),
             _ => {
                 now = now.max(d.next_tick.expect("pending tick").due);
-                // The rule as the worker would read it: what it last confirmed.
+                // The rule as the worker would read it: the step's write landed (the
+                // read confirms it, and the step's hold counts from then).
                 let observed = Observations {
-                    production: Some(Ok(ProductionRules::one("rule", state.serving()))),
+                    production: Some(Ok(ProductionRules::one("rule", d.weights))),
                     ..healthy.clone()
                 };
                 Input::tick(d.pending_key().expect("pending tick"), observed)
@@ -138,6 +140,8 @@ fn bench(c: &mut Criterion) {
             alarm: "web-5xx".into(),
             state: AlarmState::Alarm,
             reason: None,
+            changed_at: None,
+            observed: Observations::default(),
         },
     );
     let duplicate = Input::new(

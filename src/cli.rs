@@ -542,9 +542,16 @@ fn cmd_validate_event(file: &Path, config: Option<&Path>) -> Result<String, Stri
     })
 }
 
+/// Stack of each runtime thread. An unoptimized build keeps every temporary of a poll
+/// in its own stack slot, and a message's poll goes through the worker, the runner and
+/// an AWS SDK call (its deserializers alone take hundreds of kilobytes there); only the
+/// pages touched count towards the resident size.
+pub const THREAD_STACK: usize = 16 * 1024 * 1024;
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(THREAD_STACK)
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }

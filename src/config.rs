@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::flow::{Check, Concurrency, DriftPolicy, ServiceSettings, Strategy, Timeouts};
+use crate::flow::{
+    Check, Concurrency, DriftPolicy, ServiceSettings, Strategy, Timeouts, UnreadablePolicy,
+};
 use crate::schema::{self, FieldError, SchemaId};
 
 /// Errors loading a configuration.
@@ -158,6 +160,18 @@ pub struct ServiceConfig {
     /// What to do when the production rule's weights drift from the ones written.
     #[serde(default)]
     pub drift: DriftPolicy,
+    /// What a deployment does once its rollback alarms or production rule have been
+    /// unreadable for `timeouts.unreadable`: roll back (default) or pause.
+    #[serde(default)]
+    pub on_unreadable: UnreadablePolicy,
+    /// Whether a rollback alarm rolls back a deployment that succeeded while its old
+    /// colour is still warm (default true).
+    #[serde(default = "default_true")]
+    pub rollback_while_warm: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_bake() -> Duration {
@@ -243,6 +257,13 @@ pub struct TimeoutsConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub reconcile_grace: Option<Duration>,
+    /// How long a deployment waits on unreadable alarms or an unreadable rule.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unreadable: Option<Duration>,
 }
 
 /// A listener rule or a listener (whose default action is used).
@@ -438,6 +459,8 @@ impl Config {
                 }
             }
             check_timeouts(&s.timeouts, &at("timeouts"), &mut err);
+            check_duration(s.bake, at("bake"), &mut err);
+            check_duration(s.termination_wait, at("termination_wait"), &mut err);
         }
         if errors.is_empty() {
             Ok(())
@@ -453,7 +476,27 @@ impl Config {
     }
 }
 
-/// Timeouts a schema cannot judge: the poll interval must be positive.
+/// The longest duration the configuration accepts anywhere: a deployment's times are
+/// written as RFC 3339 timestamps, which end at the year 9999, and no stage of a
+/// deployment is meant to last longer than a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Refuses a duration longer than [`MAX_DURATION`].
+pub(crate) fn check_duration(value: Duration, field: String, err: &mut impl FnMut(String, String)) {
+    if value > MAX_DURATION {
+        err(
+            field,
+            format!(
+                "{} is longer than the longest duration accepted, {}",
+                humantime::format_duration(value),
+                humantime::format_duration(MAX_DURATION)
+            ),
+        );
+    }
+}
+
+/// Timeouts a schema cannot judge: the poll interval must be positive, none may exceed
+/// [`MAX_DURATION`].
 pub(crate) fn check_timeouts(
     timeouts: &TimeoutsConfig,
     at: &str,
@@ -461,6 +504,21 @@ pub(crate) fn check_timeouts(
 ) {
     if timeouts.poll.is_some_and(|d| d.is_zero()) {
         err(format!("{at}.poll"), "must be greater than zero".into());
+    }
+    let all = [
+        ("provision", timeouts.provision),
+        ("green", timeouts.green),
+        ("testing", timeouts.testing),
+        ("approval", timeouts.approval),
+        ("promote", timeouts.promote),
+        ("poll", timeouts.poll),
+        ("reconcile_grace", timeouts.reconcile_grace),
+        ("unreadable", timeouts.unreadable),
+    ];
+    for (name, value) in all {
+        if let Some(value) = value {
+            check_duration(value, format!("{at}.{name}"), err);
+        }
     }
 }
 
@@ -478,6 +536,7 @@ pub(crate) fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut
             if bake.is_zero() {
                 err(format!("{at}.bake"), "must be greater than zero".into());
             }
+            check_duration(*bake, format!("{at}.bake"), err);
         }
         Strategy::Linear {
             step_percent,
@@ -492,6 +551,7 @@ pub(crate) fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut
             if interval.is_zero() {
                 err(format!("{at}.interval"), "must be greater than zero".into());
             }
+            check_duration(*interval, format!("{at}.interval"), err);
         }
         Strategy::Steps { steps } => {
             let mut previous = 0u8;
@@ -510,6 +570,9 @@ pub(crate) fn check_strategy(strategy: &Strategy, at: &str, err: &mut impl FnMut
                         format!("{at}.steps[{k}].weight"),
                         format!("must be at most 100, got {}", s.weight),
                     );
+                }
+                if let Some(pause) = s.pause {
+                    check_duration(pause, format!("{at}.steps[{k}].pause"), err);
                 }
                 previous = s.weight;
             }
@@ -636,6 +699,8 @@ impl ServiceConfig {
             timeouts: self.timeouts.resolve(),
             rollback_attempts: self.rollback_attempts,
             drift: self.drift,
+            on_unreadable: self.on_unreadable,
+            rollback_while_warm: self.rollback_while_warm,
         }
     }
 }
@@ -653,6 +718,7 @@ impl TimeoutsConfig {
             promote: self.promote.unwrap_or(d.promote),
             poll: self.poll.unwrap_or(d.poll),
             reconcile_grace: self.reconcile_grace.unwrap_or(d.reconcile_grace),
+            unreadable: self.unreadable.unwrap_or(d.unreadable),
         }
     }
 }

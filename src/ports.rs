@@ -8,9 +8,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::contract::Entry;
 use crate::flow::{
-    Color, Deployment, ProductionRules, ServiceState, TargetHealth, Timestamp, Weights,
+    Color, Deployment, Effect, ProductionRules, ServiceState, TargetHealth, Timestamp, Weights,
 };
 
 /// Why a port call failed, grouped by the caller's reaction.
@@ -28,6 +30,10 @@ pub enum PortError {
     /// A newer decision was committed since ours: our effects must not run.
     #[error("fenced: a newer decision superseded this one")]
     Fenced,
+    /// The input's dedup key was recorded in between: another worker applied it. Nothing
+    /// was written; the input is a duplicate.
+    #[error("duplicate: the input was applied in the meantime")]
+    Duplicate,
 }
 
 /// Result of a port call.
@@ -126,12 +132,19 @@ pub struct Received {
 
 /// The queue.
 pub trait Inbox: Send + Sync {
-    /// Long-polls for up to `max` messages, waiting at most `wait`.
+    /// Long-polls for up to `max` messages, waiting at most `wait`; each received message
+    /// stays hidden from other receivers for `visibility` (the worker's heartbeat extends
+    /// it once work on it starts), so that a receive whose answer is lost delays its
+    /// messages by that much only.
     fn receive(
         &self,
         max: u32,
         wait: Duration,
+        visibility: Duration,
     ) -> impl Future<Output = PortResult<Vec<Received>>> + Send;
+    /// How many receipts a message gets before the queue dead-letters it (the redrive
+    /// policy's `maxReceiveCount`), if the queue has one.
+    fn receive_limit(&self) -> impl Future<Output = PortResult<Option<u32>>> + Send;
     /// Deletes a handled message.
     fn delete(&self, receipt: &str) -> impl Future<Output = PortResult<()>> + Send;
     /// Sets the message's visibility timeout (0 = visible again now).
@@ -145,6 +158,17 @@ pub trait Inbox: Send + Sync {
     fn send(&self, body: String, delay: Duration) -> impl Future<Output = PortResult<()>> + Send;
 }
 
+/// An effect a committed decision obliges the world to carry out (SPEC §4 invariant 12),
+/// with the cursor its deployment had in the decision that asked for it: its result or
+/// failure belongs to that step, and it lapses once the deployment moved past it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owed {
+    /// The effect (idempotent by construction).
+    pub effect: Effect,
+    /// The deployment's cursor when the effect was decided.
+    pub cursor: u32,
+}
+
 /// A service's state as stored, with its version for compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -152,6 +176,10 @@ pub struct Stored {
     pub state: ServiceState,
     /// Version; 0 when nothing was stored yet.
     pub version: u64,
+    /// What the decision at `version` (with what earlier ones left) committed the world to
+    /// and nobody has yet recorded as carried out: empty once a run
+    /// [discharged](Store::discharge) it. Whoever takes the lease carries it out first.
+    pub owed: Vec<Owed>,
 }
 
 /// One decision to commit atomically.
@@ -170,6 +198,12 @@ pub struct Commit<'a> {
     /// The service lease this commit takes or renews. The write fails with `Conflict`
     /// while another owner holds an unexpired lease.
     pub lease: Lease<'a>,
+    /// What this decision (and what earlier ones left undone) obliges the world to do, in
+    /// order: stored with the state, outstanding until [`Store::discharge`].
+    pub owed: &'a [Owed],
+    /// Whether this commit is the rollback a preemption mark was set for: it clears the
+    /// mark (any other commit leaves it).
+    pub clears_preemption: bool,
 }
 
 /// A lease: who holds it and until when (a service's, an outbox claim, the reconciler's).
@@ -202,6 +236,9 @@ pub struct Fence {
     pub owner: Option<String>,
     /// Lease expiry.
     pub until: Timestamp,
+    /// Set while a rollback waits for the lease ([`Store::preempt`]): until then the
+    /// holder stops its forward effects at the next effect boundary.
+    pub preempt_until: Option<Timestamp>,
 }
 
 /// The deployment store.
@@ -214,8 +251,10 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = PortResult<Stored>> + Send;
     /// Commits a decision; returns the new version.
     ///
-    /// Fails with [`PortError::Conflict`] when the version moved or the dedup key was
-    /// already recorded.
+    /// Fails with [`PortError::Conflict`] when the version moved or another owner holds
+    /// the lease, with [`PortError::Duplicate`] when the dedup key was already recorded,
+    /// and with [`PortError::Retryable`] when the store could not judge (a transaction
+    /// conflict, throttling).
     fn commit(
         &self,
         service: &str,
@@ -237,10 +276,46 @@ pub trait Store: Send + Sync {
         version: u64,
         lease: Lease<'_>,
     ) -> impl Future<Output = PortResult<bool>> + Send;
+    /// Takes the lease at `version` to carry out what is owed there: true when
+    /// `lease.owner` holds it now (it was free, expired or already theirs), false when
+    /// another owner holds it or the version moved.
+    fn take(
+        &self,
+        service: &str,
+        version: u64,
+        lease: Lease<'_>,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+    /// Records that everything owed at `version` has been carried out (the obligation is
+    /// discharged), while the state is still at `version` under `owner`'s lease; with
+    /// `release`, gives the lease up in the same write. False when fenced out.
+    fn discharge(
+        &self,
+        service: &str,
+        version: u64,
+        owner: &str,
+        release: bool,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+    /// Marks that a rollback waits for the service's lease until `until` (`None` clears
+    /// the mark): the holder stops its forward effects at the next effect boundary. Needs
+    /// no lease; a commit that [clears](Commit::clears_preemption) it ends it.
+    fn preempt(
+        &self,
+        service: &str,
+        until: Option<Timestamp>,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Remembers `key` for `service` as [`Store::seen`] reads it, without a decision (a
+    /// message-level `Event Rejected` that was published).
+    fn remember(
+        &self,
+        service: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = PortResult<()>> + Send;
     /// Claims the outbox entries not yet published, oldest first: those nobody claimed
     /// and those whose claim expired. A claimed entry is handed to no other caller until
     /// `claim.until`, so two workers never publish one entry; only a publisher that dies
     /// between publishing and [`Store::outbox_done`] leaves an entry to be published again.
+    /// At most [`OUTBOX_CLAIM_MAX`] entries per call, however long the backlog.
     fn claim_outbox(
         &self,
         service: &str,
@@ -252,14 +327,26 @@ pub trait Store: Send + Sync {
         service: &str,
         keys: &[String],
     ) -> impl Future<Output = PortResult<()>> + Send;
-    /// Takes or renews the named lease (not a service's): true when `lease.owner` holds
-    /// it until `lease.until`, false while another owner's lease is unexpired.
+    /// Takes or renews the named lease (not a service's): `Some(mark)` when `lease.owner`
+    /// holds it until `lease.until`, with the mark its holders last left on it
+    /// ([`Store::mark_lease`], 0 at first); `None` while another owner's lease is unexpired.
     fn try_lease(
         &self,
         name: &str,
         lease: Lease<'_>,
-    ) -> impl Future<Output = PortResult<bool>> + Send;
+    ) -> impl Future<Output = PortResult<Option<u64>>> + Send;
+    /// Leaves `mark` on the named lease while `owner` holds it (where the reconciler's
+    /// pass stopped, for the next holder to go on from).
+    fn mark_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        mark: u64,
+    ) -> impl Future<Output = PortResult<()>> + Send;
 }
+
+/// Most outbox entries one claim hands out (the rest wait for the next flush).
+pub const OUTBOX_CLAIM_MAX: usize = 100;
 
 /// The load balancer. Services are named; each adapter knows where a service's rules
 /// are (ALB listener rules, the embedded proxy).

@@ -15,6 +15,9 @@
 //! | `MessagesProcessed`, `MessagesIgnored`, `MessagesRejected`, `MessagesRetried` | counter | none | queue messages by disposition |
 //! | `OutboxPending` | gauge | none | outbox entries left unpublished by this worker's last flush |
 //! | `WeightDrift` | counter | `Service` | weights found that the worker did not write |
+//! | `ObligationsRedriven` | counter | `Service` | effects a dead or fenced worker left owed, carried out by another run |
+//! | `ReconcilePass` | histogram (ms) | none | how long one reconciler pass took |
+//! | `ReconcileSkipped` | counter | none | services a pass did not reach within its time (the next pass goes on from there) |
 
 use std::io::Write;
 use std::time::Duration;
@@ -23,8 +26,7 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
-use crate::flow::{Color, EventKind, Phase};
-use crate::runner::Decided;
+use crate::flow::{Color, Decided, EventKind, Phase};
 
 /// The phases in order; the `Phase` gauge is an index into it (the dashboard labels it).
 pub const PHASES: [Phase; 12] = [
@@ -75,6 +77,21 @@ pub fn message(what: Message) {
 /// Entries this worker's last outbox flush left unpublished.
 pub fn outbox_pending(entries: usize) {
     gauge!("OutboxPending").set(entries as f64);
+}
+
+/// Counts a run that carried out what an earlier decision owed (a worker died or was
+/// fenced between a commit and its effects).
+pub fn redriven(service: &str) {
+    counter!("ObligationsRedriven", "Service" => service.to_string()).increment(1);
+}
+
+/// Records one reconciler pass: how long it took and how many services it left for the
+/// next one.
+pub fn reconcile_pass(took: Duration, skipped: usize) {
+    histogram!("ReconcilePass").record(took.as_secs_f64() * 1000.0);
+    if skipped > 0 {
+        counter!("ReconcileSkipped").increment(skipped as u64);
+    }
 }
 
 /// Records what one decision says: deployments started and ended, weights confirmed,
@@ -181,6 +198,21 @@ fn describe() {
         "Rollback alarm to weights restored"
     );
     describe_histogram!("StepLag", Unit::Milliseconds, "Tick due to tick decided");
+    describe_counter!(
+        "ObligationsRedriven",
+        Unit::Count,
+        "Owed effects carried out by another run than the one that committed them"
+    );
+    describe_histogram!(
+        "ReconcilePass",
+        Unit::Milliseconds,
+        "Duration of one reconciler pass"
+    );
+    describe_counter!(
+        "ReconcileSkipped",
+        Unit::Count,
+        "Services a reconciler pass left for the next one"
+    );
 }
 
 /// Writes each flush to stdout in one piece, so a log line can never land inside an

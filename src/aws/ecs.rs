@@ -166,6 +166,13 @@ impl Platform for Aws {
             .set_ephemeral_storage(td.ephemeral_storage().cloned())
             .set_runtime_platform(td.runtime_platform().cloned())
             .set_tags(Some(tags))
+            // Not idempotent: no SDK retry may send it twice. A lost answer fails this
+            // attempt, and the runner's next one finds the registration by its tag.
+            .customize()
+            .config_override(
+                aws_sdk_ecs::config::Builder::default()
+                    .retry_config(aws_config::retry::RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(|e| port_error("RegisterTaskDefinition", e))?;

@@ -1,5 +1,7 @@
 //! The bus: `PutEvents` in batches of 10, reporting per-entry failures so that failed
-//! events stay in the outbox. Consumers dedupe on `detail.eventId`.
+//! events stay in the outbox. Each batch stands alone: one that fails marks its own
+//! entries failed and the next batches are still sent, so a retry re-sends only what
+//! failed. Consumers dedupe on `detail.eventId`.
 
 use aws_sdk_eventbridge::primitives::DateTime;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
@@ -30,13 +32,21 @@ impl Bus for Aws {
                         .build()
                 })
                 .collect();
-            let out = self
+            let out = match self
                 .events
                 .put_events()
                 .set_entries(Some(request))
                 .send()
                 .await
-                .map_err(|e| port_error("PutEvents", e))?;
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    let e = port_error("PutEvents", e);
+                    tracing::warn!(error = %e, entries = batch.len(), "a batch of events was not published");
+                    failed.extend(batch.iter().map(|entry| entry.event_id.clone()));
+                    continue;
+                }
+            };
             if out.failed_entry_count() > 0 {
                 for (entry, result) in batch.iter().zip(out.entries()) {
                     if result.error_code().is_some() {

@@ -88,23 +88,41 @@ impl Aws {
     }
 
     /// Clients from an explicit SDK configuration (tests point it at the emulator).
+    ///
+    /// The clients whose calls run under a send deadline (ELBv2 and ECS writes under the
+    /// service lease, EventBridge under an outbox claim) carry the `SendDeadline`
+    /// interceptor and a connect timeout of [`CONNECT_TIMEOUT`], below the runner's lease
+    /// margin: the deadline is checked before the connection is made, so a slow connect
+    /// must not carry a request past it.
     #[must_use]
     pub fn new(sdk: &SdkConfig, config: &Config) -> Aws {
+        let fenced = sdk
+            .timeout_config()
+            .map_or_else(TimeoutConfig::builder, TimeoutConfig::to_builder)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build();
         Aws {
             sqs: aws_sdk_sqs::Client::new(sdk),
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             elb: aws_sdk_elasticloadbalancingv2::Client::from_conf(
                 aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk)
+                    .timeout_config(fenced.clone())
                     .interceptor(SendDeadline)
                     .build(),
             ),
             ecs: aws_sdk_ecs::Client::from_conf(
                 aws_sdk_ecs::config::Builder::from(sdk)
+                    .timeout_config(fenced.clone())
                     .interceptor(SendDeadline)
                     .build(),
             ),
             ecr: aws_sdk_ecr::Client::new(sdk),
-            events: aws_sdk_eventbridge::Client::new(sdk),
+            events: aws_sdk_eventbridge::Client::from_conf(
+                aws_sdk_eventbridge::config::Builder::from(sdk)
+                    .timeout_config(fenced)
+                    .interceptor(SendDeadline)
+                    .build(),
+            ),
             cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
             queue_url: config.worker.queue_url.clone(),
             table: config.worker.table.clone(),
@@ -128,11 +146,18 @@ impl Aws {
     }
 }
 
+/// How long the fenced clients (ELBv2, ECS, EventBridge) may take to set up a connection:
+/// well below the runner's 2 s lease margin, since the send deadline is checked before
+/// the connection is made.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
 /// Refuses to transmit a request after the send deadline of the effect it belongs to
-/// ([`crate::ports::sending_before`]), checked after signing, right before the request
-/// leaves. On the clients whose writes move traffic or colours (ELBv2, ECS): a
-/// `ModifyRule` or `UpdateService` never leaves a worker whose lease is about to lapse,
-/// however late its task was woken. The refusal reaches the caller as a transport
+/// ([`crate::ports::sending_before`]), checked after signing, before the connection is
+/// made and the request leaves (a connect is bounded by [`CONNECT_TIMEOUT`]). On the
+/// clients whose writes move traffic or colours (ELBv2, ECS), and on EventBridge, whose
+/// publishes run under an outbox claim: a `ModifyRule` or `UpdateService` never leaves a
+/// worker whose lease is about to lapse, nor a `PutEvents` one whose claim is about to
+/// lapse, however late its task was woken. The refusal reaches the caller as a transport
 /// failure, which is retryable: the runner checks its lease again before another try.
 #[derive(Debug)]
 struct SendDeadline;
@@ -175,13 +200,16 @@ where
 }
 
 /// Error codes worth retrying whatever the HTTP status says.
-const RETRYABLE_CODES: [&str; 6] = [
+/// `TransactionConflictException` is DynamoDB's answer to a write on an item another
+/// transaction is writing (HTTP 400): a race, not a refusal.
+const RETRYABLE_CODES: [&str; 7] = [
     "Throttling",
     "ThrottlingException",
     "RequestLimitExceeded",
     "ProvisionedThroughputExceededException",
     "TooManyRequestsException",
     "ServiceUnavailable",
+    "TransactionConflictException",
 ];
 
 /// Maps an SDK error to the caller's reaction: throttling, 5xx and transport failures

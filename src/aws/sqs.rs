@@ -1,12 +1,14 @@
 //! The inbox: an SQS standard queue with a redrive policy to a dead-letter queue.
 //!
-//! Long polls in batches, asks for `ApproximateReceiveCount`, and caps delays at the
-//! queue maximum of 15 minutes: a tick due later arrives early and is re-delayed by the
+//! Long polls in batches with a short visibility of their own (a receive whose answer is
+//! lost hides its messages for seconds, not for the queue's timeout; the worker's
+//! heartbeat extends it once work starts), asks for `ApproximateReceiveCount`, reads the
+//! redrive policy's `maxReceiveCount`, and caps delays at the queue maximum of 15 minutes: a tick due later arrives early and is re-delayed by the
 //! worker (the core refuses early ticks), which chains long waits.
 
 use std::time::Duration;
 
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 
 use super::{Aws, repeat};
 use crate::ports::{Inbox, PortResult, Received};
@@ -15,13 +17,21 @@ use crate::ports::{Inbox, PortResult, Received};
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
 
 impl Inbox for Aws {
-    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> PortResult<Vec<Received>> {
+        // At least a second: 0 would make the messages visible again at once.
+        let hidden = i32::try_from(visibility.as_secs().clamp(1, 43_200)).unwrap_or(30);
         let out = repeat("ReceiveMessage", || {
             self.sqs
                 .receive_message()
                 .queue_url(&self.queue_url)
                 .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
                 .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
+                .visibility_timeout(hidden)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send()
         })
@@ -40,6 +50,27 @@ impl Inbox for Aws {
                     .unwrap_or(1),
             })
             .collect())
+    }
+
+    async fn receive_limit(&self) -> PortResult<Option<u32>> {
+        let out = repeat("GetQueueAttributes", || {
+            self.sqs
+                .get_queue_attributes()
+                .queue_url(&self.queue_url)
+                .attribute_names(QueueAttributeName::RedrivePolicy)
+                .send()
+        })
+        .await?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+            .and_then(|policy| serde_json::from_str::<serde_json::Value>(policy).ok())
+            .and_then(|policy| match &policy["maxReceiveCount"] {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            })
+            .and_then(|n| u32::try_from(n).ok()))
     }
 
     async fn delete(&self, receipt: &str) -> PortResult<()> {

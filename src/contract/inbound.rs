@@ -99,6 +99,21 @@ pub struct AlarmStateValue {
     pub timestamp: String,
 }
 
+impl AlarmStateValue {
+    /// When the state was entered, if `timestamp` is readable: CloudWatch writes
+    /// `2019-10-02T17:04:40.985+0000` (UTC, offset without a colon); RFC 3339 in UTC is
+    /// read too. Any other offset reads as unknown.
+    #[must_use]
+    pub fn entered_at(&self) -> Option<crate::flow::Timestamp> {
+        let t = self.timestamp.trim();
+        let utc = t
+            .strip_suffix("+0000")
+            .or_else(|| t.strip_suffix("+00:00"))
+            .map_or_else(|| t.to_string(), |s| format!("{s}Z"));
+        crate::flow::Timestamp::parse_rfc3339(&utc).ok()
+    }
+}
+
 /// Detail of every operator event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

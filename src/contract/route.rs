@@ -96,6 +96,8 @@ pub fn route(msg: &Message, config: &Fleet) -> Result<Routed, Rejection> {
                             alarm: a.alarm_name.clone(),
                             state: a.state.value,
                             reason: a.state.reason.clone(),
+                            changed_at: a.state.entered_at(),
+                            observed: Observations::default(),
                         },
                     );
                     (s.name.clone(), input)

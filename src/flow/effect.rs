@@ -373,3 +373,19 @@ impl Decision {
         !matches!(self.outcome, Outcome::Ignored { .. })
     }
 }
+
+/// One decision as the worker's runner made it: what listeners (metrics, tests) are told
+/// of every decision that was committed or left the state unchanged.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided<'a> {
+    /// The service.
+    pub service: &'a str,
+    /// The state the decision was made on.
+    pub before: &'a super::ServiceState,
+    /// The input, with what was observed for it.
+    pub input: &'a super::Input,
+    /// The decision's `now`.
+    pub now: super::Timestamp,
+    /// The decision; committed unless its outcome is `Ignored`.
+    pub decision: &'a Decision,
+}

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{ImageRef, Weights};
+use super::model::{ImageRef, Timestamp, Weights};
 
 /// One input with its dedup key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +94,20 @@ impl Input {
         }
     }
 
+    /// Whether the input may roll a deployment back (an alarm entering ALARM, an operator's
+    /// abort or rollback): such an input preempts a lease holder's forward effects and waits
+    /// for the lease instead of giving up (SPEC §4 invariant 5).
+    #[must_use]
+    pub fn is_rollback_class(&self) -> bool {
+        match &self.kind {
+            InputKind::Alarm { state, .. } => *state == AlarmState::Alarm,
+            InputKind::Operator { action, .. } => {
+                matches!(action, Action::Abort | Action::Rollback)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the input's key is remembered so that a replay is ignored. Ticks are
     /// judged by their cursor instead, and the reconciler and traffic confirmations are
     /// idempotent by nature.
@@ -163,6 +177,15 @@ pub enum InputKind {
         state: AlarmState,
         /// Why, as CloudWatch put it.
         reason: Option<String>,
+        /// When the alarm entered the state (the event's `state.timestamp`), when readable:
+        /// an alarm that entered ALARM before a deployment started is judged against what
+        /// it reads now (see [`needs`](super::needs)).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        changed_at: Option<Timestamp>,
+        /// The rollback alarms as read just before deciding, when the transition is older
+        /// than the deployment it would roll back.
+        #[serde(default)]
+        observed: Observations,
     },
     /// A scheduled "next step" tick, with what the worker observed just before deciding
     /// (see [`needs`](super::needs)).
@@ -311,6 +334,10 @@ pub struct Observations {
     /// The production rules' weights, or why a rule cannot be read as the service's
     /// blue/green pair (another target group on it, no forward action).
     pub production: Option<Result<ProductionRules, String>>,
+    /// Why a read came back empty-handed (`alarms_firing` or `production` is `None`): the
+    /// error, naming the alarm or the rule, for the event that ends a wait on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_errors: Vec<String>,
 }
 
 /// One production rule as read.
@@ -410,8 +437,7 @@ impl Observations {
     pub fn alarms_ok() -> Observations {
         Observations {
             alarms_firing: Some(Vec::new()),
-            target_health: None,
-            production: None,
+            ..Observations::default()
         }
     }
 }

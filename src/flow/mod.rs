@@ -19,7 +19,7 @@ pub mod settings;
 
 pub use decide::{Needs, decide, needs};
 pub use effect::{
-    Decision, Drift, Effect, EventDetail, EventKind, IgnoreCode, OutboundEvent, Outcome,
+    Decided, Decision, Drift, Effect, EventDetail, EventKind, IgnoreCode, OutboundEvent, Outcome,
     RejectCode, StepPosition,
 };
 pub use input::{
@@ -32,4 +32,5 @@ pub use model::{
 };
 pub use settings::{
     Check, Concurrency, DriftPolicy, ExplicitStep, ServiceSettings, Strategy, Timeouts,
+    UnreadablePolicy,
 };

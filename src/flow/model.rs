@@ -155,10 +155,15 @@ impl Timestamp {
         self.0.saturating_sub(earlier.0)
     }
 
-    /// RFC 3339 with millisecond precision, UTC (`2026-01-02T03:04:05.678Z`).
+    /// The latest moment RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+    pub const MAX_RFC3339: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// RFC 3339 with millisecond precision, UTC (`2026-01-02T03:04:05.678Z`). A moment
+    /// past the year 9999 (which RFC 3339 cannot write) is written as
+    /// [`MAX_RFC3339`](Self::MAX_RFC3339): total, never a panic.
     #[must_use]
     pub fn rfc3339(self) -> String {
-        let t = std::time::UNIX_EPOCH + Duration::from_millis(self.0);
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(self.0.min(Self::MAX_RFC3339.0));
         humantime::format_rfc3339_millis(t).to_string()
     }
 
@@ -439,6 +444,16 @@ pub struct Deployment {
     pub finished_at: Option<Timestamp>,
     /// After success: the old colour is warm (and rollback possible) until then.
     pub warm_until: Option<Timestamp>,
+    /// When the weights of the current step (or of the bake) were confirmed by a read-back:
+    /// the step's hold counts from then (SPEC §4 invariant 13). `None` until they are, and
+    /// again after drift that the worker writes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_at: Option<Timestamp>,
+    /// Since when the worker has been unable to read what the phase needs to go on (the
+    /// rollback alarm states, the production rule); `None` while it can. The wait is
+    /// bounded by `timeouts.unreadable` (SPEC §4 invariant 14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable_since: Option<Timestamp>,
 }
 
 impl Deployment {

@@ -160,6 +160,30 @@ impl DriftPolicy {
     }
 }
 
+/// What a deployment does once it has been unable to read what it needs to go on (its
+/// rollback alarm states, the production rule) for `timeouts.unreadable`: SPEC §4
+/// invariant 14.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnreadablePolicy {
+    /// Roll back to the known-good colour: what cannot be watched is not kept.
+    #[default]
+    Rollback,
+    /// Pause for an operator, who resumes or aborts.
+    Pause,
+}
+
+impl UnreadablePolicy {
+    /// The wire name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnreadablePolicy::Rollback => "rollback",
+            UnreadablePolicy::Pause => "pause",
+        }
+    }
+}
+
 /// A validation run in the testing stage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -207,6 +231,10 @@ pub struct Timeouts {
     pub poll: Duration,
     /// A tick this much past due is re-driven by the reconciler.
     pub reconcile_grace: Duration,
+    /// How long a deployment goes on polling while its rollback alarms or production rule
+    /// cannot be read, before [`UnreadablePolicy`] applies (a stage's own deadline ends
+    /// the wait sooner).
+    pub unreadable: Duration,
 }
 
 impl Default for Timeouts {
@@ -219,6 +247,7 @@ impl Default for Timeouts {
             promote: Duration::from_secs(24 * 3600),
             poll: Duration::from_secs(15),
             reconcile_grace: Duration::from_secs(60),
+            unreadable: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -248,6 +277,11 @@ pub struct ServiceSettings {
     pub rollback_attempts: u32,
     /// What to do about weight drift.
     pub drift: DriftPolicy,
+    /// What to do when alarms or the production rule stay unreadable.
+    pub on_unreadable: UnreadablePolicy,
+    /// Whether a rollback alarm rolls back a deployment that succeeded while its old
+    /// colour is still warm (the termination wait), like an alarm during the bake.
+    pub rollback_while_warm: bool,
 }
 
 impl ServiceSettings {
@@ -266,6 +300,8 @@ impl ServiceSettings {
             timeouts: Timeouts::default(),
             rollback_attempts: 5,
             drift: DriftPolicy::Reassert,
+            on_unreadable: UnreadablePolicy::Rollback,
+            rollback_while_warm: true,
         }
     }
 

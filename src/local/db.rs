@@ -23,7 +23,8 @@ use crate::flow::model::duration_ms;
 use crate::flow::{Color, ServiceState, Timestamp};
 use crate::ports::Clock;
 use crate::ports::{
-    Claimed, Commit, Fence, Inbox, Lease, PortError, PortResult, Received, Store, Stored,
+    Claimed, Commit, Fence, Inbox, Lease, OUTBOX_CLAIM_MAX, PortError, PortResult, Received, Store,
+    Stored,
 };
 
 /// Queue behaviour.
@@ -89,7 +90,10 @@ CREATE TABLE IF NOT EXISTS services (
     state TEXT NOT NULL,
     version INTEGER NOT NULL,
     lease_owner TEXT,
-    lease_until INTEGER NOT NULL DEFAULT 0
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    owed TEXT,
+    applied INTEGER NOT NULL DEFAULT 0,
+    preempt_until INTEGER
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -102,7 +106,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
-    until INTEGER NOT NULL
+    until INTEGER NOT NULL,
+    mark INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dedup (
     service TEXT NOT NULL,
@@ -124,15 +129,25 @@ CREATE TABLE IF NOT EXISTS deployments (
 
 /// Brings a database written by an earlier version up to [`SCHEMA`].
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let mut columns = conn.prepare("SELECT name FROM pragma_table_info('outbox')")?;
-    let names: Vec<String> = columns
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if !names.iter().any(|n| n == "claim_owner") {
+    let columns = |table: &str| -> rusqlite::Result<Vec<String>> {
+        let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        stmt.query_map([], |r| r.get(0))?.collect()
+    };
+    if !columns("outbox")?.iter().any(|n| n == "claim_owner") {
         conn.execute_batch(
             "ALTER TABLE outbox ADD COLUMN claim_owner TEXT;
              ALTER TABLE outbox ADD COLUMN claim_until INTEGER NOT NULL DEFAULT 0;",
         )?;
+    }
+    if !columns("services")?.iter().any(|n| n == "owed") {
+        conn.execute_batch(
+            "ALTER TABLE services ADD COLUMN owed TEXT;
+             ALTER TABLE services ADD COLUMN applied INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE services ADD COLUMN preempt_until INTEGER;",
+        )?;
+    }
+    if !columns("leases")?.iter().any(|n| n == "mark") {
+        conn.execute_batch("ALTER TABLE leases ADD COLUMN mark INTEGER NOT NULL DEFAULT 0;")?;
     }
     Ok(())
 }
@@ -269,10 +284,16 @@ impl LocalDb {
             .map_err(|_| PortError::Permanent("embedded database lock poisoned".into()))
     }
 
-    /// Takes up to `max` visible messages now (no waiting).
-    fn take(&self, max: u32) -> PortResult<Vec<Received>> {
+    /// Takes up to `max` visible messages now (no waiting), hiding them for `visibility`
+    /// (the queue's own when zero).
+    fn take(&self, max: u32, visibility: Duration) -> PortResult<Vec<Received>> {
         let now = self.now();
-        let hide = to_i64(duration_ms(self.options.visibility));
+        let visibility = if visibility.is_zero() {
+            self.options.visibility
+        } else {
+            visibility
+        };
+        let hide = to_i64(duration_ms(visibility));
         let mut conn = self.lock()?;
         let tx = conn.transaction().map_err(|e| db_error(&e))?;
         let candidates: Vec<(i64, String, u32)> = {
@@ -315,6 +336,16 @@ impl LocalDb {
         }
         tx.commit().map_err(|e| db_error(&e))?;
         Ok(out)
+    }
+
+    /// Deletes every message waiting in the queue, as SQS `PurgeQueue` does; returns how
+    /// many there were.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub fn purge(&self) -> PortResult<usize> {
+        let conn = self.lock()?;
+        exec(&conn, "DELETE FROM messages", []).map_err(|e| db_error(&e))
     }
 
     /// Messages waiting in the queue (visible or not), earliest visible first, with
@@ -438,15 +469,24 @@ impl LocalDb {
 }
 
 impl Inbox for LocalDb {
-    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> PortResult<Vec<Received>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let got = self.take(max.clamp(1, 10))?;
+            let got = self.take(max.clamp(1, 10), visibility)?;
             if !got.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(got);
             }
             tokio::time::sleep(self.options.poll_every).await;
         }
+    }
+
+    async fn receive_limit(&self) -> PortResult<Option<u32>> {
+        Ok(Some(self.options.max_receives))
     }
 
     async fn delete(&self, receipt: &str) -> PortResult<()> {
@@ -506,11 +546,11 @@ fn lease_row(conn: &Connection, service: &str) -> PortResult<Option<(i64, Option
 impl Store for LocalDb {
     async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
         let conn = self.lock()?;
-        let row: Option<(String, i64)> = row(
+        let row: Option<(String, i64, Option<String>, i64)> = row(
             &conn,
-            "SELECT state, version FROM services WHERE name = ?1",
+            "SELECT state, version, owed, applied FROM services WHERE name = ?1",
             params![service],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()
         .map_err(|e| db_error(&e))?;
@@ -518,12 +558,21 @@ impl Store for LocalDb {
             None => Ok(Stored {
                 state: ServiceState::new(service, initial),
                 version: 0,
+                owed: Vec::new(),
             }),
-            Some((text, version)) => Ok(Stored {
+            Some((text, version, owed, applied)) => Ok(Stored {
                 state: serde_json::from_str(&text).map_err(|e| {
                     PortError::Permanent(format!("stored state of {service} is unreadable: {e}"))
                 })?,
                 version: to_u64(version),
+                owed: match owed {
+                    Some(text) if applied < version => {
+                        serde_json::from_str(&text).map_err(|e| {
+                            PortError::Permanent(format!("what {service} owes is unreadable: {e}"))
+                        })?
+                    }
+                    _ => Vec::new(),
+                },
             }),
         }
     }
@@ -542,6 +591,8 @@ impl Store for LocalDb {
         if version_now != c.expected_version || leased_by_other {
             return Err(PortError::Conflict);
         }
+        let owed = serde_json::to_string(c.owed)
+            .map_err(|e| PortError::Permanent(format!("serializing what is owed: {e}")))?;
         if let Some(key) = c.dedup_key {
             let expires = now.saturating_add(to_i64(duration_ms(DEDUP_TTL)));
             let inserted = exec(
@@ -553,15 +604,26 @@ impl Store for LocalDb {
             )
             .map_err(|e| db_error(&e))?;
             if inserted == 0 {
-                return Err(PortError::Conflict);
+                return Err(PortError::Duplicate);
             }
         }
         let version = c.expected_version + 1;
+        // `applied` and a preemption mark outlive the commit; only the rollback the mark
+        // waited for clears it.
         exec(
             &tx,
-            "INSERT INTO services (name, state, version, lease_owner, lease_until) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (name) DO UPDATE SET state = ?2, version = ?3, lease_owner = ?4, lease_until = ?5",
-            params![service, state, to_i64(version), c.lease.owner, to_i64(c.lease.until.millis())],
+            "INSERT INTO services (name, state, version, lease_owner, lease_until, owed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (name) DO UPDATE SET state = ?2, version = ?3, lease_owner = ?4, lease_until = ?5, owed = ?6,
+               preempt_until = CASE WHEN ?7 THEN NULL ELSE preempt_until END",
+            params![
+                service,
+                state,
+                to_i64(version),
+                c.lease.owner,
+                to_i64(c.lease.until.millis()),
+                owed,
+                c.clears_preemption
+            ],
         )
         .map_err(|e| db_error(&e))?;
         for e in c.outbox {
@@ -604,10 +666,20 @@ impl Store for LocalDb {
     async fn fence(&self, service: &str) -> PortResult<Fence> {
         let conn = self.lock()?;
         let (version, owner, until) = lease_row(&conn, service)?.unwrap_or((0, None, 0));
+        let preempt: Option<i64> = row(
+            &conn,
+            "SELECT preempt_until FROM services WHERE name = ?1",
+            params![service],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| db_error(&e))?
+        .flatten();
         Ok(Fence {
             version: to_u64(version),
             owner,
             until: Timestamp::from_millis(to_u64(until)),
+            preempt_until: preempt.map(|t| Timestamp::from_millis(to_u64(t))),
         })
     }
 
@@ -633,6 +705,68 @@ impl Store for LocalDb {
         Ok(())
     }
 
+    async fn take(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        let conn = self.lock()?;
+        let changed = exec(
+            &conn,
+            "UPDATE services SET lease_owner = ?3, lease_until = ?4
+             WHERE name = ?1 AND version = ?2 AND (lease_owner IS NULL OR lease_owner = ?3 OR lease_until < ?5)",
+            params![
+                service,
+                to_i64(version),
+                lease.owner,
+                to_i64(lease.until.millis()),
+                to_i64(lease.now.millis())
+            ],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(changed == 1)
+    }
+
+    async fn discharge(
+        &self,
+        service: &str,
+        version: u64,
+        owner: &str,
+        release: bool,
+    ) -> PortResult<bool> {
+        let conn = self.lock()?;
+        let sql = if release {
+            "UPDATE services SET applied = ?2, lease_owner = NULL, lease_until = 0
+             WHERE name = ?1 AND version = ?2 AND lease_owner = ?3"
+        } else {
+            "UPDATE services SET applied = ?2 WHERE name = ?1 AND version = ?2 AND lease_owner = ?3"
+        };
+        let changed =
+            exec(&conn, sql, params![service, to_i64(version), owner]).map_err(|e| db_error(&e))?;
+        Ok(changed == 1)
+    }
+
+    async fn preempt(&self, service: &str, until: Option<Timestamp>) -> PortResult<()> {
+        let conn = self.lock()?;
+        exec(
+            &conn,
+            "UPDATE services SET preempt_until = ?2 WHERE name = ?1",
+            params![service, until.map(|t| to_i64(t.millis()))],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(())
+    }
+
+    async fn remember(&self, service: &str, key: &str, now: Timestamp) -> PortResult<()> {
+        let now = to_i64(now.millis());
+        let expires = now.saturating_add(to_i64(duration_ms(DEDUP_TTL)));
+        let conn = self.lock()?;
+        exec(
+            &conn,
+            "INSERT INTO dedup (service, key, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (service, key) DO UPDATE SET expires_at = excluded.expires_at",
+            params![service, key, expires],
+        )
+        .map_err(|e| db_error(&e))?;
+        Ok(())
+    }
+
     async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
         let now = to_i64(claim.now.millis());
         let mut conn = self.lock()?;
@@ -641,13 +775,21 @@ impl Store for LocalDb {
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE outbox SET claim_owner = ?2, claim_until = ?3
-                     WHERE service = ?1 AND (claim_owner IS NULL OR claim_owner = ?2 OR claim_until < ?4)
+                     WHERE seq IN (SELECT seq FROM outbox
+                       WHERE service = ?1 AND (claim_owner IS NULL OR claim_owner = ?2 OR claim_until < ?4)
+                       ORDER BY seq LIMIT ?5)
                      RETURNING seq, entry",
                 )
                 .map_err(|e| db_error(&e))?;
             let rows = stmt
                 .query_map(
-                    params![service, claim.owner, to_i64(claim.until.millis()), now],
+                    params![
+                        service,
+                        claim.owner,
+                        to_i64(claim.until.millis()),
+                        now,
+                        i64::try_from(OUTBOX_CLAIM_MAX).unwrap_or(i64::MAX)
+                    ],
                     |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
                 )
                 .map_err(|e| db_error(&e))?;
@@ -683,21 +825,35 @@ impl Store for LocalDb {
         Ok(())
     }
 
-    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
+    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<Option<u64>> {
         let conn = self.lock()?;
-        let taken = exec(
+        let mark: Option<i64> = row(
             &conn,
             "INSERT INTO leases (name, owner, until) VALUES (?1, ?2, ?3)
              ON CONFLICT (name) DO UPDATE SET owner = ?2, until = ?3
-             WHERE leases.owner = ?2 OR leases.until < ?4",
+             WHERE leases.owner = ?2 OR leases.until < ?4
+             RETURNING mark",
             params![
                 name,
                 lease.owner,
                 to_i64(lease.until.millis()),
                 to_i64(lease.now.millis())
             ],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| db_error(&e))?;
+        Ok(mark.map(to_u64))
+    }
+
+    async fn mark_lease(&self, name: &str, owner: &str, mark: u64) -> PortResult<()> {
+        let conn = self.lock()?;
+        exec(
+            &conn,
+            "UPDATE leases SET mark = ?3 WHERE name = ?1 AND owner = ?2",
+            params![name, owner, to_i64(mark)],
         )
         .map_err(|e| db_error(&e))?;
-        Ok(taken == 1)
+        Ok(())
     }
 }

@@ -63,6 +63,8 @@ pub fn worker_options() -> Options {
         lease: Duration::from_secs(5),
         worker_id: format!("local-{}", std::process::id()),
         reconcile_every: Duration::from_secs(5),
+        receive_visibility: Duration::from_secs(5),
+        ..Options::default()
     }
 }
 

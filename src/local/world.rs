@@ -13,7 +13,7 @@ use super::platform::LocalPlatform;
 use super::proxy::Route;
 use crate::aws::http::HttpChecks;
 use crate::contract::Entry;
-use crate::flow::{Color, ProductionRules, TargetHealth, Weights};
+use crate::flow::{Color, ProductionRules, TargetHealth, Timestamp, Weights};
 use crate::ports::{
     Alarms, Bus, Checks, Claimed, Commit, Fence, Inbox, Lease, Platform, PortError, PortResult,
     Received, Registry, Store, Stored, Traffic,
@@ -83,8 +83,16 @@ pub fn weights_key(service: &str) -> String {
 }
 
 impl Inbox for Local {
-    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
-        self.db.receive(max, wait).await
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> PortResult<Vec<Received>> {
+        self.db.receive(max, wait, visibility).await
+    }
+    async fn receive_limit(&self) -> PortResult<Option<u32>> {
+        self.db.receive_limit().await
     }
     async fn delete(&self, receipt: &str) -> PortResult<()> {
         self.db.delete(receipt).await?;
@@ -118,14 +126,35 @@ impl Store for Local {
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
         self.db.release(service, owner).await
     }
+    async fn take(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        self.db.take(service, version, lease).await
+    }
+    async fn discharge(
+        &self,
+        service: &str,
+        version: u64,
+        owner: &str,
+        release: bool,
+    ) -> PortResult<bool> {
+        self.db.discharge(service, version, owner, release).await
+    }
+    async fn preempt(&self, service: &str, until: Option<Timestamp>) -> PortResult<()> {
+        self.db.preempt(service, until).await
+    }
+    async fn remember(&self, service: &str, key: &str, now: Timestamp) -> PortResult<()> {
+        self.db.remember(service, key, now).await
+    }
     async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
         self.db.claim_outbox(service, claim).await
     }
     async fn outbox_done(&self, service: &str, keys: &[String]) -> PortResult<()> {
         self.db.outbox_done(service, keys).await
     }
-    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
+    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<Option<u64>> {
         self.db.try_lease(name, lease).await
+    }
+    async fn mark_lease(&self, name: &str, owner: &str, mark: u64) -> PortResult<()> {
+        self.db.mark_lease(name, owner, mark).await
     }
 }
 

@@ -332,7 +332,7 @@ async fn duplicates_and_a_crash_between_commit_and_effects_change_nothing() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    running.stop().await;
+    running.kill();
     let stalled = env.state().await;
     assert_eq!(
         stalled.active.as_ref().map(|d| d.phase),
@@ -469,7 +469,8 @@ async fn an_alarm_during_the_bake_rolls_back_from_full_traffic() {
     })
     .await;
     assert_eq!(env.production().await, wt(0, 100));
-    env.send_raw(&env.alarm_message("2026-11-26T11:00:00.000+0000"))
+    // The alarm's event, as CloudWatch sends it when the alarm enters ALARM now.
+    env.send_raw(&env.alarm_message(&crate::moto::cloudwatch_now()))
         .await;
     let state = env.wait_for_last(Phase::RolledBack, 60).await;
     running.stop().await;

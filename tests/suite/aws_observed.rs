@@ -269,6 +269,8 @@ async fn dynamodb_outbox_claims_and_the_reconciler_lease_exclude_a_second_worker
                 dedup_key: None,
                 deployments: &[],
                 lease: lease("a", now),
+                owed: &[],
+                clears_preemption: false,
             },
         )
         .await
@@ -317,30 +319,35 @@ async fn dynamodb_outbox_claims_and_the_reconciler_lease_exclude_a_second_worker
             .try_lease("reconciler", lease("a", now))
             .await
             .expect("a")
+            .is_some()
     );
     assert!(
-        !b.aws
+        b.aws
             .try_lease("reconciler", lease("b", now))
             .await
             .expect("b")
+            .is_none()
     );
     assert!(
         a.aws
             .try_lease("reconciler", lease("a", now))
             .await
             .expect("a renews")
+            .is_some()
     );
     assert!(
         b.aws
             .try_lease("reconciler", lease("b", later))
             .await
             .expect("b after expiry")
+            .is_some()
     );
     assert!(
-        !a.aws
+        a.aws
             .try_lease("reconciler", lease("a", later))
             .await
             .expect("a is out")
+            .is_none()
     );
 }
 
@@ -374,6 +381,8 @@ async fn concurrent_commits_on_one_version_land_once_and_only_the_owner_extends_
                 dedup_key: None,
                 deployments: &[],
                 lease: lease("setup", now),
+                owed: &[],
+                clears_preemption: false,
             },
         )
         .await
@@ -431,6 +440,8 @@ async fn concurrent_commits_on_one_version_land_once_and_only_the_owner_extends_
                             dedup_key: None,
                             deployments: &[],
                             lease: lease(&owner, released),
+                            owed: &[],
+                            clears_preemption: false,
                         },
                     )
                     .await

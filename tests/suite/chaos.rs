@@ -783,12 +783,7 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
                     Some(alarm_envelope(
                         &format!("alarm-{n}"),
                         &alarm,
-                        &format!(
-                            "2026-12-01T10:{:02}:{:02}.{:03}+0000",
-                            n / 3600 % 60,
-                            n / 60 % 60,
-                            n % 1000
-                        ),
+                        &crate::moto::cloudwatch_now(),
                     ))
                 }
                 _ => None,

@@ -17,8 +17,8 @@ use bluegreen::contract::Entry;
 use bluegreen::fleet::{Fleet, Service};
 use bluegreen::flow::{
     Action, AlarmState, Color, Decision, EventDetail, EventKind, ImageRef, Input, InputKind,
-    OutboundEvent, Outcome, Phase, ProductionRules, RuleWeights, ServiceSettings, ServiceState,
-    Strategy, TargetHealth, TickKey, Timestamp, Weights,
+    Observations, OutboundEvent, Outcome, Phase, ProductionRules, RuleWeights, ServiceSettings,
+    ServiceState, Strategy, TargetHealth, TickKey, Timestamp, Weights,
 };
 use bluegreen::local::db::{LocalDb, QueueOptions};
 use bluegreen::ports::{
@@ -99,6 +99,8 @@ pub fn alarm(name: &str, at: &str) -> Input {
             alarm: name.into(),
             state: AlarmState::Alarm,
             reason: Some("Threshold Crossed".into()),
+            changed_at: None,
+            observed: Observations::default(),
         },
     )
 }
@@ -306,8 +308,16 @@ impl Sim {
 }
 
 impl Inbox for Sim {
-    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
-        self.db.receive(max, wait).await
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> PortResult<Vec<Received>> {
+        self.db.receive(max, wait, visibility).await
+    }
+    async fn receive_limit(&self) -> PortResult<Option<u32>> {
+        self.db.receive_limit().await
     }
     async fn delete(&self, receipt: &str) -> PortResult<()> {
         self.db.delete(receipt).await
@@ -348,6 +358,26 @@ impl Store for Sim {
         self.after_commit().await;
         self.db.release(service, owner).await
     }
+    async fn take(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        self.after_commit().await;
+        self.db.take(service, version, lease).await
+    }
+    async fn discharge(
+        &self,
+        service: &str,
+        version: u64,
+        owner: &str,
+        release: bool,
+    ) -> PortResult<bool> {
+        self.after_commit().await;
+        self.db.discharge(service, version, owner, release).await
+    }
+    async fn preempt(&self, service: &str, until: Option<Timestamp>) -> PortResult<()> {
+        self.db.preempt(service, until).await
+    }
+    async fn remember(&self, service: &str, key: &str, now: Timestamp) -> PortResult<()> {
+        self.db.remember(service, key, now).await
+    }
     async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
         self.after_commit().await;
         self.db.claim_outbox(service, claim).await
@@ -355,8 +385,11 @@ impl Store for Sim {
     async fn outbox_done(&self, service: &str, keys: &[String]) -> PortResult<()> {
         self.db.outbox_done(service, keys).await
     }
-    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
+    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<Option<u64>> {
         self.db.try_lease(name, lease).await
+    }
+    async fn mark_lease(&self, name: &str, owner: &str, mark: u64) -> PortResult<()> {
+        self.db.mark_lease(name, owner, mark).await
     }
 }
 
@@ -594,6 +627,7 @@ impl World {
             lease: LEASE,
             worker_id: "sim".into(),
             reconcile_every: Duration::ZERO,
+            ..Options::default()
         };
         let settings = fleet.services[0].settings.clone();
         let worker = Worker::new(sim.clone(), fleet, clock.clone(), options).with_listener(
@@ -691,11 +725,18 @@ impl World {
         match result {
             Some(Ok(outcome)) => outcome,
             Some(Err(e)) => panic!("the worker failed on {key}: {e}"),
+            // The worker may die carrying out what an earlier decision owed, before it
+            // decided this input.
             None => self.records[from..]
                 .iter()
                 .find(|r| r.input.key == key)
-                .map(|r| r.decision.outcome.clone())
-                .expect("the input was decided before the worker died"),
+                .map_or_else(
+                    || Outcome::Ignored {
+                        code: bluegreen::flow::IgnoreCode::Stale,
+                        reason: format!("the worker died before deciding {key}"),
+                    },
+                    |r| r.decision.outcome.clone(),
+                ),
         }
     }
 
@@ -749,7 +790,7 @@ impl World {
         let db = self.sim.db.clone();
         let mut received = self
             .rt
-            .block_on(async move { db.receive(1, Duration::ZERO).await })
+            .block_on(async move { db.receive(1, Duration::ZERO, Duration::ZERO).await })
             .expect("receive");
         let m = received.pop()?;
         let from = self.records.len();
@@ -814,6 +855,7 @@ impl World {
             lease: LEASE,
             worker_id: id.into(),
             reconcile_every: Duration::from_secs(30),
+            ..Options::default()
         };
         Worker::new(
             self.sim.clone(),

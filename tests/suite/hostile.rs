@@ -492,6 +492,7 @@ fn states(fleet: &Fleet) -> Vec<(String, ServiceState)> {
                             ..healthy()
                         }),
                         production: Some(Ok(ProductionRules::one("rule", state.serving()))),
+                        read_errors: Vec::new(),
                     };
                     Input::tick(d.pending_key().expect("tick"), observed)
                 }

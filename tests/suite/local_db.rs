@@ -51,11 +51,11 @@ async fn a_delayed_message_is_invisible_until_its_delay_passes() {
     db.send("tick".into(), Duration::from_secs(90))
         .await
         .expect("send");
-    assert!(db.receive(10, NOW).await.expect("receive").is_empty());
+    assert!(db.receive(10, NOW, NOW).await.expect("receive").is_empty());
     clock.advance(89_999);
-    assert!(db.receive(10, NOW).await.expect("receive").is_empty());
+    assert!(db.receive(10, NOW, NOW).await.expect("receive").is_empty());
     clock.advance(1);
-    let got = db.receive(10, NOW).await.expect("receive");
+    let got = db.receive(10, NOW, NOW).await.expect("receive");
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].body.as_str(), got[0].receive_count), ("tick", 1));
 }
@@ -64,14 +64,14 @@ async fn a_delayed_message_is_invisible_until_its_delay_passes() {
 async fn a_received_message_reappears_when_its_visibility_expires() {
     let (db, clock) = db();
     db.send("m".into(), NOW).await.expect("send");
-    let first = db.receive(10, NOW).await.expect("receive");
+    let first = db.receive(10, NOW, NOW).await.expect("receive");
     assert_eq!(first.len(), 1);
     assert!(
-        db.receive(10, NOW).await.expect("receive").is_empty(),
+        db.receive(10, NOW, NOW).await.expect("receive").is_empty(),
         "hidden while worked on"
     );
     clock.advance(30_000);
-    let again = db.receive(10, NOW).await.expect("receive");
+    let again = db.receive(10, NOW, NOW).await.expect("receive");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message_id, first[0].message_id);
     assert_eq!(again[0].receive_count, 2);
@@ -87,7 +87,7 @@ async fn a_message_received_more_than_max_receives_times_is_dead_lettered() {
     let (db, clock) = db();
     db.send("poison".into(), NOW).await.expect("send");
     for n in 1..=3 {
-        let got = db.receive(1, NOW).await.expect("receive");
+        let got = db.receive(1, NOW, NOW).await.expect("receive");
         assert_eq!(got[0].receive_count, n);
         db.set_visibility(&got[0].receipt, Duration::ZERO)
             .await
@@ -95,7 +95,7 @@ async fn a_message_received_more_than_max_receives_times_is_dead_lettered() {
     }
     clock.advance(1);
     assert!(
-        db.receive(10, NOW).await.expect("receive").is_empty(),
+        db.receive(10, NOW, NOW).await.expect("receive").is_empty(),
         "not handed out a fourth time"
     );
     let dead = db.dead_letters().expect("dead letters");
@@ -111,19 +111,19 @@ async fn a_message_received_more_than_max_receives_times_is_dead_lettered() {
 async fn changing_visibility_hides_or_releases_a_message() {
     let (db, clock) = db();
     db.send("m".into(), NOW).await.expect("send");
-    let got = db.receive(1, NOW).await.expect("receive");
+    let got = db.receive(1, NOW, NOW).await.expect("receive");
     db.set_visibility(&got[0].receipt, Duration::from_secs(120))
         .await
         .expect("extend");
     clock.advance(60_000);
     assert!(
-        db.receive(1, NOW).await.expect("receive").is_empty(),
+        db.receive(1, NOW, NOW).await.expect("receive").is_empty(),
         "the heartbeat keeps it hidden"
     );
     db.set_visibility(&got[0].receipt, Duration::ZERO)
         .await
         .expect("release");
-    assert_eq!(db.receive(1, NOW).await.expect("receive").len(), 1);
+    assert_eq!(db.receive(1, NOW, NOW).await.expect("receive").len(), 1);
 }
 
 #[tokio::test]
@@ -135,7 +135,7 @@ async fn a_long_poll_returns_as_soon_as_a_message_arrives() {
         sender.send("late".into(), NOW).await.expect("send");
     });
     let got = db
-        .receive(10, Duration::from_secs(5))
+        .receive(10, Duration::from_secs(5), Duration::ZERO)
         .await
         .expect("receive");
     assert_eq!(got.len(), 1);
@@ -160,6 +160,8 @@ fn commit<'a>(
             until: now.plus(Duration::from_secs(30)),
             now,
         },
+        owed: &[],
+        clears_preemption: false,
     }
 }
 
@@ -244,7 +246,7 @@ async fn a_dedup_key_is_committed_once_and_remembered() {
             commit(&state, 1, "a", clock.now(), Some("event:1"), &[])
         )
         .await,
-        Err(PortError::Conflict),
+        Err(PortError::Duplicate),
         "a replay loses the race instead of applying twice"
     );
 }
@@ -327,27 +329,32 @@ async fn a_named_lease_has_one_holder_until_it_expires() {
         db.try_lease("reconciler", lease("a", clock.now()))
             .await
             .expect("a")
+            .is_some()
     );
     assert!(
-        !db.try_lease("reconciler", lease("b", clock.now()))
+        db.try_lease("reconciler", lease("b", clock.now()))
             .await
             .expect("b")
+            .is_none()
     );
     assert!(
         db.try_lease("reconciler", lease("a", clock.now()))
             .await
             .expect("a renews")
+            .is_some()
     );
     clock.advance(60_001);
     assert!(
         db.try_lease("reconciler", lease("b", clock.now()))
             .await
             .expect("b takes over")
+            .is_some()
     );
     assert!(
-        !db.try_lease("reconciler", lease("a", clock.now()))
+        db.try_lease("reconciler", lease("a", clock.now()))
             .await
             .expect("a is out")
+            .is_none()
     );
 }
 
@@ -378,7 +385,7 @@ async fn state_outbox_and_queue_survive_a_reopen() {
     let claimed = db.claim_outbox("web", claim("b", manual.now())).await;
     assert_eq!(claimed.expect("claim").len(), 1);
     manual.advance(5_000);
-    assert_eq!(db.receive(10, NOW).await.expect("receive").len(), 1);
+    assert_eq!(db.receive(10, NOW, NOW).await.expect("receive").len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -32,7 +32,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use bluegreen::aws::Aws;
 use bluegreen::config::{Config, ServiceConfig};
 use bluegreen::contract::Entry;
-use bluegreen::flow::{Color, ProductionRules, ServiceState, TargetHealth, Weights};
+use bluegreen::flow::{Color, ProductionRules, ServiceState, TargetHealth, Timestamp, Weights};
 use bluegreen::ports::{
     Alarms, Bus, Checks, Claimed, Commit, Fence, Inbox, Lease, Platform, PortResult, Received,
     Registry, Store, Stored, Traffic, system_clock,
@@ -599,6 +599,7 @@ account_id = "123456789012"
             lease: Duration::from_secs(15),
             worker_id: id.into(),
             reconcile_every,
+            ..Options::default()
         };
         let world = std::sync::Arc::new(self.world());
         (
@@ -649,7 +650,7 @@ account_id = "123456789012"
             "CloudWatch Alarm State Change",
             serde_json::json!({
                 "alarmName": self.alarm,
-                "state": { "value": "ALARM", "reason": "Threshold Crossed", "timestamp": "2026-11-26T10:00:00.000+0000" },
+                "state": { "value": "ALARM", "reason": "Threshold Crossed", "timestamp": cloudwatch_now() },
                 "previousState": { "value": "OK", "reason": "Threshold not crossed", "timestamp": "2026-11-26T09:00:00.000+0000" },
                 "configuration": { "metrics": [] }
             }),
@@ -958,6 +959,12 @@ impl Ec2Query {
     }
 }
 
+/// Now as CloudWatch writes an alarm's state timestamp: `2026-12-01T10:00:00.000+0000`.
+pub fn cloudwatch_now() -> String {
+    let now = bluegreen::ports::system_clock()();
+    now.rfc3339().replace('Z', "+0000")
+}
+
 /// The real AWS adapter, with ECS's rollout played where moto cannot.
 pub struct MotoWorld {
     pub aws: Aws,
@@ -965,71 +972,124 @@ pub struct MotoWorld {
     pub applied: Mutex<Vec<Weights>>,
     /// When each production write was confirmed by the read-back, for which service.
     pub applied_at: Mutex<Vec<(tokio::time::Instant, String, Weights)>>,
-    /// When set, the next fencing read fails, and every one after it: the worker dies
-    /// between committing a decision and running its effects.
+    /// When set, the worker dies at its next fencing read (right after committing a
+    /// decision, before running its effects): from then on none of its calls returns.
     pub crash_after_next_commit: std::sync::atomic::AtomicBool,
-    /// Set once that happened: this world's worker is dead to the store.
+    /// Set once that happened: this world's worker is dead.
     pub dead: std::sync::atomic::AtomicBool,
 }
 
+impl MotoWorld {
+    /// A dead worker makes no more calls: its futures never finish.
+    async fn alive(&self) {
+        if self.dead.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 impl Inbox for MotoWorld {
-    async fn receive(&self, max: u32, wait: Duration) -> PortResult<Vec<Received>> {
-        self.aws.receive(max, wait).await
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> PortResult<Vec<Received>> {
+        self.alive().await;
+        self.aws.receive(max, wait, visibility).await
+    }
+    async fn receive_limit(&self) -> PortResult<Option<u32>> {
+        self.aws.receive_limit().await
     }
     async fn delete(&self, receipt: &str) -> PortResult<()> {
+        self.alive().await;
         self.aws.delete(receipt).await
     }
     async fn set_visibility(&self, receipt: &str, timeout: Duration) -> PortResult<()> {
+        self.alive().await;
         self.aws.set_visibility(receipt, timeout).await
     }
     async fn send(&self, body: String, delay: Duration) -> PortResult<()> {
+        self.alive().await;
         self.aws.send(body, delay).await
     }
 }
 
 impl Store for MotoWorld {
     async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
+        self.alive().await;
         self.aws.load(service, initial).await
     }
     async fn commit(&self, service: &str, commit: Commit<'_>) -> PortResult<u64> {
+        self.alive().await;
         self.aws.commit(service, commit).await
     }
     async fn seen(&self, service: &str, key: &str) -> PortResult<bool> {
+        self.alive().await;
         self.aws.seen(service, key).await
     }
     async fn fence(&self, service: &str) -> PortResult<Fence> {
         if self.crash_after_next_commit.swap(false, Ordering::SeqCst) {
             self.dead.store(true, Ordering::SeqCst);
         }
-        if self.dead.load(Ordering::SeqCst) {
-            return Err(bluegreen::ports::PortError::Retryable(
-                "the worker died after committing".into(),
-            ));
-        }
+        self.alive().await;
         self.aws.fence(service).await
     }
     async fn extend(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        self.alive().await;
         self.aws.extend(service, version, lease).await
     }
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
+        self.alive().await;
         self.aws.release(service, owner).await
     }
+    async fn take(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
+        self.alive().await;
+        self.aws.take(service, version, lease).await
+    }
+    async fn discharge(
+        &self,
+        service: &str,
+        version: u64,
+        owner: &str,
+        release: bool,
+    ) -> PortResult<bool> {
+        self.alive().await;
+        self.aws.discharge(service, version, owner, release).await
+    }
+    async fn preempt(&self, service: &str, until: Option<Timestamp>) -> PortResult<()> {
+        self.alive().await;
+        self.aws.preempt(service, until).await
+    }
+    async fn remember(&self, service: &str, key: &str, now: Timestamp) -> PortResult<()> {
+        self.alive().await;
+        self.aws.remember(service, key, now).await
+    }
     async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
+        self.alive().await;
         self.aws.claim_outbox(service, claim).await
     }
     async fn outbox_done(&self, service: &str, keys: &[String]) -> PortResult<()> {
+        self.alive().await;
         self.aws.outbox_done(service, keys).await
     }
-    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<bool> {
+    async fn try_lease(&self, name: &str, lease: Lease<'_>) -> PortResult<Option<u64>> {
+        self.alive().await;
         self.aws.try_lease(name, lease).await
+    }
+    async fn mark_lease(&self, name: &str, owner: &str, mark: u64) -> PortResult<()> {
+        self.alive().await;
+        self.aws.mark_lease(name, owner, mark).await
     }
 }
 
 impl Traffic for MotoWorld {
     async fn production(&self, service: &str) -> PortResult<ProductionRules> {
+        self.alive().await;
         self.aws.production(service).await
     }
     async fn set_production(&self, service: &str, weights: Weights) -> PortResult<Weights> {
+        self.alive().await;
         let read = self.aws.set_production(service, weights).await?;
         self.applied.lock().expect("lock").push(read);
         self.applied_at.lock().expect("lock").push((
@@ -1040,6 +1100,7 @@ impl Traffic for MotoWorld {
         Ok(read)
     }
     async fn set_test(&self, service: &str, weights: Weights) -> PortResult<()> {
+        self.alive().await;
         self.aws.set_test(service, weights).await
     }
 }
@@ -1052,6 +1113,7 @@ impl Platform for MotoWorld {
         template: Color,
         image: &str,
     ) -> PortResult<String> {
+        self.alive().await;
         self.aws
             .register_revision(service, deployment_id, template, image)
             .await
@@ -1063,32 +1125,38 @@ impl Platform for MotoWorld {
         task_definition: &str,
         match_count_of: Color,
     ) -> PortResult<()> {
+        self.alive().await;
         self.aws
             .update_service(service, color, task_definition, match_count_of)
             .await
     }
     async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
+        self.alive().await;
         self.aws.scale_to_zero(service, color).await
     }
     async fn health(&self, service: &str, color: Color) -> PortResult<TargetHealth> {
+        self.alive().await;
         self.aws.health(service, color).await
     }
 }
 
 impl Bus for MotoWorld {
     async fn publish(&self, entries: &[Entry]) -> PortResult<Vec<String>> {
+        self.alive().await;
         self.aws.publish(entries).await
     }
 }
 
 impl Alarms for MotoWorld {
     async fn firing(&self, names: &[String]) -> PortResult<Vec<String>> {
+        self.alive().await;
         self.aws.firing(names).await
     }
 }
 
 impl Registry for MotoWorld {
     async fn resolve(&self, repository: &str, tag: &str) -> PortResult<String> {
+        self.alive().await;
         self.aws.resolve(repository, tag).await
     }
 }
@@ -1250,6 +1318,12 @@ impl Running {
     pub async fn stop(self) {
         self.stop.send(true).expect("stop");
         self.task.await.expect("the worker stops without panicking");
+    }
+
+    /// Kills the worker (its receive loop; tasks it spawned die with a world whose
+    /// worker is [dead](MotoWorld::dead)).
+    pub fn kill(self) {
+        self.task.abort();
     }
 }
 

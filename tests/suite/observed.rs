@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use bluegreen::flow::{
-    Action, Check, Color, DriftPolicy, EventKind, InputKind, OutboundEvent, Outcome, Phase,
-    ProductionRules, RejectCode, RuleWeights, ServiceSettings, Weights,
+    Action, Check, Color, DriftPolicy, EventKind, Input, InputKind, Observations, OutboundEvent,
+    Outcome, Phase, ProductionRules, RejectCode, RuleWeights, ServiceSettings, Weights,
 };
 
 use crate::common::*;
@@ -204,24 +204,40 @@ fn a_read_back_lost_in_a_crash_is_confirmed_by_the_next_read_of_the_rule() {
 }
 
 #[test]
-fn drift_mid_shift_is_reported_and_the_next_step_writes_over_it() {
+fn drift_mid_shift_is_reported_written_back_and_the_step_served_again_before_the_next() {
     let mut w = world_in(settings(), Phase::Shifting);
-    // A stack update writes back the template's weights.
+    let served = w.active().served_at.expect("step 1 served");
+    w.advance(30);
+    // A stack update writes back the template's weights, half-way through the step.
     w.cloud().rule = Weights::all(Color::Blue);
-    w.tick();
+    let key = w.active().pending_key().expect("tick");
+    w.advance_to(w.active().next_tick.expect("tick").due);
+    w.apply(Input::tick(key, Observations::default()));
     let drift = events_of(&w, EventKind::WeightDriftDetected);
     assert_eq!(drift.len(), 1);
     let d = drift[0].detail.drift.clone().expect("drift detail");
     assert_eq!((d.expected, d.found), (wt(75, 25), wt(100, 0)));
     assert!(d.rule.contains("listener-rule/app/alb"), "{}", d.rule);
     assert_eq!(d.policy, DriftPolicy::Reassert);
-    assert_eq!(w.active().step, 1, "the step went on");
-    assert_eq!(w.cloud().rule, wt(50, 50));
     assert_eq!(
-        w.log.production.last(),
-        Some(&wt(50, 50)),
-        "one write: the step's own weights"
+        w.active().step,
+        0,
+        "no step past weights production did not serve"
     );
+    assert_eq!(w.cloud().rule, wt(75, 25), "written back");
+    let again = w.active().served_at.expect("served again");
+    assert!(again > served, "the hold starts over from the write-back");
+    assert_eq!(
+        w.active().next_tick.expect("tick").due,
+        again.plus(Duration::from_secs(60))
+    );
+    w.run_until(|w| w.active().step == 1);
+    assert_eq!(w.active().step, 1);
+    assert!(
+        w.now >= again.plus(Duration::from_secs(60)),
+        "the next step after a whole hold"
+    );
+    assert_eq!(w.cloud().rule, wt(50, 50));
 }
 
 #[test]
@@ -506,8 +522,9 @@ fn drift_on_one_of_two_rules_is_reported_naming_it_and_both_are_written_back() {
     assert_eq!((d.expected, d.found), (wt(75, 25), wt(100, 0)));
     let reason = drift[0].detail.reason.clone().unwrap_or_default();
     assert!(reason.contains(RULE2), "{reason}");
-    // The write-back and the step that tick takes are one write, to both rules.
-    assert_eq!(both(&w), (wt(50, 50), wt(50, 50)), "written together");
+    // Written back to both rules together; the step is served again before the next.
+    assert_eq!(both(&w), (wt(75, 25), wt(75, 25)), "written together");
+    assert_eq!(w.active().step, 0);
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::Succeeded));
     assert_eq!(both(&w), (wt(0, 100), wt(0, 100)));

@@ -7,8 +7,8 @@
 use bluegreen::config::Config;
 use bluegreen::contract::{self, Routed, Sources};
 use bluegreen::flow::{
-    Action, Color, Decision, Effect, Input, OutboundEvent, Outcome, Phase, ServiceSettings,
-    ServiceState, Timestamp, decide,
+    Action, Color, Decision, Effect, Input, InputKind, OutboundEvent, Outcome, Phase,
+    ServiceSettings, ServiceState, Timestamp, decide,
 };
 
 use crate::common::*;
@@ -243,7 +243,19 @@ fn the_aws_push_and_alarm_samples_drive_a_deployment_into_rollback() {
         alarm[0].1.key,
         "alarm:ServerCpuTooHigh:2019-10-02T17:04:40.989+0000"
     );
+    let InputKind::Alarm { changed_at, .. } = &alarm[0].1.kind else {
+        panic!("an alarm input");
+    };
+    assert_eq!(
+        changed_at.map(Timestamp::rfc3339).as_deref(),
+        Some("2019-10-02T17:04:40.989Z"),
+        "CloudWatch's +0000 timestamp is read"
+    );
+    // The sample's transition is older than the deployment: it rolls back only while the
+    // alarm still reads ALARM (here it does).
+    w.alarms_firing = Some(vec!["ServerCpuTooHigh".into()]);
     assert_eq!(w.apply(alarm[0].1.clone()), Outcome::Applied);
+    w.alarms_firing = Some(vec![]);
     // The same alarm event delivered twice changes nothing.
     assert!(matches!(
         w.apply(alarm[0].1.clone()),

@@ -143,26 +143,77 @@ fn a_registration_lost_in_a_crash_is_made_on_the_next_poll() {
 fn provisioning_that_never_registers_rolls_back_at_its_timeout() {
     let mut w = World::new(settings());
     w.apply(push(1));
-    w.crash_next = true; // the RegisterRevision effect is lost
+    w.crash_next = true; // Provisioning is committed; its RegisterRevision is lost
     w.tick();
     assert_eq!(w.phase(), Some(Phase::Provisioning));
-    // The poll tick was lost too, and nothing came of it until the deadline.
-    w.advance_to(w.active().deadline.expect("deadline"));
-    let key = w.active().pending_key().expect("poll");
-    w.apply(Input::tick(key, Observations::alarms_ok()));
-    assert_eq!(w.phase(), Some(Phase::RollingBack));
-    // The registration answers at last: too late, the deployment is rolling back.
-    let outcome = w.apply(Input::new(
-        "registered-late",
-        InputKind::RevisionRegistered {
-            deployment_id: "web-1".into(),
-            task_definition_arn: "arn:late".into(),
-        },
-    ));
-    assert_eq!(ignored(&outcome), IgnoreCode::Stale);
-    assert_eq!(w.phase(), Some(Phase::RollingBack));
-    assert_eq!(w.active().revision, None);
-    assert!(w.log.updates.is_empty(), "no colour pointed at it");
+    // Whatever kept the registration from landing (it is owed, and carried out by the
+    // next run that takes the lease), the stage's tick at its deadline rolls back.
+    let d = w.active().clone();
+    let deadline = d.deadline.expect("deadline");
+    let key = d.pending_key().expect("poll");
+    let decided = bluegreen::flow::decide(
+        w.state.clone(),
+        &w.settings,
+        &Input::tick(key, Observations::alarms_ok()),
+        deadline,
+    );
+    let after = decided.state.active.clone().expect("active");
+    assert_eq!(after.phase, Phase::RollingBack);
+    assert!(
+        after
+            .rollback
+            .as_ref()
+            .is_some_and(|r| r.reason.contains("task definition not registered")),
+        "{:?}",
+        after.rollback
+    );
+    // A registration answering after that is too late.
+    let late = bluegreen::flow::decide(
+        decided.state,
+        &w.settings,
+        &Input::new(
+            "registered-late",
+            InputKind::RevisionRegistered {
+                deployment_id: "web-1".into(),
+                task_definition_arn: "arn:late".into(),
+            },
+        ),
+        deadline,
+    );
+    assert_eq!(ignored(&late.outcome), IgnoreCode::Stale);
+    assert!(
+        !late
+            .effects
+            .iter()
+            .any(|e| matches!(e, bluegreen::flow::Effect::UpdateService { .. })),
+        "no colour pointed at it"
+    );
+}
+
+#[test]
+fn a_registration_lost_with_its_worker_is_carried_out_by_the_next_input() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.crash_next = true; // Provisioning is committed; its RegisterRevision is lost
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::Provisioning));
+    assert!(w.log.registrations.is_empty());
+    let cursor = w.active().cursor;
+    assert!(
+        w.ticks().iter().all(|(k, _)| k.cursor != cursor),
+        "the poll tick was lost too"
+    );
+    // Any input that takes the lease first carries out what the decision owes: here an
+    // operator's pause, long before the provisioning deadline.
+    w.advance(2);
+    w.apply(op("pause", Action::Pause));
+    assert_eq!(
+        w.log.registrations.len(),
+        1,
+        "registered once, by the re-drive"
+    );
+    assert_eq!(w.phase(), Some(Phase::WaitingForGreen));
+    assert!(w.active().is_paused(), "then the pause was decided");
 }
 
 #[test]
@@ -897,6 +948,8 @@ fn alarms_that_are_ok_or_not_listed_are_ignored() {
             alarm: "web-5xx".into(),
             state: bluegreen::flow::AlarmState::Ok,
             reason: None,
+            changed_at: None,
+            observed: Default::default(),
         },
     );
     assert_eq!(ignored(&w.apply(ok)), IgnoreCode::NotApplicable);
@@ -947,23 +1000,15 @@ fn a_replayed_input_is_ignored() {
 #[test]
 fn the_reconciler_redrives_a_lost_tick_with_the_current_step_effects() {
     let mut w = world_in(settings(), Phase::Shifting);
-    w.crash_next = true;
-    w.tick(); // decides step 2, effects lost
+    w.tick(); // step 2: written, confirmed, its tick sent
     let d = w.active().clone();
-    let current = |w: &World| {
-        w.ticks()
-            .iter()
-            .filter(|(k, _)| k.cursor == d.cursor)
-            .count()
-    };
-    assert_eq!(current(&w), 0, "the step's tick was lost with the crash");
     assert_eq!(d.step, 1);
-    let early = w.apply(Input::new(
-        "reconcile:early",
-        InputKind::Reconcile {
-            observed: Observations::default(),
-        },
-    ));
+    assert_eq!(w.log.production.last(), Some(&wt(50, 50)));
+    // The queue loses the step's tick (nothing owed: the decision was carried out).
+    let lost = w.sim.db.pending().expect("inbox").len();
+    w.sim.db.purge().expect("purge");
+    assert_eq!(lost, 1, "the one tick");
+    let early = w.apply(Input::reconcile("reconcile:early"));
     assert_eq!(ignored(&early), IgnoreCode::NothingOverdue);
     w.advance_to(
         d.next_tick
@@ -971,21 +1016,60 @@ fn the_reconciler_redrives_a_lost_tick_with_the_current_step_effects() {
             .expect("pending")
             .plus(Duration::from_secs(61)),
     );
+    let writes = w.log.production.len();
     assert_eq!(
-        w.apply(Input::new(
-            "reconcile:late",
-            InputKind::Reconcile {
-                observed: Observations::default()
-            }
-        )),
+        w.apply(Input::reconcile("reconcile:late")),
         Outcome::Applied
     );
     assert_eq!(
+        &w.log.production[writes..],
+        [wt(50, 50)],
+        "step 2 weights re-asserted on re-drive"
+    );
+    let current = w
+        .ticks()
+        .iter()
+        .filter(|(k, _)| k.cursor == d.cursor)
+        .count();
+    assert_eq!(current, 1, "the same tick is sent again");
+}
+
+#[test]
+fn the_reconciler_carries_out_a_dead_workers_step_at_once_not_after_the_grace() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.crash_next = true;
+    w.tick(); // decides step 2; its write and tick are lost with the worker
+    let d = w.active().clone();
+    assert_eq!(d.step, 1);
+    assert_eq!(w.log.production.last(), Some(&wt(75, 25)));
+    assert!(
+        w.ticks().iter().all(|(k, _)| k.cursor != d.cursor),
+        "the step's tick was lost with the crash"
+    );
+    // The dead worker's lease has lapsed; the grace has not.
+    w.advance(2);
+    assert_eq!(w.apply(Input::reconcile("reconcile:1")), Outcome::Applied);
+    assert_eq!(
         w.log.production.last(),
         Some(&wt(50, 50)),
-        "step 2 weights applied on re-drive"
+        "written at once"
     );
-    assert_eq!(current(&w), 1, "the same tick is sent again");
+    let served = w.active().served_at.expect("the step is served");
+    assert_eq!(
+        served, w.now,
+        "the step's hold counts from its confirmation"
+    );
+    let due = w.active().next_tick.expect("tick").due;
+    assert_eq!(due, served.plus(Duration::from_secs(60)));
+    assert_eq!(
+        w.ticks()
+            .iter()
+            .filter(|(k, _)| k.cursor == d.cursor)
+            .map(|(_, at)| *at)
+            .collect::<Vec<_>>(),
+        [due],
+        "one tick, for the whole hold from now"
+    );
 }
 
 #[test]
@@ -1130,25 +1214,13 @@ fn a_lost_finalize_is_redriven_with_full_traffic() {
     w.apply(Input::tick(key, Observations::alarms_ok()));
     assert_eq!(w.phase(), Some(Phase::Finalizing));
     let writes = w.log.production.len();
-    w.advance_to(
-        w.active()
-            .next_tick
-            .expect("pending")
-            .due
-            .plus(Duration::from_secs(61)),
-    );
-    assert_eq!(
-        w.apply(Input::new(
-            "reconcile",
-            InputKind::Reconcile {
-                observed: Observations::default()
-            }
-        )),
-        Outcome::Applied
-    );
+    w.advance(2); // the dead worker's lease lapses
+    assert_eq!(w.apply(Input::reconcile("reconcile")), Outcome::Applied);
     assert_eq!(
         &w.log.production[writes..],
         [wt(0, 100)],
-        "the re-drive re-asserts production"
+        "the re-drive re-asserts production, once"
     );
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
 }

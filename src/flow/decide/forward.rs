@@ -154,7 +154,36 @@ pub(super) fn enter_step(cx: &mut Cx<'_>, d: &mut Deployment, index: usize) {
         cx.emit(d, EventKind::PhaseChanged, previous, None);
     }
     cx.establish(d);
-    match step.hold {
+    begin_hold(cx, d);
+}
+
+/// Starts the hold of the step (or bake) just entered: at once when production already
+/// serves its weights, else once their write is read back ([`confirm`]). Until then a
+/// provisional tick waits a whole hold; it moves nothing on unconfirmed weights.
+fn begin_hold(cx: &mut Cx<'_>, d: &mut Deployment) {
+    d.served_at = None;
+    if cx.state.confirmed == Some(d.weights) {
+        serve(cx, d);
+    } else {
+        schedule_hold(cx, d);
+    }
+}
+
+/// Production serves the current step's (or the bake's) weights from now on: the hold
+/// counts from here.
+fn serve(cx: &mut Cx<'_>, d: &mut Deployment) {
+    d.served_at = Some(cx.now);
+    schedule_hold(cx, d);
+}
+
+/// Schedules the tick that ends the current hold, counted from now.
+fn schedule_hold(cx: &mut Cx<'_>, d: &mut Deployment) {
+    let hold = if d.phase == Phase::Baking {
+        Hold::Timed(d.plan.bake_ms)
+    } else {
+        d.current_step().map_or(Hold::Timed(0), |s| s.hold)
+    };
+    match hold {
         Hold::Timed(ms) => {
             let due = cx.now.plus_ms(ms);
             cx.schedule(d, due);
@@ -182,8 +211,7 @@ fn begin_baking(cx: &mut Cx<'_>, d: &mut Deployment) {
     d.weights = Weights::all(d.target);
     cx.enter(d, Phase::Baking, EventKind::PhaseChanged, None);
     cx.establish(d);
-    let due = cx.now.plus_ms(d.plan.bake_ms);
-    cx.schedule(d, due);
+    begin_hold(cx, d);
 }
 
 pub(super) fn begin_finalizing(cx: &mut Cx<'_>, d: &mut Deployment) {
@@ -222,14 +250,31 @@ pub(super) fn release_old_color(cx: &mut Cx<'_>, id: &str, observed: &Observatio
             format!("deployment {id} is not the last one"),
         );
     };
+    // An alarm while the old colour is still warm rolls back, like one during the bake.
+    let firing = tick::firing(observed, cx.settings).filter(|a| !a.is_empty());
+    if let Some(alarms) = firing.filter(|_| cx.settings.rollback_while_warm) {
+        let reason = format!(
+            "rollback alarm(s) {} in ALARM before {} was released",
+            alarms.join(", "),
+            d.stable
+        );
+        rollback::begin_rollback(cx, &mut d, reason);
+        rollback::by_alarm(&mut d);
+        cx.settle(d);
+        return Applied;
+    }
     let expected = Weights::all(cx.state.live);
-    let judged = match &observed.production {
-        Some(Ok(rules)) => Some(rules.judge(expected, cx.state.confirmed)),
-        _ => None,
+    let Some(Ok(rules)) = &observed.production else {
+        // The old colour is released only on a read of the rule that shows it carries
+        // nothing: keep it warm and look again after a poll interval.
+        let due = cx.now.plus_ms(cx.poll_ms());
+        d.warm_until = Some(due);
+        cx.schedule(&mut d, due);
+        cx.state.last = Some(d);
+        return Applied;
     };
-    if let Some(found) = judged
-        && found.weights.of(d.stable) > 0
-    {
+    let found = rules.judge(expected, cx.state.confirmed);
+    if found.weights.of(d.stable) > 0 {
         if cx.state.confirmed != Some(found.weights) {
             tick::drifted(cx, &mut d, expected, found, false);
         }
@@ -296,4 +341,7 @@ pub(super) fn confirm(cx: &mut Cx<'_>, d: &mut Deployment, weights: Weights) {
     };
     let phase = d.phase;
     cx.emit(d, EventKind::TrafficShifted, phase, Some(reason));
+    if weights == d.weights && matches!(d.phase, Phase::Shifting | Phase::Baking) {
+        serve(cx, d);
+    }
 }

@@ -36,7 +36,7 @@ use super::effect::{
     Decision, Drift, Effect, EventDetail, EventKind, IgnoreCode, OutboundEvent, Outcome,
     RejectCode, StepPosition,
 };
-use super::input::{Input, InputKind, RuleWeights, TickKey};
+use super::input::{AlarmState, Input, InputKind, RuleWeights, TickKey};
 use super::model::{
     Color, Deployment, Hold, PendingTick, Phase, RECENT_KEYS, ServiceState, Timestamp, Weights,
     duration_ms,
@@ -114,7 +114,16 @@ pub fn decide(
             alarm,
             state,
             reason,
-        } => rollback::on_alarm(&mut cx, alarm, *state, reason.as_deref()),
+            changed_at,
+            observed,
+        } => rollback::on_alarm(
+            &mut cx,
+            alarm,
+            *state,
+            reason.as_deref(),
+            *changed_at,
+            observed,
+        ),
         InputKind::Tick { tick, observed } => tick::on_tick(&mut cx, tick, observed),
         InputKind::RevisionRegistered {
             deployment_id,
@@ -175,13 +184,15 @@ pub fn needs(state: &ServiceState, input: &Input) -> Needs {
     match &input.kind {
         InputKind::Tick { tick, .. } => {
             let Some(d) = state.active.as_ref().filter(|d| d.id == tick.deployment_id) else {
-                // The old colour's release reads the rule first: it must carry nothing.
+                // The old colour's release reads the rule first (it must carry nothing),
+                // and the alarms (one in ALARM rolls back while the colour is warm).
                 let releasing = state
                     .last
                     .as_ref()
                     .is_some_and(|d| d.id == tick.deployment_id && d.phase == Phase::Succeeded);
                 return Needs {
                     production: releasing,
+                    alarms: releasing,
                     ..Needs::default()
                 };
             };
@@ -197,6 +208,23 @@ pub fn needs(state: &ServiceState, input: &Input) -> Needs {
             production: state.live_observed,
             ..Needs::default()
         },
+        // An alarm that entered ALARM before the deployment it would roll back started is
+        // judged by what it reads now.
+        InputKind::Alarm {
+            state: AlarmState::Alarm,
+            changed_at: Some(at),
+            ..
+        } => {
+            let started = state
+                .active
+                .as_ref()
+                .or(state.last.as_ref().filter(|d| d.phase == Phase::Succeeded))
+                .map(|d| d.started_at);
+            Needs {
+                alarms: started.is_some_and(|s| *at < s),
+                ..Needs::default()
+            }
+        }
         InputKind::Deploy {
             image, unresolved, ..
         } => Needs {

@@ -6,7 +6,7 @@
 use super::{Applied, Cx, Ignore, Verdict, tick, with_active, with_deployment};
 use crate::flow::effect::{Effect, IgnoreCode};
 use crate::flow::input::Observations;
-use crate::flow::model::{Deployment, Weights, duration_ms};
+use crate::flow::model::{Deployment, Phase, Weights, duration_ms};
 
 pub(super) fn on_reconcile(cx: &mut Cx<'_>, observed: &Observations) -> Verdict {
     let grace = duration_ms(cx.settings.timeouts.reconcile_grace);
@@ -54,9 +54,16 @@ pub(super) fn on_reconcile(cx: &mut Cx<'_>, observed: &Observations) -> Verdict 
         // As before a step: the rule is judged first (a colour that drifted into
         // carrying traffic is not updated in place), then the phase is established
         // again and its tick sent once more.
+        // The phase's effects are established only on a rule read as the service's pair
+        // (a rollback writes the known-good weights whatever the rule says); otherwise
+        // the tick alone goes out, and judges what it can read.
         with_active(cx, &id, |cx, d| {
+            let readable =
+                matches!(observed.production, Some(Ok(_))) || d.phase == Phase::RollingBack;
             if tick::judge_rule(cx, d, observed) {
-                cx.establish(d);
+                if readable {
+                    cx.establish(d);
+                }
                 if let Some(tick) = d.pending_key() {
                     cx.effects.push(Effect::ScheduleTick { tick, due: now });
                 }

@@ -3,8 +3,8 @@
 
 use super::{Applied, Cx, Ignore, Verdict, at_cursor, with_active};
 use crate::flow::effect::{EventKind, IgnoreCode};
-use crate::flow::input::AlarmState;
-use crate::flow::model::{Deployment, Phase, Rollback, Weights};
+use crate::flow::input::{AlarmState, Observations};
+use crate::flow::model::{Deployment, Phase, Rollback, Timestamp, Weights};
 
 /// Starts a rollback: production to 100 % known-good first, then the test rule, then the
 /// failed colour to zero. Jumps any timer: the pending tick is replaced by one due now.
@@ -20,6 +20,8 @@ pub(super) fn begin_rollback(cx: &mut Cx<'_>, d: &mut Deployment, reason: String
     d.paused_at = None;
     d.warm_until = None;
     d.finished_at = None;
+    d.served_at = None;
+    d.unreadable_since = None;
     if cx.state.live != d.stable {
         cx.state.live = d.stable;
         cx.state.live_image = d.from_image.clone();
@@ -67,6 +69,8 @@ pub(super) fn on_alarm(
     alarm: &str,
     state: AlarmState,
     reason: Option<&str>,
+    changed_at: Option<Timestamp>,
+    observed: &Observations,
 ) -> Verdict {
     if state != AlarmState::Alarm {
         return Ignore(
@@ -80,28 +84,73 @@ pub(super) fn on_alarm(
             format!("{alarm} is not a rollback alarm of {}", cx.state.service),
         );
     }
-    let Some(active) = cx.state.active.as_ref() else {
-        return Ignore(
-            IgnoreCode::NotApplicable,
-            format!("{} has no active deployment", cx.state.service),
-        );
+    let now = cx.now;
+    // The deployment the alarm rolls back: the active one, or (policy) the last one while
+    // its old colour is still warm.
+    let (id, started_at, active) = match (&cx.state.active, &cx.state.last) {
+        (Some(a), _) if matches!(a.phase, Phase::RollingBack) || a.phase.is_terminal() => {
+            return Ignore(
+                IgnoreCode::NotApplicable,
+                format!("{} is already {}", a.id, a.phase),
+            );
+        }
+        (Some(a), _) => (a.id.clone(), a.started_at, true),
+        (None, Some(l)) if cx.settings.rollback_while_warm && is_warm(l, now) => {
+            (l.id.clone(), l.started_at, false)
+        }
+        _ => {
+            return Ignore(
+                IgnoreCode::NotApplicable,
+                format!(
+                    "{} has no active deployment, nor one whose old colour is warm",
+                    cx.state.service
+                ),
+            );
+        }
     };
-    if matches!(active.phase, Phase::RollingBack) || active.phase.is_terminal() {
-        return Ignore(
-            IgnoreCode::NotApplicable,
-            format!("{} is already {}", active.id, active.phase),
-        );
+    // An alarm that entered ALARM before the deployment started concerns an earlier one
+    // (a delivery delayed past that deployment's end): it rolls this one back only if it
+    // still reads ALARM now.
+    if let Some(at) = changed_at.filter(|at| *at < started_at) {
+        let firing = observed.alarms_firing.as_ref();
+        if !firing.is_some_and(|f| f.iter().any(|a| a == alarm)) {
+            let now_reads = if firing.is_some() {
+                "it is not in ALARM now"
+            } else {
+                "its state could not be read now"
+            };
+            return Ignore(
+                IgnoreCode::NotApplicable,
+                format!(
+                    "alarm {alarm} entered ALARM at {at}, before {id} started at {started_at}, and {now_reads}: it concerns an earlier deployment"
+                ),
+            );
+        }
     }
-    let id = active.id.clone();
     let why = match reason {
         Some(r) => format!("rollback alarm {alarm} in ALARM: {r}"),
         None => format!("rollback alarm {alarm} in ALARM"),
     };
+    if !active {
+        let Some(mut d) = cx.state.last.take() else {
+            return Ignore(IgnoreCode::Stale, format!("unknown deployment {id}"));
+        };
+        let reason = format!("{why}, while {} was still warm", d.stable);
+        begin_rollback(cx, &mut d, reason);
+        by_alarm(&mut d);
+        cx.settle(d);
+        return Applied;
+    }
     with_active(cx, &id, |cx, d| {
         begin_rollback(cx, d, why);
         by_alarm(d);
         Applied
     })
+}
+
+/// Whether `d` succeeded and its old colour is still warm: it can still be rolled back.
+pub(super) fn is_warm(d: &Deployment, now: Timestamp) -> bool {
+    d.phase == Phase::Succeeded && d.warm_until.is_some_and(|t| now < t)
 }
 
 pub(super) fn on_effect_failed(

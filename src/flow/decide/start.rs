@@ -138,6 +138,8 @@ pub(super) fn start(
         started_at: cx.now,
         finished_at: None,
         warm_until: None,
+        served_at: None,
+        unreadable_since: None,
     };
     cx.emit(&mut d, EventKind::Started, Phase::Requested, reason);
     let now = cx.now;

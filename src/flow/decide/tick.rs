@@ -6,7 +6,7 @@ use super::{Applied, Cx, Ignore, Verdict, forward, rollback, start, with_active}
 use crate::flow::effect::{Effect, EventKind, IgnoreCode};
 use crate::flow::input::{Observations, ProductionRules, RuleWeights, TickKey};
 use crate::flow::model::{Deployment, Hold, Phase, Weights};
-use crate::flow::settings::{DriftPolicy, ServiceSettings};
+use crate::flow::settings::{DriftPolicy, ServiceSettings, UnreadablePolicy};
 
 pub(super) fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) -> Verdict {
     let target = cx
@@ -74,6 +74,11 @@ pub(super) fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) 
             start::start_checks(cx, d, observed);
             return Applied;
         }
+        if let Some(why) = unreadable(d, observed) {
+            blind(cx, d, &why);
+            return Applied;
+        }
+        d.unreadable_since = None;
         if judge_rule(cx, d, observed) {
             step(cx, d, observed);
         }
@@ -81,9 +86,72 @@ pub(super) fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) 
     })
 }
 
+/// What this tick needed to read and could not, in the phases whose next move may shift
+/// traffic: the production rule (no step is written on a failed read) and the rollback
+/// alarms (checked before every step). `None` when everything needed was read.
+fn unreadable(d: &Deployment, observed: &Observations) -> Option<String> {
+    let untimed = matches!(d.current_step().map(|s| s.hold), Some(Hold::UntilPromote));
+    let gated = matches!(
+        d.phase,
+        Phase::WaitingForGreen | Phase::Testing | Phase::Baking
+    ) || (d.phase == Phase::Shifting && !untimed);
+    if !gated {
+        return None;
+    }
+    let errors = if observed.read_errors.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", observed.read_errors.join("; "))
+    };
+    let mut missing = Vec::new();
+    if observed.alarms_firing.is_none() {
+        missing.push("the rollback alarm states could not be read".to_string());
+    }
+    match &observed.production {
+        Some(Ok(_)) => {}
+        Some(Err(why)) => missing.push(format!(
+            "the production rule cannot be read as blue/green: {why}"
+        )),
+        None => missing.push("the production rule could not be read".to_string()),
+    }
+    (!missing.is_empty()).then(|| format!("{}{errors}", missing.join(" and ")))
+}
+
+/// Waits (a poll interval at a time) for what could not be read, at most
+/// `timeouts.unreadable` from the first failed read, and never past the stage's own
+/// deadline; then rolls back or pauses as `on_unreadable` says, with an event naming what
+/// could not be read and why (SPEC §4 invariant 14).
+fn blind(cx: &mut Cx<'_>, d: &mut Deployment, why: &str) {
+    let now = cx.now;
+    let since = *d.unreadable_since.get_or_insert(now);
+    let limit = since.plus(cx.settings.timeouts.unreadable);
+    let end = d.deadline.map_or(limit, |t| t.min(limit));
+    if now < end {
+        cx.poll(d);
+        return;
+    }
+    d.unreadable_since = None;
+    let waited =
+        humantime::format_duration(std::time::Duration::from_secs(now.since(since) / 1000));
+    let policy = cx.settings.on_unreadable;
+    let reason = format!("{why}, for {waited} (on_unreadable = {})", policy.as_str());
+    match policy {
+        UnreadablePolicy::Rollback => rollback::begin_rollback(cx, d, reason),
+        UnreadablePolicy::Pause => {
+            d.paused_at = Some(now);
+            let phase = d.phase;
+            cx.emit(
+                d,
+                EventKind::PhaseChanged,
+                phase,
+                Some(format!("paused: {reason}")),
+            );
+        }
+    }
+}
+
 /// What a due tick does in each phase once alarms and the rule have been judged.
 fn step(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
-    let alarms_known = observed.alarms_firing.is_some();
     let now = cx.now;
     let timeouts = cx.settings.timeouts.clone();
     match d.phase {
@@ -98,7 +166,8 @@ fn step(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
             }
         }
         Phase::WaitingForGreen => match &observed.target_health {
-            Some(h) if h.is_ready(d.revision.as_deref()) && alarms_known => {
+            // The alarms were read (an unread alarm state holds the tick before this).
+            Some(h) if h.is_ready(d.revision.as_deref()) => {
                 forward::after_green(cx, d);
             }
             seen if d.deadline.is_some_and(|t| now >= t) => {
@@ -148,15 +217,12 @@ fn step(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
             Some(Hold::UntilPromote) => {
                 rollback::timed_out(cx, d, "not promoted", timeouts.promote);
             }
-            _ if !alarms_known => cx.poll(d),
-            _ => forward::next_step(cx, d),
+            Some(Hold::Timed(ms)) => served_then(cx, d, ms, forward::next_step),
+            None => forward::next_step(cx, d),
         },
         Phase::Baking => {
-            if alarms_known {
-                forward::begin_finalizing(cx, d);
-            } else {
-                cx.poll(d);
-            }
+            let bake = d.plan.bake_ms;
+            served_then(cx, d, bake, forward::begin_finalizing);
         }
         Phase::Finalizing => forward::succeed(cx, d),
         Phase::RollingBack => {
@@ -177,7 +243,34 @@ fn step(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
     }
 }
 
-fn firing(observed: &Observations, settings: &ServiceSettings) -> Option<Vec<String>> {
+/// A step (or the bake) moves on with `next` only once its weights have been served for
+/// its whole hold of `hold_ms`, counted from their confirmation by a read-back (SPEC §4
+/// invariant 13). Weights not confirmed yet are written again, and their read-back starts
+/// the hold; a tick scheduled before the confirmation waits for the hold's end.
+fn served_then(
+    cx: &mut Cx<'_>,
+    d: &mut Deployment,
+    hold_ms: u64,
+    next: fn(&mut Cx<'_>, &mut Deployment),
+) {
+    match d.served_at {
+        None => {
+            cx.effects.push(Effect::SetProductionWeights {
+                deployment_id: d.id.clone(),
+                weights: d.weights,
+            });
+            cx.poll(d);
+        }
+        Some(at) if cx.now < at.plus_ms(hold_ms) => {
+            let due = at.plus_ms(hold_ms);
+            cx.schedule(d, due);
+        }
+        Some(_) => next(cx, d),
+    }
+}
+
+/// The configured rollback alarms among those observed in ALARM; `None` when unread.
+pub(super) fn firing(observed: &Observations, settings: &ServiceSettings) -> Option<Vec<String>> {
     let firing: Vec<String> = observed
         .alarms_firing
         .as_ref()?
@@ -262,6 +355,11 @@ pub(super) fn drifted(
     // the write-back below is confirmed as a shift like any other.
     cx.state.confirmed = Some(found.weights);
     let policy = cx.settings.drift;
+    if policy == DriftPolicy::Reassert {
+        // The step is served again only once the write-back is read back: its hold
+        // starts over then.
+        d.served_at = None;
+    }
     let pause = !d.phase.is_terminal()
         && (policy == DriftPolicy::Pause || (policy == DriftPolicy::Report && target_exposed));
     if pause {
