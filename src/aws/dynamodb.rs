@@ -247,7 +247,11 @@ impl Store for Aws {
                         _ => Vec::new(),
                     });
                 match reasons {
-                    Some(reasons) => Err(cancelled(&reasons, dedup_index, &e.to_string())),
+                    Some(reasons) => Err(cancelled(
+                        &reasons,
+                        dedup_index,
+                        &aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string(),
+                    )),
                     None => Err(port_error("TransactWriteItems", e)),
                 }
             }

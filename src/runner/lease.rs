@@ -109,11 +109,6 @@ impl Waiting {
             marked_at: None,
         }
     }
-
-    /// Whether this input left a preemption mark.
-    pub fn marked(&self) -> bool {
-        self.marked_at.is_some()
-    }
 }
 
 /// What the fencing check before an effect found.
@@ -274,8 +269,12 @@ impl<W: World> Runner<W> {
         }
     }
 
-    /// Clears the preemption mark an input left and did not need after all.
-    pub(super) async fn unmark(&self, svc: &Service) {
+    /// Clears the preemption mark this input left, if it left one: before it carries out
+    /// forward effects itself, and when it turns out to roll nothing back.
+    pub(super) async fn unmark(&self, svc: &Service, waiting: &mut Waiting) {
+        if waiting.marked_at.take().is_none() {
+            return;
+        }
         if let Err(e) = patiently(|| self.world.preempt(&svc.name, None)).await {
             warn!(error = %e, "could not clear the preemption mark; it expires by itself");
         }

@@ -203,9 +203,15 @@ impl<W: World> Runner<W> {
             let stored = stored?;
             if seen? {
                 // Never decided twice; but what its first delivery committed (and a dead
-                // worker left undone) is carried out now.
-                if !stored.owed.is_empty() {
-                    self.redrive(svc, stored, session).await?;
+                // worker left undone) is carried out now. A redelivered rollback waits for
+                // a lease a dead worker still holds: it is the restore's fastest way back.
+                self.unmark(svc, &mut waiting).await;
+                if !stored.owed.is_empty()
+                    && let Redrive::Busy = self.redrive(svc, stored, session).await?
+                    && preempting
+                {
+                    self.await_lease(svc, session, &mut waiting).await?;
+                    continue;
                 }
                 return Ok(Outcome::Ignored {
                     code: IgnoreCode::Duplicate,
@@ -238,9 +244,7 @@ impl<W: World> Runner<W> {
                     self.resend_early_tick(svc, &stored.state, &input, now)
                         .await?;
                 }
-                if waiting.marked() {
-                    self.unmark(svc).await;
-                }
+                self.unmark(svc, &mut waiting).await;
                 if preempting && !stored.owed.is_empty() {
                     // Nothing to roll back after all: what was owed is carried out.
                     self.redrive(svc, stored, session).await?;

@@ -645,6 +645,7 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
         rate: s.rate,
         hold: Duration::from_secs(4),
         attempt_timeout: ATTEMPT_TIMEOUT,
+        plan: None,
     };
     let logs = std::env::temp_dir().join(format!("bluegreen-chaos-{}", env.prefix));
     std::fs::create_dir_all(&logs).expect("log dir");
@@ -654,7 +655,7 @@ async fn a_lossy_aws_and_killed_workers_break_no_promise() {
             Proxy::start(
                 &endpoint(),
                 &Workers::label(i),
-                faults,
+                faults.clone(),
                 s.seed,
                 counts.clone(),
                 inspector.hook(),

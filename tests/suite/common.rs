@@ -162,16 +162,21 @@ pub enum Call {
 pub struct Log {
     /// Production weights written (and read back), in order.
     pub production: Vec<Weights>,
+    /// When the rule took each written weight.
+    pub timeline: Vec<(Timestamp, Weights)>,
     pub test: Vec<Weights>,
     /// Task definitions registered (a repeated registration of one deployment finds
     /// the earlier one, as the ECS adapter does).
     pub registrations: Vec<String>,
     pub updates: Vec<(Color, String)>,
     pub scaled_to_zero: Vec<Color>,
-    /// Outbound events as decided (committed to the outbox), in order.
+    /// Outbound events as committed to the outbox, in order (the store's view: a commit
+    /// whose answer was lost, by a worker that died before it knew, counts too).
     pub events: Vec<OutboundEvent>,
     /// Outbound events as they reached the bus.
     pub published: Vec<OutboundEvent>,
+    /// Who held the service lease at each publish (the store's lease owner).
+    pub published_under: Vec<Option<String>>,
     /// `Event Rejected` details for messages the worker could not read or route.
     pub unreadable: Vec<serde_json::Value>,
     pub calls: Vec<Call>,
@@ -213,6 +218,20 @@ pub struct Cloud {
     pub crash_after_write: bool,
     pub crashes: u32,
     calls_this_op: u64,
+    /// The next this many fencing reads fail retryably (a store hiccup).
+    pub fence_failures: u32,
+    /// The next commit lands, but its answer is lost (a retryable error).
+    pub commit_answer_lost: bool,
+    /// The next production write lands, but its answer is lost.
+    pub write_answer_lost: bool,
+    /// The next call of this effect takes this long.
+    pub slow: Option<(&'static str, Duration)>,
+    /// Reads of the production rule fail retryably (throttling).
+    pub rule_unreadable: bool,
+    /// The next this many publishes fail.
+    pub bus_down: u32,
+    /// Store calls yield to other tasks first, so that concurrent workers interleave.
+    pub interleave: bool,
 }
 
 impl Default for Cloud {
@@ -239,6 +258,13 @@ impl Default for Cloud {
             crash_after_write: false,
             crashes: 0,
             calls_this_op: 0,
+            fence_failures: 0,
+            commit_answer_lost: false,
+            write_answer_lost: false,
+            slow: None,
+            rule_unreadable: false,
+            bus_down: 0,
+            interleave: false,
         }
     }
 }
@@ -248,6 +274,12 @@ pub struct Sim {
     pub db: LocalDb,
     pub cloud: Mutex<Cloud>,
     crashed: tokio::sync::Notify,
+    clock: Clock,
+}
+
+tokio::task_local! {
+    /// Told when the worker whose future runs in this scope dies (several workers at once).
+    static DEATH: Arc<tokio::sync::Notify>;
 }
 
 impl Sim {
@@ -258,8 +290,18 @@ impl Sim {
     /// The worker dies here: the harness drops its future, nothing after this runs.
     async fn die(&self) {
         self.cloud().crashes += 1;
-        self.crashed.notify_one();
+        if DEATH.try_with(|n| n.notify_one()).is_err() {
+            self.crashed.notify_one();
+        }
         std::future::pending::<()>().await;
+    }
+
+    /// A store call: other workers may run first.
+    async fn store_call(&self) {
+        let interleave = self.cloud().interleave;
+        if interleave {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Fails the test when one operation runs away (a loop in the runner).
@@ -303,6 +345,10 @@ impl Sim {
         if self.cloud().failing_effect == Some(name) {
             return Err(PortError::Permanent(format!("{name}: injected failure")));
         }
+        let slow = self.cloud().slow.take_if(|(effect, _)| *effect == name);
+        if let Some((_, took)) = slow {
+            tokio::time::sleep(took).await;
+        }
         Ok(())
     }
 }
@@ -333,13 +379,21 @@ impl Inbox for Sim {
 
 impl Store for Sim {
     async fn load(&self, service: &str, initial: Color) -> PortResult<Stored> {
+        self.store_call().await;
         self.guard();
         self.db.load(service, initial).await
     }
     async fn commit(&self, service: &str, commit: Commit<'_>) -> PortResult<u64> {
+        self.store_call().await;
         let version = self.db.commit(service, commit).await?;
         let mut c = self.cloud();
+        c.log.events.extend(commit.outbox.iter().map(outbound));
         c.dying = std::mem::take(&mut c.crash_after_commit);
+        if std::mem::take(&mut c.commit_answer_lost) {
+            return Err(PortError::Retryable(
+                "TransactWriteItems: answer lost".into(),
+            ));
+        }
         Ok(version)
     }
     async fn seen(&self, service: &str, key: &str) -> PortResult<bool> {
@@ -347,7 +401,17 @@ impl Store for Sim {
     }
     async fn fence(&self, service: &str) -> PortResult<Fence> {
         self.after_commit().await;
+        self.store_call().await;
         self.guard();
+        {
+            let mut c = self.cloud();
+            if c.fence_failures > 0 {
+                c.fence_failures -= 1;
+                return Err(PortError::Retryable(
+                    "GetItem: injected store failure".into(),
+                ));
+            }
+        }
         self.db.fence(service).await
     }
     async fn extend(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
@@ -396,6 +460,9 @@ impl Store for Sim {
 impl Traffic for Sim {
     async fn production(&self, _service: &str) -> PortResult<ProductionRules> {
         let c = self.cloud();
+        if c.rule_unreadable {
+            return Err(PortError::Retryable("DescribeRules: throttled".into()));
+        }
         if let Some(why) = &c.rule_error {
             return Err(PortError::Permanent(why.clone()));
         }
@@ -419,17 +486,25 @@ impl Traffic for Sim {
         if die_between {
             self.die().await;
         }
-        let die = {
+        let now = (self.clock)();
+        let (die, lost) = {
             let mut c = self.cloud();
             if c.rule2.is_some() {
                 c.rule2 = Some(weights);
             }
             c.log.production.push(weights);
+            c.log.timeline.push((now, weights));
             c.log.calls.push(Call::Production(weights));
-            std::mem::take(&mut c.crash_after_write)
+            (
+                std::mem::take(&mut c.crash_after_write),
+                std::mem::take(&mut c.write_answer_lost),
+            )
         };
         if die {
             self.die().await;
+        }
+        if lost {
+            return Err(PortError::Retryable("ModifyRule: answer lost".into()));
         }
         Ok(weights)
     }
@@ -505,9 +580,25 @@ impl Platform for Sim {
     }
 }
 
+/// An outbox entry as the event it carries.
+fn outbound(e: &Entry) -> OutboundEvent {
+    let kind = EventKind::ALL
+        .into_iter()
+        .find(|k| k.detail_type() == e.detail_type)
+        .expect("a known detail type");
+    let detail = serde_json::from_str::<EventDetail>(&e.detail).expect("an event detail");
+    OutboundEvent { kind, detail }
+}
+
 impl Bus for Sim {
     async fn publish(&self, entries: &[Entry]) -> PortResult<Vec<String>> {
+        let holder = self.db.fence(SERVICE).await.ok().and_then(|f| f.owner);
         let mut c = self.cloud();
+        if c.bus_down > 0 {
+            c.bus_down -= 1;
+            return Err(PortError::Retryable("PutEvents: injected failure".into()));
+        }
+        c.log.published_under.push(holder);
         for e in entries {
             let kind = EventKind::ALL
                 .into_iter()
@@ -537,6 +628,13 @@ impl Alarms for Sim {
 
 impl Checks for Sim {
     async fn get(&self, url: &str) -> Result<u16, String> {
+        let slow = self
+            .cloud()
+            .slow
+            .take_if(|(effect, _)| *effect == "run-validations");
+        if let Some((_, took)) = slow {
+            tokio::time::sleep(took).await;
+        }
         let mut c = self.cloud();
         c.log.calls.push(Call::Validate(url.into()));
         Ok(if c.validations_pass { 200 } else { 503 })
@@ -558,6 +656,9 @@ pub struct Record {
     pub input: Input,
     pub now: Timestamp,
     pub decision: Decision,
+    /// How many production writes had reached the rule when it was decided
+    /// ([`Log::timeline`]).
+    pub writes_before: usize,
 }
 
 /// How long a dead worker's service lease blocks the next one.
@@ -566,6 +667,10 @@ pub const LEASE: Duration = Duration::from_secs(1);
 /// The production worker in a simulated world; see the module docs.
 pub struct World {
     rt: tokio::runtime::Runtime,
+    /// Records every decision of every worker of this world.
+    listener: bluegreen::runner::Listener,
+    /// The service lease of this world's workers.
+    pub lease: Duration,
     clock: Clock,
     worker: Worker<Sim>,
     pub sim: Arc<Sim>,
@@ -593,6 +698,12 @@ pub struct World {
 
 impl World {
     pub fn new(settings: ServiceSettings) -> World {
+        World::with_lease(settings, LEASE)
+    }
+
+    /// A world whose workers hold a service lease for `lease` (the production default is
+    /// 30 s; most tests use [`LEASE`]).
+    pub fn with_lease(settings: ServiceSettings, lease: Duration) -> World {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
@@ -616,32 +727,39 @@ impl World {
             db,
             cloud: Mutex::new(Cloud::default()),
             crashed: tokio::sync::Notify::new(),
+            clock: clock.clone(),
         });
         let fleet = fleet(&settings);
         let journal = Arc::new(Mutex::new(Vec::new()));
         let sink = journal.clone();
+        let cloud = sim.clone();
         let options = Options {
             concurrency: 1,
             wait: Duration::ZERO,
             visibility: Duration::from_secs(30),
-            lease: LEASE,
+            lease,
+            max_receives: Some(5),
             worker_id: "sim".into(),
             reconcile_every: Duration::ZERO,
             ..Options::default()
         };
         let settings = fleet.services[0].settings.clone();
-        let worker = Worker::new(sim.clone(), fleet, clock.clone(), options).with_listener(
-            Arc::new(move |d: &Decided<'_>| {
-                sink.lock().expect("journal").push(Record {
-                    before: d.before.clone(),
-                    input: d.input.clone(),
-                    now: d.now,
-                    decision: d.decision.clone(),
-                });
-            }),
-        );
+        let listener: bluegreen::runner::Listener = Arc::new(move |d: &Decided<'_>| {
+            let writes_before = cloud.cloud().log.timeline.len();
+            sink.lock().expect("journal").push(Record {
+                before: d.before.clone(),
+                input: d.input.clone(),
+                now: d.now,
+                decision: d.decision.clone(),
+                writes_before,
+            });
+        });
+        let worker =
+            Worker::new(sim.clone(), fleet, clock.clone(), options).with_listener(listener.clone());
         let mut w = World {
             rt,
+            lease,
+            listener,
             clock,
             worker,
             settings,
@@ -688,17 +806,11 @@ impl World {
         self.state = state;
         self.now = now;
         let fresh: Vec<Record> = std::mem::take(&mut *self.journal.lock().expect("journal"));
-        let mut log = self.sim.cloud().log.clone();
+        let log = self.sim.cloud().log.clone();
         for r in &fresh {
             self.history.push((r.input.clone(), r.now));
         }
         self.records.extend(fresh);
-        log.events = self
-            .records
-            .iter()
-            .filter(|r| r.decision.changed())
-            .flat_map(|r| r.decision.events.iter().cloned())
-            .collect();
         self.log = log;
     }
 
@@ -846,13 +958,67 @@ impl World {
         panic!("world did not settle");
     }
 
+    /// Takes up to `n` messages that are visible now off the queue (each hidden for the
+    /// queue's visibility), to hand to workers.
+    pub fn receive(&mut self, n: u32) -> Vec<Received> {
+        let db = self.sim.db.clone();
+        self.rt
+            .block_on(async move { db.receive(n, Duration::ZERO, Duration::ZERO).await })
+            .expect("receive")
+    }
+
+    /// Runs each worker's handling of its message at once, interleaved on this world's
+    /// clock; a worker that dies leaves `None`.
+    pub fn concurrently(
+        &mut self,
+        runs: Vec<(Worker<Sim>, Received)>,
+    ) -> Vec<Option<bluegreen::worker::Disposition>> {
+        self.sync_in();
+        let out = self.rt.block_on(async move {
+            futures_util::future::join_all(runs.into_iter().map(|(worker, m)| async move {
+                let death = Arc::new(tokio::sync::Notify::new());
+                DEATH
+                    .scope(death.clone(), async move {
+                        tokio::select! {
+                            d = worker.process(m) => Some(d),
+                            () = death.notified() => None,
+                        }
+                    })
+                    .await
+            }))
+            .await
+        });
+        self.sync_out();
+        out
+    }
+
+    /// Runs `fut` (another worker's call) to its end or its worker's death, on this
+    /// world's runtime, and brings the world's view up to date.
+    pub fn survive<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        self.sync_in();
+        let out = self.rt.block_on(async move {
+            let death = Arc::new(tokio::sync::Notify::new());
+            DEATH
+                .scope(death.clone(), async move {
+                    tokio::select! {
+                        out = fut => Some(out),
+                        () = death.notified() => None,
+                    }
+                })
+                .await
+        });
+        self.sync_out();
+        out
+    }
+
     /// Another worker over the same store, inbox and cloud (a second task on one queue).
     pub fn other_worker(&self, id: &str) -> Worker<Sim> {
         let options = Options {
             concurrency: 1,
             wait: Duration::ZERO,
             visibility: Duration::from_secs(30),
-            lease: LEASE,
+            lease: self.lease,
+            max_receives: Some(5),
             worker_id: id.into(),
             reconcile_every: Duration::from_secs(30),
             ..Options::default()
@@ -863,6 +1029,7 @@ impl World {
             self.clock.clone(),
             options,
         )
+        .with_listener(self.listener.clone())
     }
 
     /// Runs `fut` on this world's runtime (for another worker's calls).
@@ -912,6 +1079,16 @@ impl World {
             .map(|e| e.kind.detail_type())
             .collect()
     }
+}
+
+/// Weights, blue first.
+pub fn wt(blue: u8, green: u8) -> Weights {
+    Weights { blue, green }
+}
+
+/// `at` as CloudWatch writes an alarm's state timestamp (`…T10:00:00.000+0000`).
+pub fn cloudwatch_time(at: Timestamp) -> String {
+    at.rfc3339().replace('Z', "+0000")
 }
 
 /// A world with one deployment of image 1 driven until `phase`.

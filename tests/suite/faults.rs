@@ -103,8 +103,23 @@ impl Counts {
     }
 }
 
+/// What a [`Plan`] makes of one call, instead of a random fault.
+#[derive(Debug, Clone)]
+pub enum Planned {
+    /// This fault.
+    Fault(Fault),
+    /// This answer (a canned AWS error, an empty receive); nothing reaches moto.
+    Answer(StatusCode, String),
+    /// No answer, ever (the worker is about to be killed).
+    Hang,
+}
+
+/// Chooses what happens to a call, by its operation and body; `None` leaves it to the
+/// random faults.
+pub type Plan = Arc<dyn Fn(&str, &Bytes) -> Option<Planned> + Send + Sync>;
+
 /// How faulty.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Faults {
     /// Share of calls that fail.
     pub rate: f64,
@@ -112,6 +127,20 @@ pub struct Faults {
     pub hold: Duration,
     /// The worker's attempt timeout: a call answered later than this was given up on.
     pub attempt_timeout: Duration,
+    /// Calls a test decides itself, before any random fault.
+    pub plan: Option<Plan>,
+}
+
+impl Faults {
+    /// No random faults: only what `plan` decides.
+    pub fn planned(plan: Plan) -> Faults {
+        Faults {
+            rate: 0.0,
+            hold: Duration::from_secs(4),
+            attempt_timeout: Duration::from_secs(30),
+            plan: Some(plan),
+        }
+    }
 }
 
 /// One proxy, for one worker.
@@ -278,10 +307,31 @@ async fn handle(request: Request<Incoming>, route: Arc<Route>) -> Reply {
         Err(_) => return Err(reset()),
     };
     let (protocol, op) = operation(&parts, &body);
-    let fault = {
-        let mut rng = rng.lock().expect("rng");
-        rng.random_bool(faults.rate)
-            .then(|| Fault::ALL[rng.random_range(0..Fault::ALL.len())])
+    let planned = faults.plan.as_ref().and_then(|plan| plan(&op, &body));
+    match planned {
+        Some(Planned::Hang) => return std::future::pending().await,
+        Some(Planned::Answer(status, text)) => {
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            *response.status_mut() = status;
+            let content_type = match protocol {
+                Protocol::Json { .. } => "application/x-amz-json-1.0",
+                Protocol::Query => "text/xml",
+            };
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(content_type),
+            );
+            return Ok(response);
+        }
+        _ => {}
+    }
+    let fault = match planned {
+        Some(Planned::Fault(f)) => Some(f),
+        _ => {
+            let mut rng = rng.lock().expect("rng");
+            rng.random_bool(faults.rate)
+                .then(|| Fault::ALL[rng.random_range(0..Fault::ALL.len())])
+        }
     };
     counts.calls.fetch_add(1, Ordering::Relaxed);
     if let Some(f) = fault {

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bluegreen::flow::{
-    Action, Check, Color, Concurrency, DriftPolicy, Effect, EventKind, ExplicitStep, Outcome,
+    Action, Check, Color, Concurrency, DriftPolicy, Effect, EventKind, ExplicitStep, Hold, Outcome,
     Phase, ServiceSettings, Strategy as Rollout, TargetHealth, Weights,
 };
 use proptest::prelude::*;
@@ -77,6 +77,12 @@ enum Op {
     },
     /// Someone else writes the production rule (a stack update, the console).
     Drift(u8),
+    /// Up to this many visible messages, each handled by its own worker at once, their
+    /// store calls interleaved.
+    Concurrent(u8),
+    /// The store or the cloud fails once: the next lease checks fail, the next commit's
+    /// answer is lost, or the next production write's answer is lost.
+    Hiccup(u8),
 }
 
 /// A message is delivered 1–3 times, each copy visible after its own short delay, so
@@ -104,6 +110,8 @@ fn any_op() -> impl Strategy<Value = Op> {
         1 => (0u16..400).prop_map(|after_secs| Op::Reconcile { after_secs }),
         1 => (0u16..900).prop_map(|secs| Op::Advance { secs }),
         1 => (0u8..=100).prop_map(Op::Drift),
+        2 => (2u8..=3).prop_map(Op::Concurrent),
+        1 => (0u8..3).prop_map(Op::Hiccup),
     ]
 }
 
@@ -211,6 +219,8 @@ struct Run {
     sent: Vec<serde_json::Value>,
     n: u32,
     drifted: bool,
+    /// Other workers on the same queue and store.
+    workers: Vec<bluegreen::worker::Worker<Sim>>,
 }
 
 impl Run {
@@ -293,6 +303,21 @@ fn play(r: &mut Run, op: &Op) {
             r.w.cloud().rule = Weights::split(Color::Green, *green);
             r.drifted = true;
         }
+        Op::Concurrent(n) => {
+            let messages = r.w.receive(u32::from(*n));
+            let runs = r.workers.iter().cloned().zip(messages).collect();
+            r.w.cloud().interleave = true;
+            r.w.concurrently(runs);
+            r.w.cloud().interleave = false;
+        }
+        Op::Hiccup(k) => {
+            let mut c = r.w.cloud();
+            match k {
+                0 => c.fence_failures = 3,
+                1 => c.commit_answer_lost = true,
+                _ => c.write_answer_lost = true,
+            }
+        }
     }
 }
 
@@ -302,16 +327,31 @@ fn run(settings: (ServiceSettings, bool), ops: &[Op]) -> Run {
     if green_live {
         w.cloud().rule = Weights::all(Color::Green);
     }
+    let workers = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| w.other_worker(id))
+        .collect();
     let mut r = Run {
         w,
         sent: Vec::new(),
         n: 0,
         drifted: false,
+        workers,
     };
     for op in ops {
         play(&mut r, op);
     }
     r
+}
+
+/// No more crashes or store hiccups from now on.
+fn calm(w: &World) {
+    let mut c = w.cloud();
+    c.crash_before_call = None;
+    c.fence_failures = 0;
+    c.commit_answer_lost = false;
+    c.write_answer_lost = false;
+    c.interleave = false;
 }
 
 /// Lets the world finish: inputs stop, the world turns healthy, every message is
@@ -320,7 +360,7 @@ fn finish(r: &mut Run) {
     let w = &mut r.w;
     w.failing_effect = None;
     w.crash_next = false;
-    w.cloud().crash_before_call = None;
+    calm(w);
     w.alarms_firing = Some(vec![]);
     w.health = Some(healthy());
     w.validations_pass = true;
@@ -422,7 +462,7 @@ proptest! {
         let w = &mut r.w;
         w.failing_effect = None;
         w.crash_next = false;
-        w.cloud().crash_before_call = None;
+        calm(w);
         let Some(d) = w.state.active.clone() else { return Ok(()); };
         if d.phase != Phase::RollingBack {
             let input = match how {
@@ -590,6 +630,146 @@ proptest! {
                     "{from} -> {to} ({:?}) is not in Phase::TRANSITIONS", e.kind
                 );
             }
+        }
+    }
+}
+
+/// Ops that leave every step's hold to the flow (no operator promote, which moves on at
+/// once by design, and no weights written behind the worker's back), weighted so that
+/// deployments get far: mostly deliveries, with crashes, store hiccups and concurrent
+/// workers among them.
+fn op_for_holds() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => (1u8..6, 2u8..4).prop_map(|(alarms, health)| Op::Deliver { alarms, health }),
+        2 => (1u32..4, copies()).prop_map(|(image, copies)| Op::Push { image, copies }),
+        2 => Just(Op::Crash),
+        2 => (0u8..6).prop_map(Op::CrashAt),
+        2 => (0u8..3).prop_map(Op::Hiccup),
+        2 => (2u8..=3).prop_map(Op::Concurrent),
+        1 => (0u16..400).prop_map(|after_secs| Op::Reconcile { after_secs }),
+        1 => (0u16..900).prop_map(|secs| Op::Advance { secs }),
+        1 => any::<usize>().prop_map(Op::Replay),
+    ]
+}
+
+/// Settings whose deployments shift on their own: timed steps, no approval gate, no hook.
+fn timed_settings() -> impl Strategy<Value = (ServiceSettings, bool)> {
+    service_settings()
+        .prop_filter("timed steps", |(s, _)| {
+            s.strategy
+                .steps()
+                .iter()
+                .all(|step| matches!(step.hold, Hold::Timed(_)))
+        })
+        .prop_map(|(mut s, green)| {
+            s.approval = false;
+            s.checks.retain(|c| matches!(c, Check::Http { .. }));
+            (s, green)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: config().cases.div_ceil(4), ..config() })]
+
+    /// SPEC §4 invariant 12: a rollback's weights are written within one lease and one
+    /// reconciler pass of its commit, whatever crash takes the worker that decided it
+    /// (right after the commit, or before any of its calls): once the dead worker's lease
+    /// has lapsed, the reconciler's next visit carries out what the rollback owes — no
+    /// grace.
+    #[test]
+    fn a_rollbacks_weights_are_written_within_a_lease_and_a_reconciler_pass_of_the_alarm(
+        settings in service_settings(),
+        ops in proptest::collection::vec(any_op(), 0..40),
+        crash in 0u8..8,
+    ) {
+        let mut r = run(settings, &ops);
+        let w = &mut r.w;
+        w.failing_effect = None;
+        w.crash_next = false;
+        calm(w);
+        let Some(d) = w.state.active.clone() else { return Ok(()); };
+        if matches!(d.phase, Phase::Requested | Phase::RollingBack) {
+            return Ok(());
+        }
+        match crash {
+            0 => w.crash_next = true,
+            1..=5 => w.cloud().crash_before_call = Some(u32::from(crash - 1)),
+            _ => {}
+        }
+        w.apply(alarm("web-5xx", "the-alarm"));
+        calm(w);
+        // When the rollback was committed: its worker died then (or right after).
+        let committed = w
+            .records
+            .iter()
+            .rev()
+            .find(|r| r.input.key == "alarm:web-5xx:the-alarm" && r.decision.changed())
+            .map(|r| r.now);
+        let by_alarm = w.state.active.as_ref().is_some_and(|a| {
+            a.id == d.id && a.rollback.as_ref().is_some_and(|rb| rb.by_alarm)
+        });
+        // A worker that died before deciding the alarm leaves it to the queue.
+        prop_assume!(by_alarm);
+        let Some(committed) = committed else { return Ok(()); };
+        let rec = w.other_worker("reconciler");
+        w.advance_to(committed.plus(LEASE).plus_ms(1));
+        w.survive(async move { rec.reconcile_all().await });
+        let restored = w
+            .log
+            .timeline
+            .iter()
+            .find(|(at, weights)| *at >= committed && *weights == Weights::all(d.stable))
+            .map(|(at, _)| *at);
+        prop_assert!(
+            restored.is_some_and(|at| at.since(committed) <= LEASE.as_millis() as u64 + 1),
+            "{} not restored within a lease and a pass of the rollback's commit at {committed:?} (crash {crash}): {:?}",
+            d.id,
+            w.log.timeline.iter().filter(|(at, _)| *at >= committed).collect::<Vec<_>>()
+        );
+    }
+
+    /// SPEC §4 invariant 13: green carries each step's weights for the step's whole hold
+    /// before the flow moves on, whatever crashes, lost answers, store hiccups and
+    /// concurrent workers happen: the hold counts from when production serves the
+    /// weights, and no tick advances past weights production did not serve.
+    #[test]
+    fn green_carries_each_steps_weights_for_its_whole_hold_before_the_flow_moves_on(
+        settings in timed_settings(),
+        ops in proptest::collection::vec(op_for_holds(), 1..80),
+    ) {
+        let mut r = run(settings, &ops);
+        finish(&mut r);
+        let w = &r.w;
+        for rec in &w.records {
+            if !matches!(rec.input.kind, bluegreen::flow::InputKind::Tick { .. }) {
+                continue;
+            }
+            let Some(before) = rec.before.active.as_ref().filter(|d| d.phase == Phase::Shifting) else {
+                continue;
+            };
+            let Some(after) = rec.decision.state.deployment(&before.id) else { continue };
+            let moved_on = (after.phase == Phase::Shifting && after.step > before.step)
+                || matches!(after.phase, Phase::Baking | Phase::Finalizing | Phase::Succeeded);
+            let Some(Hold::Timed(hold)) = before.current_step().map(|s| s.hold) else {
+                continue;
+            };
+            if !moved_on {
+                continue;
+            }
+            // How long the rule had held the step's weights, without a break, by then.
+            let mut since = None;
+            for (at, weights) in w.log.timeline[..rec.writes_before].iter().rev() {
+                if *weights != before.weights {
+                    break;
+                }
+                since = Some(*at);
+            }
+            let served = since.map_or(0, |at| rec.now.since(at));
+            prop_assert!(
+                since.is_some() && served >= hold,
+                "{} moved on from step {} ({}) after {served} ms of its {hold} ms hold (input {})",
+                before.id, before.step + 1, before.weights, rec.input.key
+            );
         }
     }
 }

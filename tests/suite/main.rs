@@ -5,6 +5,8 @@
 //! * `transitions` — one test per transition of the flow;
 //! * `observed` — the worker acts on observed facts: live colour, read-backs, drift,
 //!   tags, the runner's follow-ups, the reconciler's lease;
+//! * `obligations` — bounded rollback: what a decision commits to is carried out by
+//!   whoever takes the lease, steps count once served, waits end, rollbacks preempt;
 //! * `sequences` — canned event sequences, replayed step by step and all at once;
 //! * `invariants` — property tests of SPEC §4 on the production worker, named after the
 //!   invariants;
@@ -22,12 +24,16 @@
 //! * `aws_e2e` (with the `moto` harness) — the AWS worker end to end on moto server;
 //! * `aws_observed` — on moto too: green live at first sight, the rule changed behind the
 //!   worker's back (idle and mid-shift), an image requested by tag;
+//! * `bounded` (with the `faults` proxy) — on moto: worker binaries killed between a
+//!   rollback's or a canary step's commit and its write, a busy service under a shared
+//!   alarm, cancellation reasons, a deleted rollback alarm, the receive's visibility;
 //! * `chaos` (with the `faults` proxy) — worker binaries killed at random behind a faulty
 //!   AWS, under load, judged by an oracle from the outside.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod aws_e2e;
 mod aws_observed;
+mod bounded;
 mod chaos;
 mod cli;
 mod common;
@@ -41,6 +47,7 @@ mod local_db;
 mod local_e2e;
 mod local_proxy;
 mod moto;
+mod obligations;
 mod observed;
 mod operator;
 mod sequences;

@@ -104,6 +104,10 @@ pub struct Shape {
     /// Give every service a second production rule (a host-header rule on the same
     /// listener), configured with the first as `production_listener_rule_arns`.
     pub second_rule: bool,
+    /// `timeouts.unreadable`: how long alarms or the rule may stay unreadable.
+    pub unreadable: &'static str,
+    /// `timeouts.reconcile_grace` (short by default, so that lost ticks come back soon).
+    pub reconcile_grace: &'static str,
 }
 
 impl Default for Shape {
@@ -122,6 +126,8 @@ impl Default for Shape {
             own_alarm_and_repository: false,
             max_receive_count: 3,
             second_rule: false,
+            unreadable: "10m",
+            reconcile_grace: "2s",
         }
     }
 }
@@ -514,11 +520,13 @@ bake = "{bake}"
 termination_wait = "{termination_wait}"
 rollback_alarms = ["{service_alarm}"]
 concurrency = "{concurrency}"
-timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "2s" }}
+timeouts = {{ poll = "1s", green = "30s", reconcile_grace = "{grace}", unreadable = "{unreadable}" }}
 {test_rule}
 {extra}
 "#,
                 extra = shape.extra,
+                unreadable = shape.unreadable,
+                grace = shape.reconcile_grace,
                 bake = shape.bake,
                 termination_wait = shape.termination_wait,
             ));
@@ -572,13 +580,7 @@ account_id = "123456789012"
     }
 
     pub fn world(&self) -> MotoWorld {
-        MotoWorld {
-            aws: Aws::new(&self.sdk, &self.config),
-            applied: Mutex::new(Vec::new()),
-            applied_at: Mutex::new(Vec::new()),
-            crash_after_next_commit: std::sync::atomic::AtomicBool::new(false),
-            dead: std::sync::atomic::AtomicBool::new(false),
-        }
+        MotoWorld::over(Aws::new(&self.sdk, &self.config))
     }
 
     /// A worker over a fresh [`MotoWorld`], and that world (to read what it recorded).
@@ -592,6 +594,21 @@ account_id = "123456789012"
         id: &str,
         reconcile_every: Duration,
     ) -> (Worker<MotoWorld>, std::sync::Arc<MotoWorld>) {
+        let world = std::sync::Arc::new(self.world());
+        (self.worker_in(id, reconcile_every, world.clone()), world)
+    }
+
+    /// A worker (no reconciler) over `world` (say, one whose calls go through a proxy).
+    pub fn worker_over(&self, id: &str, world: std::sync::Arc<MotoWorld>) -> Worker<MotoWorld> {
+        self.worker_in(id, Duration::ZERO, world)
+    }
+
+    fn worker_in(
+        &self,
+        id: &str,
+        reconcile_every: Duration,
+        world: std::sync::Arc<MotoWorld>,
+    ) -> Worker<MotoWorld> {
         let options = Options {
             concurrency: 4,
             wait: Duration::from_secs(1),
@@ -601,15 +618,11 @@ account_id = "123456789012"
             reconcile_every,
             ..Options::default()
         };
-        let world = std::sync::Arc::new(self.world());
-        (
-            Worker::new(
-                world.clone(),
-                bluegreen::fleet::Fleet::from(&self.config),
-                system_clock(),
-                options,
-            ),
+        Worker::new(
             world,
+            bluegreen::fleet::Fleet::from(&self.config),
+            system_clock(),
+            options,
         )
     }
 
@@ -980,6 +993,17 @@ pub struct MotoWorld {
 }
 
 impl MotoWorld {
+    /// The world of a worker over `aws`.
+    pub fn over(aws: Aws) -> MotoWorld {
+        MotoWorld {
+            aws,
+            applied: Mutex::new(Vec::new()),
+            applied_at: Mutex::new(Vec::new()),
+            crash_after_next_commit: std::sync::atomic::AtomicBool::new(false),
+            dead: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// A dead worker makes no more calls: its futures never finish.
     async fn alive(&self) {
         if self.dead.load(Ordering::SeqCst) {
