@@ -111,6 +111,18 @@ pub enum Command {
         /// poll.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         aws_timeout: std::time::Duration,
+        /// How long a received message stays hidden before work on it has begun (a
+        /// receive whose answer is lost delays its messages by this much; the heartbeat
+        /// extends it at a third of it).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        receive_visibility: std::time::Duration,
+        /// How long the heartbeat keeps a message hidden while it is worked on (renewed
+        /// every third of it): how soon a message whose worker died comes back.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        visibility: std::time::Duration,
+        /// Services one reconciler pass works on at once.
+        #[arg(long, default_value_t = 4)]
+        reconcile_concurrency: usize,
     },
     /// Run the whole product on this machine, no AWS account: blue v1 under HTTP load
     /// through the embedded proxy, a clean v2 deployment, then a faulty v3 that the
@@ -425,12 +437,33 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             lease,
             aws_attempts,
             aws_timeout,
+            receive_visibility,
+            visibility,
+            reconcile_concurrency,
         } => load_config(config.as_deref()).and_then(|config| {
+            let d = humantime::format_duration;
             if aws_timeout <= wait {
                 return Err(format!(
                     "--aws-timeout ({}) must exceed --wait ({}), the long poll",
-                    humantime::format_duration(aws_timeout),
-                    humantime::format_duration(wait)
+                    d(aws_timeout),
+                    d(wait)
+                ));
+            }
+            if lease <= crate::runner::LEASE_MARGIN * 2 {
+                return Err(format!(
+                    "--lease ({}) must exceed {}: effects run {} short of its end",
+                    d(lease),
+                    d(crate::runner::LEASE_MARGIN * 2),
+                    d(crate::runner::LEASE_MARGIN)
+                ));
+            }
+            if receive_visibility < std::time::Duration::from_secs(3)
+                || visibility < receive_visibility
+            {
+                return Err(format!(
+                    "--receive-visibility ({}) must be at least 3s and at most --visibility ({})",
+                    d(receive_visibility),
+                    d(visibility)
                 ));
             }
             let options = crate::worker::Options {
@@ -439,6 +472,9 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 worker_id: id.unwrap_or_else(default_worker_id),
                 reconcile_every,
                 lease,
+                receive_visibility,
+                visibility,
+                reconcile_concurrency: reconcile_concurrency.max(1),
                 ..crate::worker::Options::default()
             };
             let calls = crate::aws::CallPolicy {

@@ -321,7 +321,7 @@ def main(endpoint, binary, template_path):
             lines = f.read().splitlines()
         names = check_emf(lines, worker_env["BLUEGREEN_METRICS_NAMESPACE"])
         for name in ["DeploymentsStarted", "DeploymentsSucceeded", "DeploymentsRolledBack", "GreenWeight", "Weight",
-                     "Phase", "RollbackLatency", "StepLag", "MessagesProcessed", "OutboxPending"]:
+                     "Phase", "RollbackLatency", "StepLag", "MessagesProcessed", "OutboxPending", "ReconcilePass"]:
             assert name in names, f"{name} missing from the EMF output: {sorted(names)}"
         print(f"EMF: {len(lines) - 1} documents, metrics {sorted(names)}")
     except BaseException:

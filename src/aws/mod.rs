@@ -151,6 +151,11 @@ impl Aws {
 /// the connection is made.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
+const _: () = assert!(
+    CONNECT_TIMEOUT.as_millis() < crate::runner::LEASE_MARGIN.as_millis(),
+    "a connect must fit in the lease margin"
+);
+
 /// Refuses to transmit a request after the send deadline of the effect it belongs to
 /// ([`crate::ports::sending_before`]), checked after signing, before the connection is
 /// made and the request leaves (a connect is bounded by [`CONNECT_TIMEOUT`]). On the

@@ -29,7 +29,7 @@ use crate::ports::{Fence, Lease, PortError, PortResult, World, patiently};
 /// Time kept in hand between an effect's last possible AWS call and the end of the lease
 /// it runs under: an effect still running then is cut off and tried again under a fresh
 /// extension, so that no write is sent under a lease that lapsed.
-pub(super) const LEASE_MARGIN: Duration = Duration::from_secs(2);
+pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Distinguishes the lease tokens of one process's runs.
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);

@@ -38,7 +38,7 @@ use crate::flow::{self, Decision, IgnoreCode, Input, InputKind, Outcome, Timesta
 use crate::ports::{Clock, Owed, PortError, PortResult, Stored, World, patiently};
 
 pub use crate::flow::Decided;
-pub use lease::owner_token;
+pub use lease::{LEASE_MARGIN, owner_token};
 
 use effects::Drove;
 use lease::{Session, Waiting};

@@ -640,3 +640,123 @@ async fn no_event_is_published_past_its_outbox_claims_deadline() {
     assert_eq!(failed, ["web-1:1"], "refused before it left");
     assert!(env.drain(&env.audit_url).await.is_empty());
 }
+
+#[tokio::test]
+async fn the_reconciler_visits_what_owes_effects_first_and_goes_on_where_the_last_pass_stopped() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use bluegreen::flow::{Effect, ServiceState, TickKey, Timestamp};
+    use bluegreen::ports::{Commit, Lease, Owed, Store};
+
+    let env = Env::create(
+        "reconcileorder",
+        Shape {
+            services: 3,
+            ..Shape::default()
+        },
+    )
+    .await;
+    // The order in which a pass takes services up: the first state read of each visit
+    // (after the pass's own read of what each owes, in configuration order).
+    let reads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let plan: Plan = {
+        let reads = reads.clone();
+        Arc::new(move |op: &str, body: &Bytes| {
+            if op == "GetItem" {
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                if v["Key"]["sk"]["S"] == "STATE" && v.get("ProjectionExpression").is_none() {
+                    let pk = v["Key"]["pk"]["S"].as_str().unwrap_or_default();
+                    reads
+                        .lock()
+                        .expect("reads")
+                        .push(pk.trim_start_matches("SERVICE#").to_string());
+                }
+            }
+            None
+        })
+    };
+    let p = proxy("reconciler", plan).await;
+    let world = Arc::new(crate::moto::MotoWorld::over(Aws::new(
+        &through(&env.sdk, &p),
+        &env.config,
+    )));
+    let worker = {
+        let mut options = bluegreen::worker::Options {
+            reconcile_concurrency: 1,
+            worker_id: "leader".into(),
+            reconcile_every: Duration::from_secs(30),
+            ..bluegreen::worker::Options::default()
+        };
+        options.lease = Duration::from_secs(15);
+        bluegreen::worker::Worker::new(
+            world,
+            bluegreen::fleet::Fleet::from(&env.config),
+            bluegreen::ports::system_clock(),
+            options,
+        )
+    };
+    // web2 owes an effect that a dead worker committed (its lease long lapsed).
+    let aws = Aws::new(&env.sdk, &env.config);
+    let long_ago = Timestamp::from_millis(1_600_000_000_000);
+    let owed = [Owed {
+        effect: Effect::ScheduleTick {
+            tick: TickKey {
+                deployment_id: "web2-1".into(),
+                cursor: 1,
+                attempt: 1,
+            },
+            due: long_ago,
+        },
+        cursor: 1,
+    }];
+    aws.commit(
+        "web2",
+        Commit {
+            state: &ServiceState::new("web2", Color::Blue),
+            expected_version: 0,
+            outbox: &[],
+            dedup_key: None,
+            deployments: &[],
+            lease: Lease {
+                owner: "dead",
+                until: long_ago,
+                now: long_ago,
+            },
+            owed: &owed,
+            clears_preemption: false,
+        },
+    )
+    .await
+    .expect("commit");
+    let visits = |reads: &Arc<Mutex<Vec<String>>>| -> Vec<String> {
+        let all = std::mem::take(&mut *reads.lock().expect("reads"));
+        all[3..].to_vec()
+    };
+    // A pass from position 1: web2 (it owes) first, then web1, web (rotated from 1).
+    assert_eq!(worker.reconcile(1, Duration::MAX).await, 0, "a whole pass");
+    assert_eq!(visits(&reads), ["web2", "web1", "web"]);
+    assert!(
+        aws.load("web2", Color::Blue)
+            .await
+            .expect("load")
+            .owed
+            .is_empty(),
+        "carried out and discharged"
+    );
+    // A pass with no time left takes nothing up and says where to go on from.
+    assert_eq!(worker.reconcile(2, Duration::ZERO).await, 2);
+    assert!(visits(&reads).is_empty());
+    // The leader goes on from the mark the last pass left on the reconciler's lease.
+    aws_sdk_dynamodb::Client::new(&env.sdk)
+        .put_item()
+        .table_name(&env.config.worker.table)
+        .item("pk", AttributeValue::S("LEASE#reconciler".into()))
+        .item("sk", AttributeValue::S("LEASE".into()))
+        .item("lease_owner", AttributeValue::S("leader".into()))
+        .item("lease_until", AttributeValue::N("0".into()))
+        .item("mark", AttributeValue::N("2".into()))
+        .send()
+        .await
+        .expect("mark");
+    assert!(worker.reconcile_if_leader().await);
+    assert_eq!(visits(&reads), ["web2", "web", "web1"]);
+}

@@ -284,3 +284,26 @@ timeouts = {{ poll = "100ms" }}
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn worker_options_that_would_leave_no_room_for_effects_are_refused() {
+    let run = |args: &[&str]| {
+        let mut all = vec!["worker", "--config", "examples/bluegreen.toml"];
+        all.extend_from_slice(args);
+        bluegreen(&all)
+    };
+    let short = run(&["--lease", "3s"]);
+    assert_ne!(short.status.code(), Some(0));
+    assert!(
+        stderr(&short).contains("--lease (3s) must exceed 4s"),
+        "{}",
+        stderr(&short)
+    );
+    let hidden = run(&["--receive-visibility", "1s"]);
+    assert_ne!(hidden.status.code(), Some(0));
+    assert!(
+        stderr(&hidden).contains("--receive-visibility (1s) must be at least 3s"),
+        "{}",
+        stderr(&hidden)
+    );
+}

@@ -278,3 +278,86 @@ fn explicit_steps_without_a_pause_round_trip_through_json() {
     let back = Config::from_json_str(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
     assert_eq!(back, config);
 }
+
+#[test]
+fn durations_longer_than_a_year_are_refused_naming_the_field() {
+    let cases = [
+        ("bake = \"5m\"", "bake = \"3000000d\"", "services[0].bake"),
+        (
+            "timeouts = { green = \"10m\", poll = \"10s\" }",
+            "timeouts = { green = \"10m\", poll = \"10s\", approval = \"400d\" }",
+            "services[1].timeouts.approval",
+        ),
+        (
+            "strategy = { kind = \"linear\", step_percent = 10, interval = \"1m\" }",
+            "strategy = { kind = \"linear\", step_percent = 10, interval = \"367d\" }",
+            "services[0].strategy.interval",
+        ),
+    ];
+    for (from, to, field) in cases {
+        assert!(EXAMPLE.contains(from), "{from}");
+        let e = errors_of(&EXAMPLE.replacen(from, to, 1));
+        assert!(
+            e.contains(field) && e.contains("longer than the longest duration accepted"),
+            "{to:?}: {e}"
+        );
+    }
+    // A year is fine.
+    let year = EXAMPLE.replacen("bake = \"5m\"", "bake = \"365d\"", 1);
+    assert!(Config::from_toml_str(&year).is_ok());
+}
+
+#[test]
+fn unreadable_policy_and_the_warm_window_rollback_are_read_with_defaults() {
+    let config = Config::from_toml_str(EXAMPLE).expect("example");
+    let s = config.services[0].settings();
+    assert_eq!(s.on_unreadable, bluegreen::flow::UnreadablePolicy::Rollback);
+    assert!(s.rollback_while_warm);
+    assert_eq!(s.timeouts.unreadable, Duration::from_secs(600));
+    let changed = EXAMPLE.replacen(
+        "bake = \"5m\"",
+        "bake = \"5m\"\non_unreadable = \"pause\"\nrollback_while_warm = false\ntimeouts = { unreadable = \"2m\" }",
+        1,
+    );
+    let s = Config::from_toml_str(&changed).expect("valid").services[0].settings();
+    assert_eq!(s.on_unreadable, bluegreen::flow::UnreadablePolicy::Pause);
+    assert!(!s.rollback_while_warm);
+    assert_eq!(s.timeouts.unreadable, Duration::from_secs(120));
+    let e = errors_of(&EXAMPLE.replacen(
+        "bake = \"5m\"",
+        "bake = \"5m\"\non_unreadable = \"ignore\"",
+        1,
+    ));
+    assert!(e.contains("on_unreadable"), "{e}");
+}
+
+#[test]
+fn a_timestamp_past_the_year_9999_is_written_as_its_last_moment_never_a_panic() {
+    use bluegreen::flow::Timestamp;
+    assert_eq!(
+        Timestamp::from_millis(u64::MAX).rfc3339(),
+        "9999-12-31T23:59:59.999Z"
+    );
+    assert_eq!(Timestamp::MAX_RFC3339.rfc3339(), "9999-12-31T23:59:59.999Z");
+    assert_eq!(
+        Timestamp::from_millis(1_700_000_000_000).rfc3339(),
+        "2023-11-14T22:13:20.000Z"
+    );
+}
+
+#[test]
+fn lease_owner_tokens_carry_a_random_per_process_nonce() {
+    let a = bluegreen::runner::owner_token("worker");
+    let b = bluegreen::runner::owner_token("worker");
+    let (id, rest) = a.split_once('#').expect("id#nonce.counter");
+    assert_eq!(id, "worker");
+    let (nonce, counter) = rest.split_once('.').expect("nonce.counter");
+    assert_eq!(nonce.len(), 16, "{a}");
+    assert!(nonce.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+    assert!(counter.parse::<u64>().is_ok(), "{a}");
+    assert_ne!(a, b, "each run its own token");
+    assert!(
+        b.starts_with(&format!("worker#{nonce}.")),
+        "one nonce per process"
+    );
+}

@@ -99,6 +99,9 @@ pub struct Shape {
     pub concurrencies: &'static [&'static str],
     /// Each service its own rollback alarm (`…-alarm<k>`) and repository (`web<k>`).
     pub own_alarm_and_repository: bool,
+    /// With `own_alarm_and_repository`: services in groups of this many share one alarm
+    /// (1: each its own). `Env::alarms[k]` is service `k`'s.
+    pub alarm_group: u8,
     /// The queue's redrive policy.
     pub max_receive_count: u32,
     /// Give every service a second production rule (a host-header rule on the same
@@ -124,6 +127,7 @@ impl Default for Shape {
             strategies: &[],
             concurrencies: &[],
             own_alarm_and_repository: false,
+            alarm_group: 1,
             max_receive_count: 3,
             second_rule: false,
             unreadable: "10m",
@@ -497,7 +501,13 @@ impl Env {
                 .copied()
                 .unwrap_or(shape.concurrency);
             let (service_alarm, repository) = if shape.own_alarm_and_repository && k > 0 {
-                let own = format!("{p}-alarm{k}");
+                // Services in groups of `alarm_group` share the first one's alarm.
+                let lead = k - k % shape.alarm_group.max(1);
+                let own = if lead == 0 {
+                    alarm.clone()
+                } else {
+                    format!("{p}-alarm{lead}")
+                };
                 alarms.push(own.clone());
                 (own, format!("web{k}"))
             } else {
@@ -1282,6 +1292,11 @@ impl Env {
 /// A stand-in for the new colour behind the test listener: answers every request with
 /// `status` and counts the requests.
 pub async fn http_stub(status: u16) -> (String, std::sync::Arc<AtomicU32>) {
+    http_stub_after(status, Duration::ZERO).await
+}
+
+/// [`http_stub`] answering each request only after `delay` (a slow health check).
+pub async fn http_stub_after(status: u16, delay: Duration) -> (String, std::sync::Arc<AtomicU32>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1292,11 +1307,15 @@ pub async fn http_stub(status: u16) -> (String, std::sync::Arc<AtomicU32>) {
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 1024];
-            let _ = socket.read(&mut buf).await;
-            let response =
-                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = socket.write_all(response.as_bytes()).await;
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
         }
     });
     (url, hits)
