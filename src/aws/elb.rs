@@ -118,8 +118,25 @@ fn forward_index(actions: &[Action]) -> PortResult<usize> {
 }
 
 /// Reads the two target groups' weights. Any other target group in the forward action
-/// is an error: the rule must reference exactly the service's two groups.
+/// is an error: the rule must reference exactly the service's two groups; so are two
+/// weights of 0 (the rule forwards nowhere, which is no colour's share).
 pub fn weights_in(service: &ServiceConfig, actions: &[Action]) -> PortResult<Weights> {
+    let (blue, green) = pair_in(service, actions)?;
+    let total = blue + green;
+    if total <= 0 {
+        return Err(PortError::Permanent(format!(
+            "the forward action gives both of {}'s target groups a weight of 0",
+            service.name
+        )));
+    }
+    // Normalise to percent (ALB weights are relative, 0..=999).
+    let blue_pct = u8::try_from((blue * 100 + total / 2) / total).unwrap_or(100);
+    Ok(Weights::split(crate::flow::Color::Blue, blue_pct))
+}
+
+/// The blue and green target groups' raw weights in the forward action; an error when it
+/// routes to any other group.
+fn pair_in(service: &ServiceConfig, actions: &[Action]) -> PortResult<(i32, i32)> {
     let action = &actions[forward_index(actions)?];
     let tuples: Vec<(String, i32)> = match action.forward_config() {
         Some(f) if !f.target_groups().is_empty() => f
@@ -147,25 +164,17 @@ pub fn weights_in(service: &ServiceConfig, actions: &[Action]) -> PortResult<Wei
             )));
         }
     }
-    let total = blue + green;
-    if total <= 0 {
-        return Ok(Weights {
-            blue: 100,
-            green: 0,
-        });
-    }
-    // Normalise to percent (ALB weights are relative, 0..=999).
-    let blue_pct = u8::try_from((blue * 100 + total / 2) / total).unwrap_or(100);
-    Ok(Weights::split(crate::flow::Color::Blue, blue_pct))
+    Ok((blue, green))
 }
 
-/// The same actions with only the forward action's weights replaced.
+/// The same actions with only the forward action's weights replaced (a rule whose weights
+/// are both 0 is written too: a rollback must be able to repair it).
 pub fn with_weights(
     service: &ServiceConfig,
     actions: &[Action],
     weights: Weights,
 ) -> PortResult<Vec<Action>> {
-    weights_in(service, actions)?;
+    pair_in(service, actions)?;
     let index = forward_index(actions)?;
     let mut updated = actions.to_vec();
     let action = &mut updated[index];

@@ -760,3 +760,20 @@ async fn the_reconciler_visits_what_owes_effects_first_and_goes_on_where_the_las
     assert!(worker.reconcile_if_leader().await);
     assert_eq!(visits(&reads), ["web2", "web", "web1"]);
 }
+
+#[tokio::test]
+async fn a_rule_whose_weights_are_both_zero_reads_as_no_colour_and_is_written_over() {
+    use bluegreen::ports::{PortError, Traffic};
+    let env = Env::create("zeroweights", Shape::default()).await;
+    env.rewrite_rule(Weights { blue: 0, green: 0 }).await;
+    let aws = Aws::new(&env.sdk, &env.config);
+    match aws.production("web").await {
+        Err(PortError::Permanent(why)) => assert!(why.contains("weight of 0"), "{why}"),
+        other => panic!("read as {other:?}"),
+    }
+    assert_eq!(
+        aws.set_production("web", wt(100, 0)).await,
+        Ok(wt(100, 0)),
+        "a rollback's write repairs it"
+    );
+}
