@@ -297,10 +297,7 @@ impl Store for Aws {
 
     async fn extend(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
         let result = self
-            .dynamodb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(state_key(service)))
+            .update_state(service)
             .update_expression("SET lease_until = :until")
             .condition_expression("#version = :v AND lease_owner = :me")
             .expression_attribute_names("#version", "version")
@@ -314,10 +311,7 @@ impl Store for Aws {
 
     async fn release(&self, service: &str, owner: &str) -> PortResult<()> {
         let result = self
-            .dynamodb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(state_key(service)))
+            .update_state(service)
             .update_expression("REMOVE lease_owner, lease_until")
             .condition_expression("lease_owner = :me")
             .expression_attribute_values(":me", s(owner))
@@ -329,10 +323,7 @@ impl Store for Aws {
 
     async fn take(&self, service: &str, version: u64, lease: Lease<'_>) -> PortResult<bool> {
         let result = self
-            .dynamodb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(state_key(service)))
+            .update_state(service)
             .update_expression("SET lease_owner = :me, lease_until = :until")
             .condition_expression(
                 "#version = :v AND (attribute_not_exists(lease_owner) OR lease_owner = :me OR lease_until < :now)",
@@ -360,10 +351,7 @@ impl Store for Aws {
             "SET applied = :v"
         };
         let result = self
-            .dynamodb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(state_key(service)))
+            .update_state(service)
             .update_expression(expression)
             .condition_expression("#version = :v AND lease_owner = :me")
             .expression_attribute_names("#version", "version")
@@ -376,10 +364,7 @@ impl Store for Aws {
 
     async fn preempt(&self, service: &str, until: Option<Timestamp>) -> PortResult<()> {
         let request = self
-            .dynamodb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(state_key(service)))
+            .update_state(service)
             .condition_expression("attribute_exists(pk)");
         let request = match until {
             Some(t) => request
@@ -496,6 +481,17 @@ impl Store for Aws {
 }
 
 impl Aws {
+    /// An `UpdateItem` of `service`'s state item.
+    fn update_state(
+        &self,
+        service: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(state_key(service)))
+    }
+
     /// Claims what it can of one page of outbox items, up to [`OUTBOX_CLAIM_MAX`] in all.
     async fn claim_page(
         &self,

@@ -386,25 +386,14 @@ async fn hold_lease(env: &Env, service: &str, owner: &str, long: Duration) -> In
 #[tokio::test]
 async fn a_cancelled_commit_is_judged_by_its_cancellation_reasons() {
     use bluegreen::flow::{ServiceState, Timestamp};
-    use bluegreen::ports::{Commit, Lease, PortError, Store};
+    use bluegreen::ports::{Lease, PortError, Store};
 
     let env = Env::create("cancel", Shape::default()).await;
     let aws = Aws::new(&env.sdk, &env.config);
     let now = Timestamp::from_millis(1_800_000_000_000);
     let state = ServiceState::new("web", Color::Blue);
-    let commit = |expected, owner: &'static str, key: Option<&'static str>| Commit {
-        state: &state,
-        expected_version: expected,
-        outbox: &[],
-        dedup_key: key,
-        deployments: &[],
-        lease: Lease {
-            owner,
-            until: now.plus(Duration::from_secs(30)),
-            now,
-        },
-        owed: &[],
-        clears_preemption: false,
+    let commit = |expected, owner: &'static str, key: Option<&'static str>| {
+        crate::common::commit_of(&state, expected, owner, now, key, &[])
     };
     assert_eq!(
         aws.commit("web", commit(0, "a", Some("event:1"))).await,

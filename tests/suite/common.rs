@@ -1081,6 +1081,31 @@ impl World {
     }
 }
 
+/// A commit of `state` at `expected` under `owner`'s 30 s lease, owing nothing.
+pub fn commit_of<'a>(
+    state: &'a ServiceState,
+    expected: u64,
+    owner: &'a str,
+    now: Timestamp,
+    key: Option<&'a str>,
+    outbox: &'a [Entry],
+) -> Commit<'a> {
+    Commit {
+        state,
+        expected_version: expected,
+        outbox,
+        dedup_key: key,
+        deployments: &[],
+        lease: Lease {
+            owner,
+            until: now.plus(Duration::from_secs(30)),
+            now,
+        },
+        owed: &[],
+        clears_preemption: false,
+    }
+}
+
 /// Weights, blue first.
 pub fn wt(blue: u8, green: u8) -> Weights {
     Weights { blue, green }

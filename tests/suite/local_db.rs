@@ -11,7 +11,7 @@ use bluegreen::contract::Entry;
 use bluegreen::flow::{Color, ServiceState, Timestamp};
 use bluegreen::local::{LocalDb, QueueOptions};
 use bluegreen::ports::Clock;
-use bluegreen::ports::{Commit, Inbox, Lease, PortError, Store};
+use bluegreen::ports::{Inbox, Lease, PortError, Store};
 
 struct Manual(Arc<AtomicU64>);
 
@@ -141,30 +141,6 @@ async fn a_long_poll_returns_as_soon_as_a_message_arrives() {
     assert_eq!(got.len(), 1);
 }
 
-fn commit<'a>(
-    state: &'a ServiceState,
-    expected: u64,
-    owner: &'a str,
-    now: Timestamp,
-    key: Option<&'a str>,
-    outbox: &'a [Entry],
-) -> Commit<'a> {
-    Commit {
-        state,
-        expected_version: expected,
-        outbox,
-        dedup_key: key,
-        deployments: &[],
-        lease: Lease {
-            owner,
-            until: now.plus(Duration::from_secs(30)),
-            now,
-        },
-        owed: &[],
-        clears_preemption: false,
-    }
-}
-
 #[tokio::test]
 async fn commits_compare_and_swap_on_the_version() {
     let (db, clock) = db();
@@ -172,18 +148,27 @@ async fn commits_compare_and_swap_on_the_version() {
     assert_eq!(stored.version, 0);
     let state = ServiceState::new("web", Color::Green);
     assert_eq!(
-        db.commit("web", commit(&state, 0, "a", clock.now(), None, &[]))
-            .await,
+        db.commit(
+            "web",
+            crate::common::commit_of(&state, 0, "a", clock.now(), None, &[])
+        )
+        .await,
         Ok(1)
     );
     assert_eq!(
-        db.commit("web", commit(&state, 0, "a", clock.now(), None, &[]))
-            .await,
+        db.commit(
+            "web",
+            crate::common::commit_of(&state, 0, "a", clock.now(), None, &[])
+        )
+        .await,
         Err(PortError::Conflict)
     );
     assert_eq!(
-        db.commit("web", commit(&state, 1, "a", clock.now(), None, &[]))
-            .await,
+        db.commit(
+            "web",
+            crate::common::commit_of(&state, 1, "a", clock.now(), None, &[])
+        )
+        .await,
         Ok(2)
     );
     let stored = db.load("web", Color::Blue).await.expect("load");
@@ -194,12 +179,18 @@ async fn commits_compare_and_swap_on_the_version() {
 async fn another_owners_live_lease_blocks_commits_until_released_or_expired() {
     let (db, clock) = db();
     let state = ServiceState::new("web", Color::Blue);
-    db.commit("web", commit(&state, 0, "a", clock.now(), None, &[]))
-        .await
-        .expect("a takes the lease");
+    db.commit(
+        "web",
+        crate::common::commit_of(&state, 0, "a", clock.now(), None, &[]),
+    )
+    .await
+    .expect("a takes the lease");
     assert_eq!(
-        db.commit("web", commit(&state, 1, "b", clock.now(), None, &[]))
-            .await,
+        db.commit(
+            "web",
+            crate::common::commit_of(&state, 1, "b", clock.now(), None, &[])
+        )
+        .await,
         Err(PortError::Conflict)
     );
     let fence = db.fence("web").await.expect("fence");
@@ -211,16 +202,22 @@ async fn another_owners_live_lease_blocks_commits_until_released_or_expired() {
     );
     clock.advance(30_001);
     assert_eq!(
-        db.commit("web", commit(&state, 1, "b", clock.now(), None, &[]))
-            .await,
+        db.commit(
+            "web",
+            crate::common::commit_of(&state, 1, "b", clock.now(), None, &[])
+        )
+        .await,
         Ok(2),
         "expired lease"
     );
     db.release("web", "b").await.expect("release");
     assert_eq!(db.fence("web").await.expect("fence").owner, None);
     assert_eq!(
-        db.commit("web", commit(&state, 2, "a", clock.now(), None, &[]))
-            .await,
+        db.commit(
+            "web",
+            crate::common::commit_of(&state, 2, "a", clock.now(), None, &[])
+        )
+        .await,
         Ok(3)
     );
 }
@@ -231,7 +228,7 @@ async fn a_dedup_key_is_committed_once_and_remembered() {
     let state = ServiceState::new("web", Color::Blue);
     db.commit(
         "web",
-        commit(&state, 0, "a", clock.now(), Some("event:1"), &[]),
+        crate::common::commit_of(&state, 0, "a", clock.now(), Some("event:1"), &[]),
     )
     .await
     .expect("first");
@@ -243,7 +240,7 @@ async fn a_dedup_key_is_committed_once_and_remembered() {
     assert_eq!(
         db.commit(
             "web",
-            commit(&state, 1, "a", clock.now(), Some("event:1"), &[])
+            crate::common::commit_of(&state, 1, "a", clock.now(), Some("event:1"), &[])
         )
         .await,
         Err(PortError::Duplicate),
@@ -279,9 +276,12 @@ async fn the_outbox_keeps_unpublished_events_in_order() {
     let (db, clock) = db();
     let state = ServiceState::new("web", Color::Blue);
     let events = [entry("web-1:1"), entry("web-1:2"), entry("web-1:3")];
-    db.commit("web", commit(&state, 0, "a", clock.now(), None, &events))
-        .await
-        .expect("commit");
+    db.commit(
+        "web",
+        crate::common::commit_of(&state, 0, "a", clock.now(), None, &events),
+    )
+    .await
+    .expect("commit");
     let claimed = db.claim_outbox("web", claim("a", clock.now())).await;
     let claimed = claimed.expect("claim");
     assert_eq!(entries(&claimed), events);
@@ -298,7 +298,7 @@ async fn a_claimed_outbox_entry_goes_to_no_other_publisher_until_the_claim_expir
     let state = ServiceState::new("web", Color::Blue);
     db.commit(
         "web",
-        commit(&state, 0, "a", clock.now(), None, &[entry("web-1:1")]),
+        crate::common::commit_of(&state, 0, "a", clock.now(), None, &[entry("web-1:1")]),
     )
     .await
     .expect("commit");
@@ -370,7 +370,7 @@ async fn state_outbox_and_queue_survive_a_reopen() {
         let state = ServiceState::new("web", Color::Green);
         db.commit(
             "web",
-            commit(&state, 0, "a", manual.now(), Some("k"), &[entry("web-1:1")]),
+            crate::common::commit_of(&state, 0, "a", manual.now(), Some("k"), &[entry("web-1:1")]),
         )
         .await
         .expect("commit");
