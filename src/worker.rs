@@ -12,7 +12,8 @@
 //!   at once so that the queue's redrive policy moves it to the dead-letter queue after
 //!   `maxReceiveCount` receipts;
 //! * a retryable failure (throttling, a lease another task held longer than the input
-//!   waits) → made visible again after a short back-off; on its last receipt it is
+//!   waits) → made visible again after a short back-off (at least half a lease when the
+//!   service was busy, so that no slot is held waiting); on its last receipt it is
 //!   announced with `Event Rejected` (`retries-exhausted`) before the redrive policy
 //!   dead-letters it;
 //! * a rollback-class input (alarm, abort, rollback) that waited several leases for a
@@ -52,6 +53,9 @@ pub enum Disposition {
     DeadLetter(String),
     /// Try again later.
     Retry(String),
+    /// The service was busy (another task held its lease for longer than the input
+    /// waits): try again after half a lease, without holding a slot of this worker.
+    Busy(String),
     /// A rollback-class input that waited long for a busy service: send it again as a
     /// new message (a fresh receive count) and delete this one.
     Requeue(String),
@@ -188,7 +192,7 @@ impl<W: World> Worker<W> {
         let mut summary = Vec::new();
         let mut outcomes = Vec::new();
         let mut retry = Vec::new();
-        let mut requeue = false;
+        let (mut requeue, mut busy, mut failed) = (false, false, false);
         for (service, rollback, result) in applied {
             match result {
                 Ok(outcome) => {
@@ -198,6 +202,8 @@ impl<W: World> Worker<W> {
                 Err(e) => {
                     // Contention never dead-letters a rollback: it goes round again.
                     requeue |= rollback && e == PortError::Conflict;
+                    busy |= e == PortError::Conflict;
+                    failed |= e != PortError::Conflict;
                     retry.push(format!("{service}: {e}"));
                 }
             }
@@ -206,6 +212,8 @@ impl<W: World> Worker<W> {
             let why = retry.join("; ");
             return if requeue {
                 Disposition::Requeue(why)
+            } else if busy && !failed {
+                Disposition::Busy(why)
             } else {
                 Disposition::Retry(why)
             };
@@ -545,7 +553,7 @@ impl<W: World> Worker<W> {
                     warn!(reason = %why, "rejected; released to the dead-letter redrive");
                     patiently(|| self.world().set_visibility(&m.receipt, Duration::ZERO)).await
                 }
-                Disposition::Retry(why) => {
+                Disposition::Retry(why) | Disposition::Busy(why) => {
                     telemetry::message(telemetry::Message::Retried);
                     if self
                         .options
@@ -561,7 +569,11 @@ impl<W: World> Worker<W> {
                         .await;
                     }
                     warn!(reason = %why, "will retry");
-                    let backoff = Duration::from_secs(u64::from(m.receive_count.min(30)));
+                    let mut backoff = Duration::from_secs(u64::from(m.receive_count.min(30)));
+                    if matches!(disposition, Disposition::Busy(_)) {
+                        // A busy service: every receipt covers half a lease of it.
+                        backoff = backoff.max(self.options.lease / 2);
+                    }
                     patiently(|| self.world().set_visibility(&m.receipt, backoff)).await
                 }
                 Disposition::Requeue(why) => {

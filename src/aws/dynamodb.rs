@@ -393,6 +393,7 @@ impl Store for Aws {
     async fn claim_outbox(&self, service: &str, claim: Lease<'_>) -> PortResult<Vec<Claimed>> {
         let now = claim.now.millis();
         let mut claimed = Vec::new();
+        let mut failed = None;
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         // Page by page, oldest first, until the claim is full or the outbox read through.
         loop {
@@ -408,13 +409,19 @@ impl Store for Aws {
                     .send()
             })
             .await?;
-            self.claim_page(service, &claim, now, out.items(), &mut claimed)
+            self.claim_page(service, &claim, now, out.items(), &mut claimed, &mut failed)
                 .await?;
             match out.last_evaluated_key() {
                 Some(key) if !key.is_empty() && claimed.len() < OUTBOX_CLAIM_MAX => {
                     start = Some(key.clone());
                 }
-                _ => return Ok(claimed),
+                // Nothing claimed and a claim failed: the caller tries again.
+                _ => {
+                    return match failed {
+                        Some(e) if claimed.is_empty() => Err(e),
+                        _ => Ok(claimed),
+                    };
+                }
             }
         }
     }
@@ -500,6 +507,7 @@ impl Aws {
         now: u64,
         items: &[HashMap<String, AttributeValue>],
         claimed: &mut Vec<Claimed>,
+        failed: &mut Option<PortError>,
     ) -> PortResult<()> {
         for item in items {
             if claimed.len() >= OUTBOX_CLAIM_MAX {
@@ -531,11 +539,18 @@ impl Aws {
                 .send()
                 .await;
             // Not claimed: someone else claimed (or published and deleted) it meanwhile.
-            if conditional("UpdateItem", result)? {
-                claimed.push(Claimed {
+            // A claim that failed leaves the entry for the next flush: one failed write
+            // among many must not keep a whole backlog from being published.
+            match conditional("UpdateItem", result) {
+                Ok(true) => claimed.push(Claimed {
                     key: sk.to_string(),
                     entry,
-                });
+                }),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, entry = sk, "an outbox entry could not be claimed; it stays for the next flush");
+                    *failed = Some(e);
+                }
             }
         }
         Ok(())

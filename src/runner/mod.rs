@@ -156,7 +156,7 @@ impl<W: World> Runner<W> {
     /// # Errors
     /// * [`PortError::Conflict`]: another owner held the service lease for longer than
     ///   this input waits (a rollback-class input waits several leases, preempting the
-    ///   holder's forward effects; others one lease; the reconciler not at all);
+    ///   holder's forward effects; others a few seconds; the reconciler not at all);
     /// * [`PortError::Retryable`]: a store or AWS failure before the decision was
     ///   committed, or a lease check that kept failing after it (what is owed stays owed,
     ///   so a retry of the message carries it out);
@@ -351,15 +351,16 @@ impl<W: World> Runner<W> {
 
     /// How long `input` waits for a lease another owner holds: a rollback-class input
     /// several leases (preempting the holder's forward effects meanwhile, so it rarely
-    /// waits more than one effect), the reconciler not at all (it comes back), others
-    /// one lease (a holder that died is replaced by then).
+    /// waits more than one effect), the reconciler not at all (it comes back), others a
+    /// few seconds (a slot of the worker is not held waiting: the message comes back
+    /// after half a lease, see `Disposition::Busy`).
     fn patience(&self, input: &Input) -> Duration {
         match &input.kind {
             InputKind::Reconcile { .. } => Duration::ZERO,
             _ if input.is_rollback_class() => {
                 (self.lease * ROLLBACK_PATIENCE_LEASES).max(Duration::from_secs(10))
             }
-            _ => self.lease + FORWARD_PATIENCE,
+            _ => FORWARD_PATIENCE,
         }
     }
 }
@@ -368,8 +369,8 @@ impl<W: World> Runner<W> {
 /// is put back on the queue as a new one (never dead-lettered for contention).
 pub const ROLLBACK_PATIENCE_LEASES: u32 = 4;
 
-/// How much longer than one lease any other input waits for a busy service before its
-/// message is put back (a holder that died is replaced within one lease).
+/// How long any other input waits in-process for a busy service before its message is
+/// put back (to come back after half a lease).
 pub const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The reconciler's outcome for a service another owner is working on.

@@ -766,3 +766,59 @@ async fn a_rule_whose_weights_are_both_zero_reads_as_no_colour_and_is_written_ov
         "a rollback's write repairs it"
     );
 }
+
+#[tokio::test]
+async fn an_outbox_claim_that_fails_for_one_entry_still_claims_the_others() {
+    use bluegreen::contract::Entry;
+    use bluegreen::flow::{ServiceState, Timestamp};
+    use bluegreen::ports::{Lease, Store};
+
+    let env = Env::create("claimone", Shape::default()).await;
+    let aws = Aws::new(&env.sdk, &env.config);
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let entries: Vec<Entry> = (1..=5)
+        .map(|i| Entry {
+            source: "bluegreen".into(),
+            detail_type: "Deployment Queued",
+            detail: "{}".into(),
+            resources: vec![],
+            event_id: format!("web-1:{i}"),
+            time: "2026-12-01T10:00:00.000Z".into(),
+        })
+        .collect();
+    let state = ServiceState::new("web", Color::Blue);
+    aws.commit(
+        "web",
+        crate::common::commit_of(&state, 0, "a", now, None, &entries),
+    )
+    .await
+    .expect("commit");
+    // The second claim write fails, every time: a backlog is never held up by it.
+    let claims = Arc::new(AtomicU32::new(0));
+    let plan: Plan = {
+        let claims = claims.clone();
+        Arc::new(move |op: &str, body: &Bytes| {
+            let claim = op == "UpdateItem" && String::from_utf8_lossy(body).contains("OUTBOX#");
+            (claim && claims.fetch_add(1, Ordering::SeqCst) % 5 == 1)
+                .then_some(Planned::Fault(Fault::Internal))
+        })
+    };
+    let p = proxy("claim", plan).await;
+    let proxied = Aws::new(&through(&env.sdk, &p), &env.config);
+    let lease = |owner| Lease {
+        owner,
+        until: now.plus(Duration::from_secs(30)),
+        now,
+    };
+    let first = proxied
+        .claim_outbox("web", lease("a"))
+        .await
+        .expect("claim");
+    let ids: Vec<String> = first.iter().map(|c| c.entry.event_id.clone()).collect();
+    assert_eq!(ids, ["web-1:1", "web-1:3", "web-1:4", "web-1:5"]);
+    let keys: Vec<String> = first.iter().map(|c| c.key.clone()).collect();
+    aws.outbox_done("web", &keys).await.expect("done");
+    let rest = aws.claim_outbox("web", lease("a")).await.expect("claim");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].entry.event_id, "web-1:2");
+}
