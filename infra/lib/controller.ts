@@ -2,6 +2,7 @@ import { Duration, RemovalPolicy, Stack, Token, Validations } from 'aws-cdk-lib'
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecr from 'aws-cdk-lib/aws-ecr';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
@@ -52,6 +53,36 @@ export interface BlueGreenControllerProps {
   readonly logRetention?: logs.RetentionDays;
   /** The FireLens log router image. Default AWS for Fluent Bit from the public ECR gallery. */
   readonly logRouterImage?: string;
+}
+
+/**
+ * Why the worker's and operators' roles hold some actions on "*": AWS offers no
+ * resource-level permission for them, or (DescribeAlarms) answers composite alarms only to
+ * a permission scoped to "*".
+ */
+export const UNSCOPED_REASON =
+  'elasticloadbalancing:Describe{Rules,Listeners,TargetHealth} and ecs:{Register,Describe,List}TaskDefinition(s) support no resource-level permission; ' +
+  'cloudwatch:DescribeAlarms returns composite alarms (the rollback alarms) only when scoped to * (CloudWatch API reference, DescribeAlarms)';
+
+/**
+ * The worker's image from a registry reference. An Amazon ECR reference
+ * (`ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY:TAG` or `…@sha256:…`) becomes an ECR
+ * image, so the task's execution role is granted the pull (`ecr:GetAuthorizationToken`,
+ * `BatchGetImage`, `GetDownloadUrlForLayer`, `BatchCheckLayerAvailability`); any other
+ * reference is pulled as a public registry image.
+ */
+export function workerImage(scope: Construct, reference: string): ecs.ContainerImage {
+  const ecrReference = /^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?\/([a-z0-9._\/-]+)(?::([\w][\w.-]{0,127}))?(?:@(sha256:[0-9a-f]{64}))?$/;
+  const m = ecrReference.exec(reference);
+  if (!m) return ecs.ContainerImage.fromRegistry(reference);
+  const [, account, region, name, tag, digest] = m;
+  if (!tag && !digest) throw new Error(`the worker image ${reference} names no tag or digest`);
+  const partition = reference.includes('.amazonaws.com.cn/') ? 'aws-cn' : 'aws';
+  const repository = ecr.Repository.fromRepositoryAttributes(scope, 'WorkerRepository', {
+    repositoryArn: `arn:${partition}:ecr:${region}:${account}:repository/${name}`,
+    repositoryName: name,
+  });
+  return ecs.ContainerImage.fromEcrRepository(repository, digest ?? tag);
 }
 
 /** The log router that carries EMF to CloudWatch Logs with the `json/emf` format. */
@@ -241,7 +272,7 @@ export class BlueGreenController extends Construct {
       circuitBreaker: { enable: true, rollback: true },
     });
 
-    this.grant(workerRole, props.services, rollbackAlarms);
+    this.grant(workerRole, props.services);
     const wildcard = 'AwsSolutions-IAM5[Resource::*]';
     const shown = (value: string, token: string) => (Token.isUnresolved(value) ? `<${token}>` : value);
     for (const family of new Set(props.services.map((s) => s.taskDefinitionFamily))) {
@@ -252,10 +283,9 @@ export class BlueGreenController extends Construct {
     }
     Validations.of(workerRole).acknowledge({
       id: wildcard,
-      reason:
-        'Only elasticloadbalancing:Describe{Rules,Listeners,TargetHealth}, ecs:RegisterTaskDefinition and ecs:DescribeTaskDefinition are on *: AWS offers no resource-level permission for them',
+      reason: UNSCOPED_REASON,
     });
-    if (this.taskDefinition.executionRole) {
+    if (this.taskDefinition.executionRole && (props.image instanceof ecs.EcrImage || props.image instanceof ecs.AssetImage)) {
       Validations.of(this.taskDefinition.executionRole).acknowledge({
         id: wildcard,
         reason: 'ecr:GetAuthorizationToken supports no resource-level permission (the grant CDK makes for pulling the image)',
@@ -374,14 +404,19 @@ export class BlueGreenController extends Construct {
   /**
    * Lets `role` run the operator commands: put operator events on the bus, and read what
    * `bluegreen status`, `history` and `watch` show (the table, the rules, the alarms).
+   * `_services` is no longer needed (alarms are read on "*") and is kept for callers
+   * written against earlier versions.
    */
-  public grantOperator(role: iam.IGrantable, services: BlueGreenService[]): void {
+  public grantOperator(role: iam.IGrantable, _services?: BlueGreenService[]): void {
     this.bus.grantPutEventsTo(role);
     this.table.grant(role, 'dynamodb:GetItem');
-    const alarms = services.flatMap((s) => s.alarms().filter((a) => a instanceof cloudwatch.CompositeAlarm).map((a) => a.alarmArn));
-    iam.Grant.addToPrincipal({ grantee: role, actions: ['cloudwatch:DescribeAlarms'], resourceArns: alarms });
-    // ELBv2 Describe* support no resource-level permissions.
-    iam.Grant.addToPrincipal({ grantee: role, actions: ['elasticloadbalancing:DescribeRules', 'elasticloadbalancing:DescribeListeners'], resourceArns: ['*'] });
+    // Composite alarms (the rollback alarms) are returned only to a DescribeAlarms
+    // permission scoped to "*"; ELBv2 Describe* support no resource-level permissions.
+    iam.Grant.addToPrincipal({
+      grantee: role,
+      actions: ['cloudwatch:DescribeAlarms', 'elasticloadbalancing:DescribeRules', 'elasticloadbalancing:DescribeListeners'],
+      resourceArns: ['*'],
+    });
   }
 
   /**
@@ -417,7 +452,7 @@ export class BlueGreenController extends Construct {
   }
 
   /** Least privilege: every statement names its resources unless AWS offers none. */
-  private grant(role: iam.Role, services: BlueGreenService[], rollbackAlarms: cloudwatch.IAlarm[]) {
+  private grant(role: iam.Role, services: BlueGreenService[]) {
     this.queue.grantConsumeMessages(role);
     this.queue.grantSendMessages(role); // its own delayed ticks
     this.table.grant(
@@ -462,6 +497,8 @@ export class BlueGreenController extends Construct {
       { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
     );
     add('ResolveTags', ['ecr:DescribeImages'], services.map((s) => s.repository.repositoryArn));
-    add('ReadRollbackAlarms', ['cloudwatch:DescribeAlarms'], rollbackAlarms.map((a) => a.alarmArn));
+    // DescribeAlarms returns composite alarms only to a permission scoped to "*" (AWS
+    // CloudWatch API reference, DescribeAlarms); the rollback alarms are composites.
+    add('ReadRollbackAlarms', ['cloudwatch:DescribeAlarms'], ['*']);
   }
 }

@@ -9,7 +9,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
 import { BlueGreenService, BlueGreenServiceProps } from './blue-green-service';
 import { skipCheckov } from './checkov';
-import { BlueGreenController } from './controller';
+import { BlueGreenController, UNSCOPED_REASON, workerImage } from './controller';
 
 /** Options of the example stack. */
 export interface ExampleStackProps extends StackProps {
@@ -96,18 +96,15 @@ export class ExampleStack extends Stack {
     this.controller = new BlueGreenController(this, 'Controller', {
       cluster,
       image: props.workerImage
-        ? ecs.ContainerImage.fromRegistry(props.workerImage)
+        ? workerImage(this, props.workerImage)
         : ecs.ContainerImage.fromAsset(REPO_ROOT, { file: 'docker/Dockerfile' }),
       services: [this.web],
       operators: [operator],
       assignPublicIp: true,
       vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
     });
-    this.controller.grantOperator(operator, [this.web]);
-    Validations.of(operator).acknowledge({
-      id: 'AwsSolutions-IAM5[Resource::*]',
-      reason: 'Only elasticloadbalancing:DescribeRules and DescribeListeners (for bluegreen status), which support no resource-level permission',
-    });
+    this.controller.grantOperator(operator);
+    Validations.of(operator).acknowledge({ id: 'AwsSolutions-IAM5[Resource::*]', reason: UNSCOPED_REASON });
 
     const out = (id: string, value: string, description: string) => new CfnOutput(this, id, { value, description });
     out('QueueUrl', this.controller.queue.queueUrl, 'Input queue of the worker');

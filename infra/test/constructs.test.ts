@@ -232,7 +232,8 @@ describe('BlueGreenController', () => {
     assert.equal(container.LogConfiguration.Options.log_key, 'log');
     const router = task.ContainerDefinitions.find((c: any) => c.FirelensConfiguration);
     assert.equal(router.FirelensConfiguration.Type, 'fluentbit');
-    assert.equal(container.Image, IMAGE);
+    // The ECR reference, with the partition's URL suffix as a token (an ECR image: pull granted).
+    assert.deepEqual(container.Image, { 'Fn::Join': ['', ['123456789012.dkr.ecr.us-east-1.', { Ref: 'AWS::URLSuffix' }, '/bluegreen:1.0.0']] });
     assert.deepEqual(container.Command, ['worker']);
     assert.equal(container.ReadonlyRootFilesystem, true);
     assert.equal(container.StopTimeout, 60);
@@ -299,7 +300,8 @@ describe('BlueGreenController', () => {
 });
 
 describe('IAM', () => {
-  // Actions for which AWS offers no resource-level permission: the only ones allowed on "*".
+  // The only actions allowed on "*": AWS offers no resource-level permission for them, or
+  // documents that a narrower scope changes what the call returns.
   const UNSCOPABLE = new Set([
     'elasticloadbalancing:DescribeRules',
     'elasticloadbalancing:DescribeListeners',
@@ -308,6 +310,10 @@ describe('IAM', () => {
     'ecs:DescribeTaskDefinition',
     'ecs:ListTaskDefinitions',
     'ecr:GetAuthorizationToken',
+    // "To use this operation and return information about composite alarms, you must be
+    // signed on with the cloudwatch:DescribeAlarms permission that is scoped to *"
+    // (CloudWatch API reference, DescribeAlarms).
+    'cloudwatch:DescribeAlarms',
   ]);
   const statements = ofType('AWS::IAM::Policy').flatMap(([id, r]) =>
     r.Properties.PolicyDocument.Statement.map((s: any) => ({ id, ...s })),
@@ -346,10 +352,11 @@ describe('IAM', () => {
     for (const r of list(pass.Resource)) assert.match(JSON.stringify(r), /WebTask(TaskRole|ExecutionRole)/);
   });
 
-  it('reads only the rollback alarms and the registered repositories', () => {
-    const [alarms] = granting('cloudwatch:DescribeAlarms');
-    assert.equal(list(alarms.Resource).length, 2);
-    for (const r of list(alarms.Resource)) assert.match(JSON.stringify(r), /Rollback/);
+  it('reads alarms on "*", the only scope under which DescribeAlarms returns the composite rollback alarms', () => {
+    assert.deepEqual(granting('cloudwatch:DescribeAlarms').flatMap((s) => list(s.Resource)), ['*']);
+  });
+
+  it('reads only the registered repositories', () => {
     const [ecr] = granting('ecr:DescribeImages');
     assert.deepEqual(list(ecr.Resource), [{ 'Fn::GetAtt': [logicalId(stack.node.findChild('WebRepository')), 'Arn'] }]);
   });
@@ -384,6 +391,40 @@ describe('IAM', () => {
       }
     }
     assert.ok(checked >= 20, `only ${checked} operations found`);
+  });
+
+  it('lets the worker task pull its image from a private ECR repository', () => {
+    const execution = stack.controller.taskDefinition.executionRole;
+    assert.ok(execution);
+    const pull = ofType('AWS::IAM::Policy')
+      .filter(([, r]) => r.Properties.Roles.some((x: any) => JSON.stringify(x) === JSON.stringify(ref(execution))))
+      .flatMap(([, r]) => r.Properties.PolicyDocument.Statement);
+    const on = (action: string) => pull.filter((st: any) => list(st.Action).includes(action)).flatMap((st: any) => list(st.Resource));
+    assert.deepEqual(on('ecr:GetAuthorizationToken'), ['*']);
+    const repository = JSON.stringify(on('ecr:BatchGetImage'));
+    assert.match(repository, /:ecr:us-east-1:123456789012:repository\/bluegreen/);
+    assert.deepEqual(on('ecr:GetDownloadUrlForLayer'), on('ecr:BatchGetImage'));
+  });
+
+  it('pulls a worker image from another registry without ECR grants, and refuses an ECR reference without a tag', () => {
+    const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
+    const other = new ExampleStack(app, 'Other', { workerImage: 'ghcr.io/example/bluegreen:1.0.0' });
+    const execution = other.getLogicalId(other.controller.taskDefinition.executionRole!.node.defaultChild as any);
+    const grants = Object.values(Template.fromStack(other).findResources('AWS::IAM::Policy'))
+      .filter((r: any) => JSON.stringify(r.Properties.Roles).includes(execution))
+      .flatMap((r: any) => r.Properties.PolicyDocument.Statement.flatMap((st: any) => list(st.Action)));
+    assert.ok(grants.length > 0 && !grants.some((a: string) => a.startsWith('ecr:')), `ECR grants for a non-ECR image: ${grants}`);
+    const digest = new ExampleStack(new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) }), 'Pinned', {
+      workerImage: `123456789012.dkr.ecr.eu-west-1.amazonaws.com/tools/bluegreen@sha256:${'a'.repeat(64)}`,
+    });
+    const image = JSON.stringify(
+      Template.fromStack(digest).findResources('AWS::ECS::TaskDefinition'),
+    );
+    assert.match(image, /tools\/bluegreen@sha256:a{64}/);
+    assert.throws(
+      () => new ExampleStack(new App(), 'Untagged', { workerImage: '123456789012.dkr.ecr.us-east-1.amazonaws.com/bluegreen' }),
+      /names no tag or digest/,
+    );
   });
 
   it('lets the operator role run status, history and watch as well as put events', () => {

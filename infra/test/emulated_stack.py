@@ -1,7 +1,9 @@
 """The example stack on an emulator: synthesized by CDK, deployed to moto server's
 CloudFormation, then the worker binary, configured only from the stack's outputs and the
 configuration the construct injected into its task definition, completes a deployment
-(push -> promote -> 0/100) and rolls the next one back on an alarm.
+(push -> promote -> 0/100) and rolls the next one back on an alarm. Every AWS call the
+worker and the operator commands made is then evaluated against the IAM policies the stack
+gave their roles (iam_eval.py: moto enforces no IAM).
 
 moto's CloudFormation lacks some resource types. Each gap is named in GAPS: the test
 creates what the worker needs through the API (alarms) or drops what the emulator does not
@@ -27,11 +29,16 @@ import uuid
 import boto3
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import iam_eval  # noqa: E402
 import runbooks  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default account: the worker sends no account header
 REGION = "us-east-1"
 STACK = "BluegreenExample"
+# The access keys the worker and the operator commands sign with: the recorded calls are
+# told apart by them and evaluated against the worker's and the operator's role.
+WORKER_KEY = "AKIAWORKERBLUEGREEN01"
+OPERATOR_KEY = "AKIAOPERATORBLUEGRN1"
 
 # Resource types moto's CloudFormation does not implement, and what the test does instead.
 GAPS = {
@@ -155,6 +162,44 @@ EMF_UNITS = {
 }
 
 
+def recorder(endpoint, verb):
+    """moto's request recorder: reset-recording, start-recording, download-recording."""
+    import urllib.request
+
+    method = "GET" if verb == "download-recording" else "POST"
+    with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/recorder/{verb}", method=method, data=None if method == "GET" else b"")) as r:
+        return r.read().decode()
+
+
+def physical(cfn, logical_prefix, kind):
+    """The physical id of the one stack resource of `kind` whose logical id starts with the prefix."""
+    found = [
+        r["PhysicalResourceId"]
+        for page in cfn.get_paginator("list_stack_resources").paginate(StackName=STACK)
+        for r in page["StackResourceSummaries"]
+        if r.get("ResourceType") == kind and r["LogicalResourceId"].startswith(logical_prefix)
+    ]
+    assert len(found) == 1, (logical_prefix, kind, found)
+    return found[0]
+
+
+def check_iam(endpoint, cfn, iam, requests):
+    """Every call the worker and the operator commands made is allowed by their role's policies."""
+    iam_eval.self_check(requests)
+    calls = iam_eval.parse_recording(recorder(endpoint, "download-recording"))
+    for key, who, role_prefix in [(WORKER_KEY, "worker", "ControllerWorkerRole"), (OPERATOR_KEY, "operator", "Operator")]:
+        theirs = [c for c in calls if c.access_key == key]
+        policies = iam_eval.role_policies(iam, physical(cfn, role_prefix, "AWS::IAM::Role"))
+        refused, evaluated = iam_eval.denied(theirs, policies, requests)
+        operations = sorted({repr(c) for c in theirs})
+        assert theirs and evaluated, f"no recorded call of the {who}"
+        assert not refused, f"the {who}'s role does not allow: " + "; ".join(
+            f"{c!r} -> {action} on {resource} ({decision}{'; ' + iam_eval.SCOPE_EXCEPTIONS[(c.service, c.operation)] if (c.service, c.operation) in iam_eval.SCOPE_EXCEPTIONS else ''})"
+            for c, action, resource, decision in refused[:10]
+        )
+        print(f"IAM: {evaluated} requests of the {who} ({len(operations)} operations) allowed by its role: {', '.join(operations)}")
+
+
 def production_weights(elb, rule_arn):
     rule = elb.describe_rules(RuleArns=[rule_arn])["Rules"][0]
     forward = next(a for a in rule["Actions"] if a["Type"] == "forward")
@@ -170,6 +215,7 @@ def main(endpoint, binary, template_path):
     ecr = client("ecr", endpoint)
     events = client("events", endpoint)
     sqs = client("sqs", endpoint)
+    iam = client("iam", endpoint)
 
     with open(template_path) as f:
         template = json.load(f)
@@ -190,6 +236,8 @@ def main(endpoint, binary, template_path):
     assert stack["StackStatus"] == "CREATE_COMPLETE", stack
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     print("outputs:", json.dumps(outputs, indent=1))
+    recorder(endpoint, "reset-recording")
+    recorder(endpoint, "start-recording")
 
     # The worker's configuration is exactly what the construct injected.
     task = ecs.describe_task_definition(taskDefinition=outputs["WorkerTaskDefinitionArn"])["taskDefinition"]
@@ -261,10 +309,17 @@ def main(endpoint, binary, template_path):
         "BLUEGREEN_LOG": os.environ.get("BLUEGREEN_TEST_LOG") or env.get("BLUEGREEN_LOG", "info"),
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_ACCESS_KEY_ID": WORKER_KEY,
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_MAX_ATTEMPTS": "1",
     }
+    operator_env = dict(worker_env, AWS_ACCESS_KEY_ID=OPERATOR_KEY)
+
+    def operator(*args):
+        """A `bluegreen` operator command as the operator role would run it."""
+        done = subprocess.run([binary, *args], env=operator_env, capture_output=True, text=True, cwd=work, timeout=60)
+        assert done.returncode == 0, f"bluegreen {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        return done.stdout
     metrics_path = os.path.join(work, "stdout")
     with open(log_path, "w") as log, open(metrics_path, "w") as stdout:
         # The worker logs JSON on stderr and writes its EMF metrics on stdout.
@@ -275,7 +330,7 @@ def main(endpoint, binary, template_path):
         push("release-1")
         first = wait_for("Traffic Shifted to 50 %", 90, lambda: production_weights(elb, rule) == {blue_tg: 50, green_tg: 50} and outbound("Traffic Shifted"))
         deployment = first["detail"]["deploymentId"]
-        put(outputs["EventBusName"], config["worker"]["manual_source"], "Promote Requested", {"service": "web", "requestedBy": "emulated-stack-test", "deploymentId": deployment})
+        operator("promote", "web", "--deployment", deployment, "--by", "emulated-stack-test")
         wait_for("Deployment Succeeded", 90, lambda: outbound("Deployment Succeeded", deployment))
         assert production_weights(elb, rule) == {blue_tg: 0, green_tg: 100}
         print(f"deployment {deployment}: succeeded, production 0/100")
@@ -302,6 +357,11 @@ def main(endpoint, binary, template_path):
         services = {s["serviceName"]: s for s in ecs.describe_services(cluster=web["cluster"], services=[web["blue_service"], web["green_service"]])["services"]}
         assert services[web["blue_service"]]["desiredCount"] == 0, services[web["blue_service"]]
         print(f"deployment {second}: rolled back on {alarm}, production 0/100 on green")
+        # The operator's view: the alarm that fired reads as ALARM (not UNKNOWN).
+        (web_status,) = json.loads(operator("status", "web", "--output", "json"))["services"]
+        states = {a["name"]: a["state"] for a in web_status["alarms"]}
+        assert states.get(alarm) == "ALARM", states
+        operator("history", "web")
 
         # 3. SIGTERM: the worker stops cleanly well within the task's stop timeout.
         stop_timeout = container.get("stopTimeout", 30)
@@ -333,7 +393,10 @@ def main(endpoint, binary, template_path):
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-    # 5. Every command the runbooks show, against this stack.
+    # 5. IAM: every call above was allowed by the policies the stack gave the caller.
+    recorder(endpoint, "stop-recording")
+    check_iam(endpoint, cfn, iam, iam_eval.Requests(REGION, ACCOUNT))
+    # 6. Every command the runbooks show, against this stack.
     runbooks.run_all(endpoint, binary)
     shutil.rmtree(work, ignore_errors=True)
     print("emulated stack: ok")
