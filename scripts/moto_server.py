@@ -26,6 +26,10 @@ hands a rule the bus object itself and fails the stack); `Fn::GetAtt` of a targe
 `LoadBalancerFullName` (the metric dimensions alarms and dashboards use) answer as AWS
 does, where moto fails the stack.
 
+EventBridge delivers to an SNS topic target (the stack's notification rule) as it does:
+the event, as JSON, published to the topic. moto fails every `PutEvents` on a bus with
+such a rule.
+
 SQS `StartMessageMoveTask` (the dead-letter redrive a runbook shows), which moto does not
 implement, moves every message of the source queue to the queue whose redrive policy
 names it (or to `DestinationArn`) at once, as the task does over time.
@@ -37,6 +41,7 @@ Usage: python scripts/moto_server.py -H 127.0.0.1 -p PORT (moto_server's options
 """
 
 import functools
+import json
 import sys
 import threading
 import zlib
@@ -45,7 +50,9 @@ from moto.core.utils import utcnow
 from moto.dynamodb.models import DynamoDBBackend
 from moto.ecs import models as ecs
 from moto.elbv2.models import FakeLoadBalancer, FakeTargetGroup, elbv2_backends
-from moto.events.models import EventBus
+from moto.events.models import EventBus, Rule
+from moto.sns.models import sns_backends
+from moto.utilities.arns import parse_arn
 from moto.core.responses import ActionResult
 from moto.server import main
 from moto.sqs.responses import SQSResponse
@@ -208,6 +215,26 @@ def start_message_move_task(self):
 
 
 SQSResponse.start_message_move_task = start_message_move_task
+
+_send_to_targets = Rule.send_to_targets
+
+
+def send_to_targets(self, original_event, transform_input=True):
+    # SNS targets here (the event as JSON, as EventBridge publishes it), the rest by moto.
+    topics = [t for t in self.targets if parse_arn(t["Arn"]).service == "sns"]
+    if topics and self.event_pattern.matches_event(original_event):
+        for target in topics:
+            arn = parse_arn(target["Arn"])
+            sns_backends[arn.account][arn.region].publish(json.dumps(original_event, default=str), arn=target["Arn"])
+    if len(topics) == len(self.targets):
+        return
+    others = type(self).__new__(type(self))
+    others.__dict__.update(self.__dict__)
+    others.targets = [t for t in self.targets if t not in topics]
+    _send_to_targets(others, original_event, transform_input)
+
+
+Rule.send_to_targets = send_to_targets
 
 if __name__ == "__main__":
     main(sys.argv[1:])

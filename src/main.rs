@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             .with_current_span(true)
             .with_span_list(true)
             .init();
+        bluegreen::telemetry::log_panics(std::io::stderr);
     } else {
         logs.init();
     }

@@ -6,7 +6,8 @@
 //!
 //! | metric | kind | dimensions | what |
 //! |---|---|---|---|
-//! | `DeploymentsStarted`, `DeploymentsSucceeded`, `DeploymentsRolledBack`, `DeploymentsFailed` | counter | `Service` | deployments by outcome |
+//! | `DeploymentsStarted`, `DeploymentsSucceeded`, `DeploymentsRolledBack` | counter | `Service` | deployments by outcome |
+//! | `DeploymentsFailed` | counter | `Service`, and none | deployments whose rollback could not complete, or refused at their start |
 //! | `Weight` | gauge | `Service`, `Color` | production weight of each colour after a confirmed write |
 //! | `GreenWeight` | gauge | `Service` | the deploying (new) colour's weight after each confirmed shift |
 //! | `Phase` | gauge | `Service` | index of the phase in [`PHASES`] |
@@ -14,7 +15,7 @@
 //! | `StepLag` | histogram (ms) | `Service`, and none | a tick's due time → decided |
 //! | `MessagesProcessed`, `MessagesIgnored`, `MessagesRejected`, `MessagesRetried` | counter | none | queue messages by disposition |
 //! | `OutboxPending` | gauge | none | outbox entries left unpublished by this worker's last flush |
-//! | `WeightDrift` | counter | `Service` | weights found that the worker did not write |
+//! | `WeightDrift` | counter | `Service`, and none | weights found that the worker did not write |
 //! | `ObligationsRedriven` | counter | `Service` | effects a dead or fenced worker left owed, carried out by another run |
 //! | `ReconcilePass` | histogram (ms) | none | how long one reconciler pass took |
 //! | `ReconcileSkipped` | counter | none | services a pass did not reach within its time (the next pass goes on from there) |
@@ -117,8 +118,15 @@ pub fn decided(d: &Decided<'_>) {
             EventKind::Started => count("DeploymentsStarted"),
             EventKind::Succeeded => count("DeploymentsSucceeded"),
             EventKind::RolledBack => count("DeploymentsRolledBack"),
-            EventKind::Failed => count("DeploymentsFailed"),
-            EventKind::WeightDriftDetected => count("WeightDrift"),
+            // Also without dimensions: the controller's alarms watch every service at once.
+            EventKind::Failed => {
+                count("DeploymentsFailed");
+                counter!("DeploymentsFailed").increment(1);
+            }
+            EventKind::WeightDriftDetected => {
+                count("WeightDrift");
+                counter!("WeightDrift").increment(1);
+            }
             EventKind::TrafficShifted => {
                 for color in [Color::Blue, Color::Green] {
                     gauge!("Weight", "Service" => service.clone(), "Color" => color.to_string())
@@ -152,6 +160,39 @@ pub fn decided(d: &Decided<'_>) {
             gauge!("Phase", "Service" => service.clone()).set(index as f64);
         }
     }
+}
+
+/// One JSON log line for a panic, in the shape of the worker's other log lines (level
+/// `ERROR`, so the stack's `$.level = "ERROR"` metric filter counts it), instead of the
+/// default hook's plain text.
+#[must_use]
+pub fn panic_line(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".into());
+    let now = crate::ports::system_clock()();
+    serde_json::json!({
+        "timestamp": now.rfc3339(),
+        "level": "ERROR",
+        "fields": {
+            "message": "panic: the worker task stops",
+            "panic": message,
+            "location": info.location().map(ToString::to_string),
+            "thread": std::thread::current().name().unwrap_or("unnamed"),
+        },
+        "target": "bluegreen::panic",
+    })
+    .to_string()
+}
+
+/// Makes every panic write one [`panic_line`] to what `sink` returns.
+pub fn log_panics<W: Write>(sink: impl Fn() -> W + Send + Sync + 'static) {
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = writeln!(sink(), "{}", panic_line(info));
+    }));
 }
 
 fn describe() {

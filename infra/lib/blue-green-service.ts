@@ -140,6 +140,13 @@ export class BlueGreenService extends Construct {
   public readonly colours: Record<Colour, ColourResources>;
   /** The production rule (the first, when there are several). */
   public readonly productionRule: elbv2.ApplicationListenerRule;
+  /**
+   * Production served by nothing: no healthy target in either colour (missing data
+   * breaches: a target group without targets publishes nothing). Not a rollback alarm —
+   * rolling back cannot help when the known-good colour is empty too; it pages (the
+   * controller adds its `alarmActions`).
+   */
+  public readonly servedByNothing: cloudwatch.Alarm;
   /** Every production rule, in the order the worker reads and writes them. */
   public readonly productionRules: elbv2.ApplicationListenerRule[];
   /** The test listener's rule, if any. */
@@ -268,6 +275,23 @@ export class BlueGreenService extends Construct {
       green: { ...green, ...alarmsOf('green', green.targetGroup) },
     };
 
+    const healthy = (c: ColourResources) => c.targetGroup.metrics.healthyHostCount({ period: Duration.minutes(1), statistic: 'Minimum' });
+    this.servedByNothing = new cloudwatch.Alarm(this, 'ServedByNothing', {
+      alarmName: `${name}-served-by-nothing`,
+      alarmDescription: `No healthy target in ${name}-blue or ${name}-green: production is served by nothing. ${runbookLink('service-served-by-nothing')}`,
+      metric: new cloudwatch.MathExpression({
+        expression: 'FILL(b, 0) + FILL(g, 0)',
+        usingMetrics: { b: healthy(this.colours.blue), g: healthy(this.colours.green) },
+        period: Duration.minutes(1),
+        label: `${name} healthy targets`,
+      }),
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+      evaluationPeriods: 2,
+      datapointsToAlarm: 2,
+      treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+    });
+
     const roles = [props.taskDefinition.taskRole, props.taskDefinition.executionRole];
     this.passedRoles = roles.filter((r): r is NonNullable<typeof r> => r !== undefined);
 
@@ -302,12 +326,15 @@ export class BlueGreenService extends Construct {
     return COLOURS.map((c) => this.colours[c].service.serviceArn);
   }
 
-  /** Every alarm of this service (children and composites). */
+  /** Every alarm of this service (rollback children and composites, and served-by-nothing). */
   public alarms(): cloudwatch.IAlarm[] {
-    return COLOURS.flatMap((c) => {
-      const r = this.colours[c];
-      return [r.errorRate, r.latency, r.unhealthy, r.rollback];
-    });
+    return [
+      ...COLOURS.flatMap((c) => {
+        const r = this.colours[c];
+        return [r.errorRate, r.latency, r.unhealthy, r.rollback];
+      }),
+      this.servedByNothing,
+    ];
   }
 }
 

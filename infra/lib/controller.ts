@@ -8,6 +8,7 @@ import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as logs from 'aws-cdk-lib/aws-logs';
+import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { BlueGreenService } from './blue-green-service';
@@ -53,6 +54,18 @@ export interface BlueGreenControllerProps {
   readonly logRetention?: logs.RetentionDays;
   /** The FireLens log router image. Default AWS for Fluent Bit from the public ECR gallery. */
   readonly logRouterImage?: string;
+  /**
+   * What pages: added as alarm and OK actions to every controller alarm and to each
+   * service's "production served by nothing" alarm — not to the rollback alarms, which
+   * fire by design and which the worker acts on. Default none (set one for production).
+   */
+  readonly alarmActions?: cloudwatch.IAlarmAction[];
+  /**
+   * A topic for the worker's own events (`Deployment Started`, `Succeeded`, `Rolled
+   * Back`, `Failed`, `Weight Drift Detected`, `Event Rejected` and the rest, source
+   * `source`): a rule on the bus delivers each to it. Default none.
+   */
+  readonly notificationTopic?: sns.ITopic;
 }
 
 /**
@@ -115,9 +128,21 @@ export class BlueGreenController extends Construct {
   public readonly logGroup: logs.LogGroup;
   /** The configuration injected as `BLUEGREEN_CONFIG_JSON` (tokens unresolved). */
   public readonly config: WorkerConfig;
+  /** Where EventBridge puts an event it could not deliver to the queue (after its retries). */
+  public readonly undeliveredEvents: sqs.Queue;
+  /** The rules that feed the queue: ECR pushes, rollback alarm changes, operator events. */
+  public readonly rules: events.Rule[];
   /** The controller's own alarms. */
   public readonly alarms: Record<
-    'deadLetters' | 'oldestMessage' | 'workerErrors' | 'workerNotRunning' | 'stuck' | 'drift' | 'failed',
+    | 'deadLetters'
+    | 'oldestMessage'
+    | 'workerErrors'
+    | 'workerNotRunning'
+    | 'stuck'
+    | 'drift'
+    | 'failed'
+    | 'undelivered'
+    | 'failedInvocations',
     cloudwatch.Alarm
   >;
   /** The dashboard. */
@@ -145,7 +170,19 @@ export class BlueGreenController extends Construct {
       enforceSSL: true,
       deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: props.maxReceiveCount ?? 5 },
     });
-    for (const q of [this.queue, this.deadLetterQueue]) {
+    // EventBridge retries a delivery it could not make (a queue policy broken by a later
+    // change, a key the service cannot use) for a day, then drops it — the push, the alarm
+    // change or the operator action would be lost without a trace. Kept here instead.
+    this.undeliveredEvents = new sqs.Queue(this, 'UndeliveredEvents', {
+      retentionPeriod: Duration.days(14),
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+    });
+    Validations.of(this.undeliveredEvents).acknowledge({
+      id: 'AwsSolutions-SQS3',
+      reason: 'It is a dead-letter queue: of the EventBridge targets that deliver to the worker queue',
+    });
+    for (const q of [this.queue, this.deadLetterQueue, this.undeliveredEvents]) {
       skipCheckov(q, 'CKV_AWS_27', 'SQS-managed SSE encrypts at rest; EventBridge cannot deliver to a queue under the AWS-managed KMS key, and a customer key adds cost with no gain here');
     }
 
@@ -171,8 +208,12 @@ export class BlueGreenController extends Construct {
 
     // AWS service events arrive on the default bus; operator events on ours.
     const defaultBus = events.EventBus.fromEventBusName(this, 'DefaultBus', 'default');
-    const toQueue = new targets.SqsQueue(this.queue);
-    new events.Rule(this, 'EcrPushes', {
+    const toQueue = new targets.SqsQueue(this.queue, {
+      deadLetterQueue: this.undeliveredEvents,
+      retryAttempts: 185,
+      maxEventAge: Duration.hours(24),
+    });
+    const pushes = new events.Rule(this, 'EcrPushes', {
       eventBus: defaultBus,
       description: 'Successful ECR pushes to the registered repositories',
       eventPattern: {
@@ -187,7 +228,7 @@ export class BlueGreenController extends Construct {
       targets: [toQueue],
     });
     const rollbackAlarms = props.services.flatMap((s) => s.alarms().filter((a) => a instanceof cloudwatch.CompositeAlarm));
-    new events.Rule(this, 'RollbackAlarms', {
+    const alarmChanges = new events.Rule(this, 'RollbackAlarms', {
       eventBus: defaultBus,
       description: 'State changes of the services rollback alarms',
       eventPattern: {
@@ -197,12 +238,21 @@ export class BlueGreenController extends Construct {
       },
       targets: [toQueue],
     });
-    new events.Rule(this, 'OperatorEvents', {
+    const operatorEvents = new events.Rule(this, 'OperatorEvents', {
       eventBus: this.bus,
       description: 'Operator actions (deploy, promote, pause, resume, abort, rollback, retry, approve)',
       eventPattern: { source: [manualSource] },
       targets: [toQueue],
     });
+    this.rules = [pushes, alarmChanges, operatorEvents];
+    if (props.notificationTopic) {
+      new events.Rule(this, 'Notifications', {
+        eventBus: this.bus,
+        description: 'The worker events, to the notification topic',
+        eventPattern: { source: [source] },
+        targets: [new targets.SnsTopic(props.notificationTopic)],
+      });
+    }
 
     this.config = {
       worker: {
@@ -305,15 +355,16 @@ export class BlueGreenController extends Construct {
       new cloudwatch.Metric({ namespace, metricName, statistic, period });
     const alarm = (
       key: string,
-      runbook: string,
+      name: string,
       description: string,
       metric: cloudwatch.IMetric,
       threshold: number,
       comparisonOperator: cloudwatch.ComparisonOperator,
       treatMissingData: cloudwatch.TreatMissingData,
+      runbook = name,
     ) =>
       new cloudwatch.Alarm(this, key, {
-        alarmName: `bluegreen-${runbook}`,
+        alarmName: `bluegreen-${name}`,
         alarmDescription: `${description} ${runbookLink(`bluegreen-${runbook}`)}`,
         metric,
         threshold,
@@ -383,13 +434,53 @@ export class BlueGreenController extends Construct {
       failed: alarm(
         'FailedAlarm',
         'deployment-failed',
-        'A deployment ended Failed: even its rollback could not complete.',
+        'A deployment ended Failed: even its rollback could not complete, or its start was refused.',
         emf('DeploymentsFailed', 'Sum'),
         0,
         GT,
         NB,
       ),
+      undelivered: alarm(
+        'UndeliveredAlarm',
+        'undelivered-events',
+        'EventBridge could not deliver events to the worker queue: pushes, alarm changes or operator actions wait in the undelivered-events queue.',
+        this.undeliveredEvents.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(1), statistic: 'Maximum' }),
+        0,
+        GT,
+        NB,
+      ),
+      failedInvocations: alarm(
+        'FailedInvocationsAlarm',
+        'failed-invocations',
+        'EventBridge failed to deliver events to the worker queue (FailedInvocations of its rules).',
+        new cloudwatch.MathExpression({
+          expression: this.rules.map((_, i) => `FILL(f${i}, 0)`).join(' + '),
+          usingMetrics: Object.fromEntries(
+            this.rules.map((r, i) => [
+              `f${i}`,
+              new cloudwatch.Metric({
+                namespace: 'AWS/Events',
+                metricName: 'FailedInvocations',
+                dimensionsMap: { RuleName: r.ruleName },
+                statistic: 'Sum',
+                period: Duration.minutes(1),
+              }),
+            ]),
+          ),
+          label: 'failed invocations',
+          period: Duration.minutes(1),
+        }),
+        0,
+        GT,
+        NB,
+        'undelivered-events',
+      ),
     };
+    const actions = props.alarmActions ?? [];
+    for (const a of [...Object.values(this.alarms), ...props.services.map((s) => s.servedByNothing)]) {
+      a.addAlarmAction(...actions);
+      a.addOkAction(...actions);
+    }
 
     this.dashboard = controllerDashboard(this, {
       namespace,

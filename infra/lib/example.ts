@@ -6,6 +6,8 @@ import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as logs from 'aws-cdk-lib/aws-logs';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as cloudwatchActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import { Construct } from 'constructs';
 import { BlueGreenService, BlueGreenServiceProps } from './blue-green-service';
 import { skipCheckov } from './checkov';
@@ -20,6 +22,12 @@ export interface ExampleStackProps extends StackProps {
   readonly workerImage?: string;
   /** Changes to the sample service's properties (tests use it). */
   readonly webOverrides?: Partial<BlueGreenServiceProps>;
+  /**
+   * A `Pager` SNS topic that the controller alarms page and the worker events notify
+   * (subscribe your pager or chat to it). Default true; tests turn it off to see the
+   * construct without actions.
+   */
+  readonly paging?: boolean;
 }
 
 /** Repository root (the Docker build context). */
@@ -93,7 +101,16 @@ export class ExampleStack extends Stack {
       assumedBy: new iam.AccountRootPrincipal(),
       description: 'May put bluegreen operator events (promote, pause, rollback and the rest)',
     });
+    const pager = (props.paging ?? true) ? new sns.Topic(this, 'Pager', { enforceSSL: true }) : undefined;
+    if (pager) {
+      const why =
+        'CloudWatch alarms and EventBridge cannot publish to a topic under the AWS-managed SNS key; a customer key with a policy for both is the owner’s choice';
+      Validations.of(pager).acknowledge({ id: 'AwsSolutions-SNS2', reason: why });
+      skipCheckov(pager, 'CKV_AWS_26', why);
+    }
     this.controller = new BlueGreenController(this, 'Controller', {
+      alarmActions: pager ? [new cloudwatchActions.SnsAction(pager)] : undefined,
+      notificationTopic: pager,
       cluster,
       image: props.workerImage
         ? workerImage(this, props.workerImage)
@@ -109,6 +126,7 @@ export class ExampleStack extends Stack {
     const out = (id: string, value: string, description: string) => new CfnOutput(this, id, { value, description });
     out('QueueUrl', this.controller.queue.queueUrl, 'Input queue of the worker');
     out('DeadLetterQueueUrl', this.controller.deadLetterQueue.queueUrl, 'Dead-letter queue');
+    out('UndeliveredEventsQueueUrl', this.controller.undeliveredEvents.queueUrl, 'Events EventBridge could not deliver to the queue');
     out('TableName', this.controller.table.tableName, 'Deployment state');
     out('EventBusName', this.controller.bus.eventBusName, 'Operator and outbound events');
     out('WorkerTaskDefinitionArn', this.controller.taskDefinition.taskDefinitionArn, 'Task definition carrying BLUEGREEN_CONFIG_JSON');

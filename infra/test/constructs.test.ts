@@ -147,6 +147,25 @@ describe('BlueGreenService', () => {
     );
   });
 
+  it('alarms when production is served by nothing: no healthy target in either colour, missing data breaching', () => {
+    const alarm = resources[logicalId(web.servedByNothing)].Properties;
+    assert.equal(alarm.AlarmName, 'web-served-by-nothing');
+    assert.equal(alarm.ComparisonOperator, 'LessThanThreshold');
+    assert.equal(alarm.Threshold, 1);
+    assert.equal(alarm.TreatMissingData, 'breaching');
+    assert.equal(alarm.EvaluationPeriods, 2);
+    const sum = alarm.Metrics.find((m: any) => m.Expression);
+    assert.equal(sum.Expression, 'FILL(b, 0) + FILL(g, 0)');
+    const inputs = alarm.Metrics.filter((m: any) => m.MetricStat);
+    assert.deepEqual(inputs.map((m: any) => m.MetricStat.Metric.MetricName), ['HealthyHostCount', 'HealthyHostCount']);
+    assert.deepEqual(
+      inputs.map((m: any) => JSON.stringify(m.MetricStat.Metric.Dimensions.find((d: any) => d.Name === 'TargetGroup').Value)),
+      (['blue', 'green'] as const).map((k) => JSON.stringify({ 'Fn::GetAtt': [logicalId(web.colours[k].targetGroup), 'TargetGroupFullName'] })),
+    );
+    // Not a rollback alarm: the worker does not watch it.
+    assert.ok(!JSON.stringify(stack.controller.config).includes('served-by-nothing'));
+  });
+
   it('refuses a termination wait shorter than the deregistration delay', () => {
     assert.equal(stack.web.entry.termination_wait, '600s');
     const app = new App();
@@ -190,9 +209,17 @@ describe('BlueGreenController', () => {
   });
 
   it('feeds the queue with ECR pushes and alarm changes from the default bus, operator events from its own bus', () => {
-    const rules = ofType('AWS::Events::Rule').map(([, r]) => r.Properties);
     const queueArn = { 'Fn::GetAtt': [logicalId(c.queue), 'Arn'] };
-    for (const r of rules) assert.deepEqual(r.Targets.map((t: any) => t.Arn), [queueArn]);
+    const rules = ofType('AWS::Events::Rule')
+      .map(([, r]) => r.Properties)
+      .filter((r) => JSON.stringify(r.Targets).includes(logicalId(c.queue)));
+    assert.equal(rules.length, 3);
+    for (const r of rules) {
+      assert.deepEqual(r.Targets.map((t: any) => t.Arn), [queueArn]);
+      // An event EventBridge cannot deliver is kept, not dropped after its retries.
+      assert.deepEqual(r.Targets[0].DeadLetterConfig, { Arn: { 'Fn::GetAtt': [logicalId(c.undeliveredEvents), 'Arn'] } });
+      assert.deepEqual(r.Targets[0].RetryPolicy, { MaximumRetryAttempts: 185, MaximumEventAgeInSeconds: 86400 });
+    }
     const ecrRule = rules.find((r) => r.EventPattern.source[0] === 'aws.ecr');
     assert.deepEqual(ecrRule.EventPattern, {
       source: ['aws.ecr'],
@@ -262,6 +289,7 @@ describe('BlueGreenController', () => {
       'bluegreen-deployment-stuck': ['StepLag', 'Bluegreen'],
       'bluegreen-weight-drift': ['WeightDrift', 'Bluegreen'],
       'bluegreen-deployment-failed': ['DeploymentsFailed', 'Bluegreen'],
+      'bluegreen-undelivered-events': ['ApproximateNumberOfMessagesVisible', 'AWS/SQS'],
     };
     for (const [name, [metric, namespace]] of Object.entries(expect)) {
       assert.ok(alarms[name], name);
@@ -270,6 +298,15 @@ describe('BlueGreenController', () => {
       assert.match(alarms[name].AlarmDescription, new RegExp(`Runbook: .*${name}\\.md`));
     }
     assert.equal(alarms['bluegreen-worker-not-running'].TreatMissingData, 'breaching');
+    const invocations = alarms['bluegreen-failed-invocations'];
+    const failed = invocations.Metrics.filter((m: any) => m.MetricStat);
+    assert.equal(failed.length, 3, 'one FailedInvocations series per rule that feeds the queue');
+    for (const m of failed) {
+      assert.equal(m.MetricStat.Metric.Namespace, 'AWS/Events');
+      assert.equal(m.MetricStat.Metric.MetricName, 'FailedInvocations');
+      assert.deepEqual(m.MetricStat.Metric.Dimensions.map((d: any) => d.Name), ['RuleName']);
+    }
+    assert.match(invocations.AlarmDescription, /Runbook: .*bluegreen-undelivered-events\.md/);
     const filter = ofType('AWS::Logs::MetricFilter')[0][1].Properties;
     assert.equal(filter.FilterPattern, '{ $.level = "ERROR" }');
   });
@@ -296,6 +333,43 @@ describe('BlueGreenController', () => {
     for (const metric of ['DeploymentsStarted', 'DeploymentsSucceeded', 'DeploymentsRolledBack', 'RollbackLatency', 'MessagesRejected', 'OutboxPending']) {
       assert.ok(body.includes(metric), metric);
     }
+  });
+});
+
+describe('paging', () => {
+  it('has no alarm actions unless asked', () => {
+    const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
+    const quiet = Template.fromStack(new ExampleStack(app, 'Quiet', { workerImage: IMAGE, paging: false })).toJSON().Resources as Record<string, any>;
+    const alarms = Object.values(quiet).filter((r: any) => r.Type === 'AWS::CloudWatch::Alarm');
+    assert.ok(alarms.length > 10);
+    for (const r of alarms) assert.equal(r.Properties.AlarmActions, undefined, r.Properties.AlarmName);
+    assert.ok(!Object.values(quiet).some((r: any) => r.Type === 'AWS::SNS::Topic'));
+  });
+
+  it('pages through the alarm actions on every controller alarm and served-by-nothing, never on the rollback alarms; notifies a topic of the worker events', () => {
+    const t = resources as Record<string, any>; // the example pages by default
+    const topic = Object.keys(t).find((k) => t[k].Type === 'AWS::SNS::Topic' && k.startsWith('Pager'));
+    assert.ok(topic);
+    const alarms = Object.values(t).filter((r: any) => r.Type === 'AWS::CloudWatch::Alarm' || r.Type === 'AWS::CloudWatch::CompositeAlarm');
+    const named = (r: any) => r.Properties.AlarmName;
+    const paging = alarms.filter((r: any) => JSON.stringify(r.Properties.AlarmActions ?? []).includes(topic));
+    const names = paging.map(named).sort();
+    assert.deepEqual(names, [
+      'bluegreen-dead-letters',
+      'bluegreen-deployment-failed',
+      'bluegreen-deployment-stuck',
+      'bluegreen-failed-invocations',
+      'bluegreen-oldest-message',
+      'bluegreen-undelivered-events',
+      'bluegreen-weight-drift',
+      'bluegreen-worker-errors',
+      'bluegreen-worker-not-running',
+      'web-served-by-nothing',
+    ]);
+    for (const r of paging) assert.ok(JSON.stringify(r.Properties.OKActions).includes(topic), named(r));
+    const rules = Object.values(t).filter((r: any) => r.Type === 'AWS::Events::Rule' && JSON.stringify(r.Properties.Targets).includes(topic));
+    assert.equal(rules.length, 1);
+    assert.deepEqual((rules[0] as any).Properties.EventPattern, { source: ['bluegreen'] });
   });
 });
 

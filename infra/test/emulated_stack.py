@@ -122,8 +122,9 @@ def fill_gaps(template, cloudwatch):
 def check_emf(lines, namespace):
     """Checks each EMF document against the specification
     (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html);
-    returns the metric names seen and their values per (name, dimensions)."""
+    returns the metric names seen with their values, and every (name, dimension set) shape."""
     names = {}
+    shapes = set()
     emf = [line for line in lines if line.startswith("{")]
     others = [line for line in lines if not line.startswith("{")]
     assert others == ["worker stopped"], f"stdout carries more than EMF documents: {others[:5]}"
@@ -151,7 +152,60 @@ def check_emf(lines, namespace):
                 values = value if isinstance(value, list) else [value]
                 assert 1 <= len(values) <= 100 and all(isinstance(v, (int, float)) for v in values), f"{name}: {value}"
                 names.setdefault(name, []).append(values)
-    return names
+                for dimension_set in directive["Dimensions"] or [[]]:
+                    shapes.add((name, frozenset(dimension_set)))
+    return names, shapes
+
+
+def metric_uses(template, namespace):
+    """Every (metric, dimension names) of `namespace` that an alarm or a dashboard widget of
+    the template reads, with where; and the ones its metric filters produce from the logs."""
+    uses, filtered = [], set()
+
+    def add(metric, where):
+        if metric.get("Namespace") == namespace:
+            dims = frozenset(d["Name"] for d in metric.get("Dimensions", []))
+            uses.append((metric["MetricName"], dims, where))
+
+    for logical, r in template["Resources"].items():
+        props = r.get("Properties", {})
+        if r["Type"] == "AWS::CloudWatch::Alarm":
+            if "MetricName" in props:
+                add(props, f"alarm {props.get('AlarmName', logical)}")
+            for m in props.get("Metrics", []):
+                if "MetricStat" in m:
+                    add(m["MetricStat"]["Metric"], f"alarm {props.get('AlarmName', logical)}")
+        elif r["Type"] == "AWS::Logs::MetricFilter":
+            for t in props["MetricTransformations"]:
+                if t["MetricNamespace"] == namespace:
+                    filtered.add((t["MetricName"], frozenset(d["Key"] for d in t.get("Dimensions", []))))
+        elif r["Type"] == "AWS::CloudWatch::Dashboard":
+            body = props["DashboardBody"]
+            if isinstance(body, dict):  # {"Fn::Join": ["", [parts]]}: tokens become a placeholder
+                body = "".join(part if isinstance(part, str) else "TOKEN" for part in body["Fn::Join"][1])
+            for widget in json.loads(body)["widgets"]:
+                previous = []
+                for row in widget.get("properties", {}).get("metrics", []):
+                    if isinstance(row[0], dict):
+                        continue  # a math expression: its inputs are rows of their own
+                    fields = [f for f in row if not isinstance(f, dict)]
+                    fields = [previous[i] if f == "." and i < len(previous) else f for i, f in enumerate(fields)]
+                    previous = fields
+                    dims = [{"Name": fields[i]} for i in range(2, len(fields) - 1, 2)]
+                    add({"Namespace": fields[0], "MetricName": fields[1], "Dimensions": dims},
+                        f"dashboard widget {widget['properties'].get('title', '?')!r}")
+    return uses, filtered
+
+
+def check_metric_uses(uses, filtered, shapes):
+    """Every alarm and widget reads a metric in a shape the worker emitted (or a metric
+    filter produces): in CloudWatch a metric with other dimensions is another metric."""
+    emitted = shapes | filtered
+    missing = sorted({(name, tuple(sorted(dims)), where) for name, dims, where in uses if (name, dims) not in emitted})
+    assert uses, "no alarm or widget reads the worker's namespace"
+    assert not missing, "read but never emitted in that shape: " + "; ".join(
+        f"{where}: {name} {list(dims)} (emitted: {sorted(list(d) for n, d in emitted if n == name)})" for name, dims, where in missing
+    )
 
 
 EMF_UNITS = {
@@ -200,6 +254,12 @@ def check_iam(endpoint, cfn, iam, requests):
         print(f"IAM: {evaluated} requests of the {who} ({len(operations)} operations) allowed by its role: {', '.join(operations)}")
 
 
+def set_weights(elb, rule_arn, weights):
+    """Writes the production rule as someone other than the worker would."""
+    groups = [{"TargetGroupArn": arn, "Weight": weight} for arn, weight in weights.items()]
+    elb.modify_rule(RuleArn=rule_arn, Actions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": groups}}])
+
+
 def production_weights(elb, rule_arn):
     rule = elb.describe_rules(RuleArns=[rule_arn])["Rules"][0]
     forward = next(a for a in rule["Actions"] if a["Type"] == "forward")
@@ -219,6 +279,7 @@ def main(endpoint, binary, template_path):
 
     with open(template_path) as f:
         template = json.load(f)
+    synthesized = json.loads(json.dumps(template))  # fill_gaps edits the template
     gaps = fill_gaps(template, cloudwatch)
     for kind, ids in sorted(gaps.items()):
         print(f"gap: {kind} x{len(ids)}: {GAPS[kind]}")
@@ -274,6 +335,20 @@ def main(endpoint, binary, template_path):
             (e for e in seen if e["detail-type"] == detail_type and deployment in (None, e["detail"].get("deploymentId"))),
             None,
         )
+
+    # The pager: what the notification rule publishes to the stack's topic, seen from a
+    # queue subscribed to it (raw delivery: the event itself).
+    pager = physical(cfn, "Pager", "AWS::SNS::Topic")
+    pages = sqs.create_queue(QueueName=f"pages-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    pages_arn = sqs.get_queue_attributes(QueueUrl=pages, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    client("sns", endpoint).subscribe(TopicArn=pager, Protocol="sqs", Endpoint=pages_arn, Attributes={"RawMessageDelivery": "true"})
+
+    def notified(detail_type):
+        got = sqs.receive_message(QueueUrl=pages, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+        notified.seen.extend(json.loads(m["Body"]) for m in got)
+        return [e for e in notified.seen if e.get("detail-type") == detail_type]
+
+    notified.seen = []
 
     blue_tg, green_tg = web["blue_target_group_arn"], web["green_target_group_arn"]
     rule = outputs["ProductionRuleArn"]
@@ -363,7 +438,32 @@ def main(endpoint, binary, template_path):
         assert states.get(alarm) == "ALARM", states
         operator("history", "web")
 
-        # 3. SIGTERM: the worker stops cleanly well within the task's stop timeout.
+        # 3. A change behind the worker's back (a stack update, a console click): the rule
+        #    goes to blue alone while green is live. The reconciler finds the drift,
+        #    announces it and writes the live weights back.
+        set_weights(elb, rule, {blue_tg: 100, green_tg: 0})
+        wait_for("Weight Drift Detected", 60, lambda: outbound("Weight Drift Detected"))
+        wait_for("the live weights written back", 60, lambda: production_weights(elb, rule) == {blue_tg: 0, green_tg: 100})
+        print("drift: production put on blue behind the worker's back, written back to 0/100")
+
+        # 4. A production rule that no longer forwards to the pair (a fixed response): the
+        #    next push is refused at its start and ends Failed; nothing is touched.
+        elb.modify_rule(RuleArn=rule, Actions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain"}}])
+        cloudwatch.set_alarm_state(AlarmName=alarm, StateValue="OK", StateReason="Threshold not crossed: the test")
+        push("release-3")
+        failed = wait_for("Deployment Failed", 60, lambda: outbound("Deployment Failed"))["detail"]
+        set_weights(elb, rule, {blue_tg: 0, green_tg: 100})
+        print(f"deployment {failed['deploymentId']}: failed at its start ({failed['reason'][:80]}…)")
+        paged = wait_for("Deployment Failed on the pager topic", 30, lambda: notified("Deployment Failed"))
+        assert paged[0]["detail"]["deploymentId"] == failed["deploymentId"], paged
+        assert notified("Deployment Succeeded") and notified("Deployment Rolled Back"), [e["detail-type"] for e in notified.seen]
+        print(f"pager topic: {len(notified.seen)} worker events, the failure among them")
+        # A message that is no event at all: rejected, announced, dead-lettered.
+        sqs.send_message(QueueUrl=outputs["QueueUrl"], MessageBody="not an event")
+        rejected = wait_for("Event Rejected", 60, lambda: outbound("Event Rejected"))["detail"]
+        print(f"a malformed message: rejected ({rejected['reason'][:60]}…)")
+
+        # 5. SIGTERM: the worker stops cleanly well within the task's stop timeout.
         stop_timeout = container.get("stopTimeout", 30)
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
@@ -375,15 +475,31 @@ def main(endpoint, binary, template_path):
         # Its working directory, HOME and TMPDIR: it wrote nothing there but its output.
         assert sorted(os.listdir(work)) == ["config.json", "stdout", "worker.log"], os.listdir(work)
 
-        # 4. Its metrics: every EMF line meets the specification, and the deployment,
-        #    the rollback and the messages above are in them.
+        # Its ERROR lines (what the stack's `$.level = "ERROR"` metric filter counts): the
+        # failed deployment is one of them.
+        with open(log_path) as f:
+            errors = [json.loads(line) for line in f if line.startswith("{") and json.loads(line).get("level") == "ERROR"]
+        assert any(
+            e["fields"].get("message") == "deployment failed" and e["fields"].get("deployment") == failed["deploymentId"]
+            for e in errors
+        ), f"no ERROR line for {failed['deploymentId']}: {errors}"
+        print(f"worker log: {len(errors)} ERROR line(s), the failed deployment among them")
+
+        # 6. Its metrics: every EMF line meets the specification; the deployments, the
+        #    rollback, the drift, the failure and the messages above are in them; and every
+        #    alarm and dashboard widget reads a metric in a shape the worker emits.
         with open(metrics_path) as f:
             lines = f.read().splitlines()
-        names = check_emf(lines, worker_env["BLUEGREEN_METRICS_NAMESPACE"])
-        for name in ["DeploymentsStarted", "DeploymentsSucceeded", "DeploymentsRolledBack", "GreenWeight", "Weight",
-                     "Phase", "RollbackLatency", "StepLag", "MessagesProcessed", "OutboxPending", "ReconcilePass"]:
+        namespace = worker_env["BLUEGREEN_METRICS_NAMESPACE"]
+        names, shapes = check_emf(lines, namespace)
+        for name in ["DeploymentsStarted", "DeploymentsSucceeded", "DeploymentsRolledBack", "DeploymentsFailed", "GreenWeight",
+                     "Weight", "Phase", "RollbackLatency", "StepLag", "WeightDrift", "MessagesProcessed", "OutboxPending",
+                     "ReconcilePass"]:
             assert name in names, f"{name} missing from the EMF output: {sorted(names)}"
         print(f"EMF: {len(lines) - 1} documents, metrics {sorted(names)}")
+        uses, filtered = metric_uses(synthesized, namespace)
+        check_metric_uses(uses, filtered, shapes)
+        print(f"alarms and dashboard: {len(uses)} reads of {len({(n, d) for n, d, _ in uses})} metrics, each emitted in its shape")
     except BaseException:
         with open(log_path) as f:
             sys.stderr.write("---- worker log (last 60 lines) ----\n" + "".join(f.readlines()[-60:]))
@@ -393,10 +509,10 @@ def main(endpoint, binary, template_path):
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-    # 5. IAM: every call above was allowed by the policies the stack gave the caller.
+    # 7. IAM: every call above was allowed by the policies the stack gave the caller.
     recorder(endpoint, "stop-recording")
     check_iam(endpoint, cfn, iam, iam_eval.Requests(REGION, ACCOUNT))
-    # 6. Every command the runbooks show, against this stack.
+    # 8. Every command the runbooks show, against this stack.
     runbooks.run_all(endpoint, binary)
     shutil.rmtree(work, ignore_errors=True)
     print("emulated stack: ok")

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::lease::{Holding, LEASE_MARGIN, Session};
 use super::{Runner, log_decision, owed_by};
@@ -116,7 +116,9 @@ impl<W: World> Runner<W> {
                         }
                         Holding::Preempted => return Ok((Drove::Preempted, version)),
                     }
-                    warn!(effect = effect.name(), error = %e, "effect failed");
+                    // Failed for good (its attempts spent, the lease still ours): the
+                    // deployment rolls back over it, and a person should know why.
+                    error!(effect = effect.name(), deployment = effect.deployment_id(), error = %e, "effect failed for good");
                     // What was decided after it waits for the failure's own decision.
                     queue.clear();
                     Input::effect_failed(

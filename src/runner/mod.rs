@@ -31,10 +31,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::fleet::{Fleet, Service};
-use crate::flow::{self, Decision, IgnoreCode, Input, InputKind, Outcome, Timestamp};
+use crate::flow::{self, Decision, EventKind, IgnoreCode, Input, InputKind, Outcome, Timestamp};
 use crate::ports::{Clock, Owed, PortError, PortResult, Stored, World, patiently};
 
 pub use crate::flow::Decided;
@@ -282,6 +282,12 @@ impl<W: World> Runner<W> {
                 Err(PortError::Conflict) => self.await_lease(svc, session, &mut waiting).await?,
                 // Applied by another worker in between: the reload finds its key.
                 Err(PortError::Duplicate) => {}
+                Err(e @ PortError::Permanent(_)) => {
+                    // Not the throttling or the network of a lossy store: the table, its
+                    // permissions or the item itself refuse the write.
+                    error!(input = %input.key, error = %e, "the decision could not be committed");
+                    return Err(e);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -416,6 +422,17 @@ fn log_decision(input: &Input, decision: &Decision) {
         events = decision.events.len(),
         "decided"
     );
+    for event in &decision.events {
+        if event.kind == EventKind::Failed {
+            // Even the rollback could not complete, or the start was refused: the
+            // deployment stops here and production may need a person.
+            error!(
+                deployment = event.detail.deployment_id.as_deref().unwrap_or(""),
+                reason = event.detail.reason.as_deref().unwrap_or(""),
+                "deployment failed"
+            );
+        }
+    }
 }
 
 /// One line for logs and message dispositions.

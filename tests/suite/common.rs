@@ -222,6 +222,8 @@ pub struct Cloud {
     pub fence_failures: u32,
     /// The next commit lands, but its answer is lost (a retryable error).
     pub commit_answer_lost: bool,
+    /// Commits are refused for good (the table's permissions, say).
+    pub commit_refused: bool,
     /// The next production write lands, but its answer is lost.
     pub write_answer_lost: bool,
     /// The next call of this effect takes this long.
@@ -260,6 +262,7 @@ impl Default for Cloud {
             calls_this_op: 0,
             fence_failures: 0,
             commit_answer_lost: false,
+            commit_refused: false,
             write_answer_lost: false,
             slow: None,
             rule_unreadable: false,
@@ -385,6 +388,11 @@ impl Store for Sim {
     }
     async fn commit(&self, service: &str, commit: Commit<'_>) -> PortResult<u64> {
         self.store_call().await;
+        if self.cloud().commit_refused {
+            return Err(PortError::Permanent(
+                "TransactWriteItems: AccessDeniedException: not authorized to perform dynamodb:UpdateItem".into(),
+            ));
+        }
         let version = self.db.commit(service, commit).await?;
         let mut c = self.cloud();
         c.log.events.extend(commit.outbox.iter().map(outbound));

@@ -7,6 +7,8 @@
 //!   tags, the runner's follow-ups, the reconciler's lease;
 //! * `obligations` — bounded rollback: what a decision commits to is carried out by
 //!   whoever takes the lease, steps count once served, waits end, rollbacks preempt;
+//! * `error_logs` — what the worker logs at ERROR (a failed deployment, an effect failed
+//!   for good, a refused commit, a panic), and that a good deployment logs none;
 //! * `sequences` — canned event sequences, replayed step by step and all at once;
 //! * `invariants` — property tests of SPEC §4 on the production worker, named after the
 //!   invariants;
@@ -40,6 +42,7 @@ mod common;
 mod config;
 mod contract;
 mod docs;
+mod error_logs;
 mod faults;
 mod hostile;
 mod invariants;
