@@ -1,4 +1,4 @@
-import { Duration, Names } from 'aws-cdk-lib';
+import { Annotations, Duration, Names } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecr from 'aws-cdk-lib/aws-ecr';
@@ -16,18 +16,51 @@ export type Colour = (typeof COLOURS)[number];
 
 /** Thresholds of the rollback alarms; each colour gets the same set. */
 export interface RollbackAlarmProps {
-  /** Target 5xx share of requests, in percent, that rolls back. Default 5. */
+  /**
+   * Share of requests, in percent, answered with a target 5xx or lost to a target
+   * connection error (`TargetConnectionErrorCount`: the load balancer could not reach a
+   * target, and answered 502 itself), that rolls back. Default 5.
+   */
   readonly errorRatePercent?: number;
-  /** Requests per period below which the 5xx share is not judged. Default 20. */
+  /** Requests per period below which neither the error share nor p99 is judged. Default 20. */
   readonly minimumRequests?: number;
-  /** p99 `TargetResponseTime` that rolls back. Default 1 s. */
+  /** p99 `TargetResponseTime` that rolls back (judged only over `minimumRequests`). Default 1 s. */
   readonly p99Latency?: Duration;
-  /** Unhealthy targets that roll back. Default 1. */
+  /**
+   * Share of the colour's targets, in percent, that are unhealthy for
+   * `unhealthyPeriods` periods in a row, that rolls back. Default 25: one flapping task of
+   * fifty does not roll back, one of two does.
+   */
+  readonly unhealthyPercent?: number;
+  /** Periods in a row the unhealthy share must breach. Default 2. */
+  readonly unhealthyPeriods?: number;
+  /** @deprecated Replaced by `unhealthyPercent` (an absolute count rolled back on one flapping task of fifty); refused at synth. */
   readonly unhealthyHosts?: number;
   /** Period of every alarm. Default 1 minute. */
   readonly period?: Duration;
-  /** Periods that must breach. Default 1: a rollback alarm acts on the first bad minute. */
+  /** Periods that must breach for the error and latency alarms. Default 1: a rollback alarm acts on the first bad minute. */
   readonly evaluationPeriods?: number;
+  /**
+   * More alarms that roll back a deployment to a colour (an application metric, a
+   * dependency): each is added to that colour's composite. Called once per colour.
+   */
+  readonly extra?: (colour: Colour, targetGroup: elbv2.ApplicationTargetGroup, service: ecs.FargateService) => cloudwatch.IAlarm[];
+}
+
+/** The target groups' health check (both colours). */
+export interface HealthCheckProps {
+  /** Path. Default `/healthz`. */
+  readonly path?: string;
+  /** Between checks. Default 10 s. */
+  readonly interval?: Duration;
+  /** Answer timeout. Default 5 s. */
+  readonly timeout?: Duration;
+  /** Passes to turn healthy. Default 2. */
+  readonly healthyThreshold?: number;
+  /** Failures to turn unhealthy. Default 2. */
+  readonly unhealthyThreshold?: number;
+  /** Time ECS ignores failing load balancer checks of a new task. Default 60 s. */
+  readonly gracePeriod?: Duration;
 }
 
 /** The test listener: green only, reachable only from `allowFrom`. */
@@ -80,15 +113,21 @@ export interface BlueGreenServiceProps {
   readonly tagPattern?: string;
   /** Tasks of the live colour. Default 2. */
   readonly desiredCount?: number;
-  /** Health check path of both target groups. Default `/healthz`. */
+  /** Health check path of both target groups. Default `/healthz` (or `healthCheck.path`). */
   readonly healthCheckPath?: string;
+  /** Health check timings and the tasks' grace period. */
+  readonly healthCheck?: HealthCheckProps;
   /** Deregistration delay of both target groups. Default 30 s. */
   readonly deregistrationDelay?: Duration;
   /** Subnets of the tasks. Default: the cluster VPC's private subnets. */
   readonly vpcSubnets?: ec2.SubnetSelection;
   /** Give tasks a public IP (public subnets without a NAT gateway). Default false. */
   readonly assignPublicIp?: boolean;
-  /** How traffic moves. Default linear 10 % a minute. */
+  /**
+   * How traffic moves. Default linear 20 % every 3 minutes: each step holds longer than the
+   * rollback alarms take to see it (the load balancer's metrics arrive about a minute late,
+   * then a period must breach), so no step is taken before the last one was judged.
+   */
   readonly strategy?: Strategy;
   /** Time at 100 % before finalizing. Default 5 minutes. */
   readonly bake?: Duration;
@@ -196,12 +235,12 @@ export class BlueGreenService extends Construct {
         targetType: elbv2.TargetType.IP,
         deregistrationDelay,
         healthCheck: {
-          path: props.healthCheckPath ?? '/healthz',
+          path: props.healthCheck?.path ?? props.healthCheckPath ?? '/healthz',
           healthyHttpCodes: '200',
-          interval: Duration.seconds(10),
-          timeout: Duration.seconds(5),
-          healthyThresholdCount: 2,
-          unhealthyThresholdCount: 2,
+          interval: props.healthCheck?.interval ?? Duration.seconds(10),
+          timeout: props.healthCheck?.timeout ?? Duration.seconds(5),
+          healthyThresholdCount: props.healthCheck?.healthyThreshold ?? 2,
+          unhealthyThresholdCount: props.healthCheck?.unhealthyThreshold ?? 2,
         },
       });
       const service = new ecs.FargateService(this, `${cap}Service`, {
@@ -215,6 +254,7 @@ export class BlueGreenService extends Construct {
         vpcSubnets: props.vpcSubnets,
         assignPublicIp: props.assignPublicIp ?? false,
         circuitBreaker: { enable: true, rollback: false },
+        healthCheckGracePeriod: props.healthCheck?.gracePeriod ?? Duration.seconds(60),
       });
       service.attachToApplicationTargetGroup(targetGroup);
       service.connections.allowFrom(props.loadBalancer, ec2.Port.tcp(props.containerPort), 'from the load balancer');
@@ -268,17 +308,26 @@ export class BlueGreenService extends Construct {
       });
     }
 
-    const alarmsOf = (colour: Colour, targetGroup: elbv2.ApplicationTargetGroup) =>
-      rollbackAlarms(this, name, colour, targetGroup, props.alarms ?? {});
+    const alarmsOf = (colour: Colour, made: { targetGroup: elbv2.ApplicationTargetGroup; service: ecs.FargateService }) =>
+      rollbackAlarms(this, name, colour, made, props.alarms ?? {});
     this.colours = {
-      blue: { ...blue, ...alarmsOf('blue', blue.targetGroup) },
-      green: { ...green, ...alarmsOf('green', green.targetGroup) },
+      blue: { ...blue, ...alarmsOf('blue', blue) },
+      green: { ...green, ...alarmsOf('green', green) },
     };
+    const strategy = props.strategy ?? { kind: 'linear', step_percent: 20, interval: '3m' };
+    const hold = strategy.kind === 'linear' ? strategy.interval : strategy.kind === 'canary' ? strategy.bake : undefined;
+    const detection = detectionTime(props.alarms ?? {});
+    if (hold !== undefined && parseDuration(hold) < detection.toSeconds()) {
+      Annotations.of(this).addWarningV2(
+        'bluegreen:stepShorterThanAlarms',
+        `${name}: a step holds ${hold}, less than the ${detection.toSeconds()} s the rollback alarms need to see it (metrics arrive about a minute late, then the periods that must breach): the next step is taken before the last one was judged`,
+      );
+    }
 
     const healthy = (c: ColourResources) => c.targetGroup.metrics.healthyHostCount({ period: Duration.minutes(1), statistic: 'Minimum' });
     this.servedByNothing = new cloudwatch.Alarm(this, 'ServedByNothing', {
       alarmName: `${name}-served-by-nothing`,
-      alarmDescription: `No healthy target in ${name}-blue or ${name}-green: production is served by nothing. ${runbookLink('service-served-by-nothing')}`,
+      alarmDescription: `No healthy target in ${name}-blue or ${name}-green: production is served by nothing. ${runbookLink(this, 'service-served-by-nothing')}`,
       metric: new cloudwatch.MathExpression({
         expression: 'FILL(b, 0) + FILL(g, 0)',
         usingMetrics: { b: healthy(this.colours.blue), g: healthy(this.colours.green) },
@@ -309,7 +358,7 @@ export class BlueGreenService extends Construct {
       container_name: props.containerName,
       ecr_repository: props.repository.repositoryName,
       ...(props.tagPattern ? { tag_pattern: props.tagPattern } : {}),
-      strategy: props.strategy ?? { kind: 'linear', step_percent: 10, interval: '1m' },
+      strategy,
       bake: seconds(props.bake ?? Duration.minutes(5)),
       termination_wait: seconds(terminationWait),
       rollback_alarms: COLOURS.map((c) => this.colours[c].rollback.alarmName),
@@ -338,6 +387,20 @@ export class BlueGreenService extends Construct {
   }
 }
 
+/** How long the rollback alarms take to see a bad step: a minute of metric delay, then the periods that must breach. */
+export function detectionTime(p: RollbackAlarmProps): Duration {
+  const period = (p.period ?? Duration.minutes(1)).toSeconds();
+  return Duration.seconds(60 + period * (p.evaluationPeriods ?? 1));
+}
+
+/** Seconds of a configuration duration (`"90s"`, `"3m"`, `"1h"`, `"500ms"`). */
+export function parseDuration(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim());
+  if (!m) throw new Error(`not a duration: ${JSON.stringify(text)}`);
+  const unit = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
+  return Number(m[1]) * unit;
+}
+
 /** A duration as the configuration writes it (`"90s"`). */
 export function seconds(d: Duration): string {
   return `${d.toSeconds()}s`;
@@ -347,9 +410,10 @@ function rollbackAlarms(
   scope: Construct,
   name: string,
   colour: Colour,
-  targetGroup: elbv2.ApplicationTargetGroup,
+  made: { targetGroup: elbv2.ApplicationTargetGroup; service: ecs.FargateService },
   p: RollbackAlarmProps,
 ): Pick<ColourResources, 'errorRate' | 'latency' | 'unhealthy' | 'rollback'> {
+  const { targetGroup } = made;
   const cap = colour === 'blue' ? 'Blue' : 'Green';
   const period = p.period ?? Duration.minutes(1);
   const evaluationPeriods = p.evaluationPeriods ?? 1;
@@ -363,13 +427,14 @@ function rollbackAlarms(
   };
   const requests = targetGroup.metrics.requestCount({ period, statistic: 'Sum' });
   const errors = targetGroup.metrics.httpCodeTarget(elbv2.HttpCodeTarget.TARGET_5XX_COUNT, { period, statistic: 'Sum' });
+  const unreachable = targetGroup.metrics.targetConnectionErrorCount({ period, statistic: 'Sum' });
   const errorRate = new cloudwatch.Alarm(scope, `${cap}ErrorRate`, {
     ...common,
     alarmName: `${name}-${colour}-5xx`,
-    alarmDescription: `Target 5xx above ${rate} % of at least ${minimum} requests a period on ${name}-${colour}. ${runbookLink('service-colour-5xx')}`,
+    alarmDescription: `Target 5xx and connection errors above ${rate} % of at least ${minimum} requests a period on ${name}-${colour}. ${runbookLink(scope, 'service-colour-5xx')}`,
     metric: new cloudwatch.MathExpression({
-      expression: `IF(FILL(requests, 0) >= ${minimum}, 100 * FILL(errors, 0) / requests, 0)`,
-      usingMetrics: { requests, errors },
+      expression: `IF(FILL(requests, 0) >= ${minimum}, 100 * (FILL(errors, 0) + FILL(unreachable, 0)) / requests, 0)`,
+      usingMetrics: { requests, errors, unreachable },
       period,
       label: `${name}-${colour} 5xx %`,
     }),
@@ -380,24 +445,45 @@ function rollbackAlarms(
   const latency = new cloudwatch.Alarm(scope, `${cap}Latency`, {
     ...common,
     alarmName: `${name}-${colour}-p99`,
-    alarmDescription: `p99 target response time above ${latencyLimit.toSeconds()} s on ${name}-${colour}. ${runbookLink('service-colour-p99')}`,
-    metric: targetGroup.metrics.targetResponseTime({ period, statistic: 'p99' }),
+    alarmDescription: `p99 target response time above ${latencyLimit.toSeconds()} s over at least ${minimum} requests a period on ${name}-${colour}. ${runbookLink(scope, 'service-colour-p99')}`,
+    // One slow request of a trickle is no p99: judged only over enough requests.
+    metric: new cloudwatch.MathExpression({
+      expression: `IF(FILL(requests, 0) >= ${minimum}, FILL(p99, 0), 0)`,
+      usingMetrics: { requests, p99: targetGroup.metrics.targetResponseTime({ period, statistic: 'p99' }) },
+      period,
+      label: `${name}-${colour} p99 (s)`,
+    }),
     threshold: latencyLimit.toMilliseconds() / 1000,
     comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
   });
-  const hosts = p.unhealthyHosts ?? 1;
+  if (p.unhealthyHosts !== undefined) {
+    throw new Error(`${name}: alarms.unhealthyHosts is replaced by alarms.unhealthyPercent (a share of the colour's targets, for unhealthyPeriods periods)`);
+  }
+  const share = p.unhealthyPercent ?? 25;
+  const unhealthyPeriods = p.unhealthyPeriods ?? 2;
   const unhealthy = new cloudwatch.Alarm(scope, `${cap}Unhealthy`, {
-    ...common,
+    evaluationPeriods: unhealthyPeriods,
+    datapointsToAlarm: unhealthyPeriods,
+    treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     alarmName: `${name}-${colour}-unhealthy`,
-    alarmDescription: `${hosts} or more unhealthy targets in ${name}-${colour}. ${runbookLink('service-colour-unhealthy')}`,
-    metric: targetGroup.metrics.unhealthyHostCount({ period, statistic: 'Maximum' }),
-    threshold: hosts,
+    alarmDescription: `${share} % or more of the targets of ${name}-${colour} unhealthy for ${unhealthyPeriods} periods in a row. ${runbookLink(scope, 'service-colour-unhealthy')}`,
+    metric: new cloudwatch.MathExpression({
+      expression: 'IF(FILL(healthy, 0) + FILL(unhealthy, 0) > 0, 100 * FILL(unhealthy, 0) / (FILL(healthy, 0) + FILL(unhealthy, 0)), 0)',
+      usingMetrics: {
+        healthy: targetGroup.metrics.healthyHostCount({ period, statistic: 'Minimum' }),
+        unhealthy: targetGroup.metrics.unhealthyHostCount({ period, statistic: 'Maximum' }),
+      },
+      period,
+      label: `${name}-${colour} unhealthy %`,
+    }),
+    threshold: share,
     comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
   });
+  const extra = p.extra?.(colour, targetGroup, made.service) ?? [];
   const rollback = new cloudwatch.CompositeAlarm(scope, `${cap}Rollback`, {
     compositeAlarmName: `${name}-${colour}-rollback`,
-    alarmDescription: `Any rollback alarm of ${name}-${colour}: the worker rolls back a deployment to this colour. ${runbookLink('service-colour-rollback')}`,
-    alarmRule: cloudwatch.AlarmRule.anyOf(errorRate, latency, unhealthy),
+    alarmDescription: `Any rollback alarm of ${name}-${colour}: the worker rolls back a deployment to this colour. ${runbookLink(scope, 'service-colour-rollback')}`,
+    alarmRule: cloudwatch.AlarmRule.anyOf(errorRate, latency, unhealthy, ...extra),
   });
   return { errorRate, latency, unhealthy, rollback };
 }

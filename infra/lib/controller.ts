@@ -38,7 +38,11 @@ export interface BlueGreenControllerProps {
   readonly source?: string;
   /** `source` of operator events. Default `bluegreen.manual`. */
   readonly manualSource?: string;
-  /** Receives before a message goes to the dead-letter queue. Default 5. */
+  /**
+   * Receives before a message goes to the dead-letter queue. Default 15: with the worker's
+   * back-off (doubling to a minute, at least half a lease for a busy service) a push or
+   * an operator action survives minutes of throttling or contention before it is given up.
+   */
   readonly maxReceiveCount?: number;
   /** EMF namespace. Default `Bluegreen`. */
   readonly metricsNamespace?: string;
@@ -168,7 +172,7 @@ export class BlueGreenController extends Construct {
       retentionPeriod: Duration.days(4),
       encryption: sqs.QueueEncryption.SQS_MANAGED,
       enforceSSL: true,
-      deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: props.maxReceiveCount ?? 5 },
+      deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: props.maxReceiveCount ?? 15 },
     });
     // EventBridge retries a delivery it could not make (a queue policy broken by a later
     // change, a key the service cannot use) for a day, then drops it — the push, the alarm
@@ -365,7 +369,7 @@ export class BlueGreenController extends Construct {
     ) =>
       new cloudwatch.Alarm(this, key, {
         alarmName: `bluegreen-${name}`,
-        alarmDescription: `${description} ${runbookLink(`bluegreen-${runbook}`)}`,
+        alarmDescription: `${description} ${runbookLink(this, `bluegreen-${runbook}`)}`,
         metric,
         threshold,
         comparisonOperator,

@@ -93,7 +93,7 @@ export class ExampleStack extends Stack {
       tagPattern: 'release-*',
       assignPublicIp: true,
       vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
-      strategy: { kind: 'linear', step_percent: 20, interval: '1m' },
+      strategy: { kind: 'linear', step_percent: 20, interval: '3m' },
       ...props.webOverrides,
     });
 

@@ -8,7 +8,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { App, Duration, Stack, Validations } from 'aws-cdk-lib';
-import { Template } from 'aws-cdk-lib/assertions';
+import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { AwsSolutionsChecks } from 'cdk-nag';
@@ -87,13 +88,33 @@ describe('BlueGreenService', () => {
     for (const c of ['blue', 'green']) {
       const rate = alarms[`web-${c}-5xx`];
       const expression = rate.Metrics.find((m: any) => m.Expression).Expression;
-      assert.equal(expression, 'IF(FILL(requests, 0) >= 20, 100 * FILL(errors, 0) / requests, 0)');
-      const names = rate.Metrics.filter((m: any) => m.MetricStat).map((m: any) => [m.Id, m.MetricStat.Metric.MetricName]);
-      assert.deepEqual(names.sort(), [['errors', 'HTTPCode_Target_5XX_Count'], ['requests', 'RequestCount']]);
+      assert.equal(expression, 'IF(FILL(requests, 0) >= 20, 100 * (FILL(errors, 0) + FILL(unreachable, 0)) / requests, 0)');
+      const inputs = (alarm: any) =>
+        alarm.Metrics.filter((m: any) => m.MetricStat)
+          .map((m: any) => [m.Id, m.MetricStat.Metric.MetricName, m.MetricStat.Stat])
+          .sort();
+      assert.deepEqual(inputs(rate), [
+        ['errors', 'HTTPCode_Target_5XX_Count', 'Sum'],
+        ['requests', 'RequestCount', 'Sum'],
+        ['unreachable', 'TargetConnectionErrorCount', 'Sum'],
+      ]);
       assert.equal(rate.Threshold, 5);
-      assert.equal(alarms[`web-${c}-p99`].ExtendedStatistic, 'p99');
-      assert.equal(alarms[`web-${c}-p99`].MetricName, 'TargetResponseTime');
-      assert.equal(alarms[`web-${c}-unhealthy`].MetricName, 'UnHealthyHostCount');
+      // p99 is judged only over enough requests: one slow request of a trickle is no p99.
+      const p99 = alarms[`web-${c}-p99`];
+      assert.equal(p99.Metrics.find((m: any) => m.Expression).Expression, 'IF(FILL(requests, 0) >= 20, FILL(p99, 0), 0)');
+      assert.deepEqual(inputs(p99), [['p99', 'TargetResponseTime', 'p99'], ['requests', 'RequestCount', 'Sum']]);
+      assert.equal(p99.Threshold, 1);
+      // Unhealthy is a share of the colour's targets, two periods in a row.
+      const unhealthy = alarms[`web-${c}-unhealthy`];
+      assert.equal(
+        unhealthy.Metrics.find((m: any) => m.Expression).Expression,
+        'IF(FILL(healthy, 0) + FILL(unhealthy, 0) > 0, 100 * FILL(unhealthy, 0) / (FILL(healthy, 0) + FILL(unhealthy, 0)), 0)',
+      );
+      assert.deepEqual(inputs(unhealthy), [['healthy', 'HealthyHostCount', 'Minimum'], ['unhealthy', 'UnHealthyHostCount', 'Maximum']]);
+      assert.equal(unhealthy.Threshold, 25);
+      assert.equal(unhealthy.EvaluationPeriods, 2);
+      assert.equal(unhealthy.DatapointsToAlarm, 2);
+      assert.equal(rate.EvaluationPeriods, 1);
       for (const kind of ['5xx', 'p99', 'unhealthy']) {
         assert.equal(alarms[`web-${c}-${kind}`].TreatMissingData, 'notBreaching', `web-${c}-${kind}`);
         assert.match(alarms[`web-${c}-${kind}`].AlarmDescription, /Runbook: /);
@@ -166,6 +187,62 @@ describe('BlueGreenService', () => {
     assert.ok(!JSON.stringify(stack.controller.config).includes('served-by-nothing'));
   });
 
+  it('takes health-check timings, a grace period and extra rollback alarms per colour', () => {
+    const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
+    const tuned = new ExampleStack(app, 'Tuned', {
+      workerImage: IMAGE,
+      webOverrides: {
+        healthCheck: { path: '/ready', interval: Duration.seconds(15), timeout: Duration.seconds(4), healthyThreshold: 3, unhealthyThreshold: 4, gracePeriod: Duration.seconds(120) },
+        alarms: {
+          extra: (colour, targetGroup) => [
+            new cloudwatch.Alarm(targetGroup, 'SlowStart', {
+              alarmName: `web-${colour}-slow-start`,
+              metric: targetGroup.metrics.targetResponseTime({ statistic: 'p50' }),
+              threshold: 2,
+              evaluationPeriods: 1,
+            }),
+          ],
+        },
+      },
+    });
+    const t = Template.fromStack(tuned).toJSON().Resources as Record<string, any>;
+    const groups = Object.values(t).filter((r: any) => r.Type === 'AWS::ElasticLoadBalancingV2::TargetGroup').map((r: any) => r.Properties);
+    assert.equal(groups.length, 2);
+    for (const g of groups) {
+      assert.equal(g.HealthCheckPath, '/ready');
+      assert.equal(g.HealthCheckIntervalSeconds, 15);
+      assert.equal(g.HealthCheckTimeoutSeconds, 4);
+      assert.equal(g.HealthyThresholdCount, 3);
+      assert.equal(g.UnhealthyThresholdCount, 4);
+    }
+    const services = Object.values(t).filter((r: any) => r.Type === 'AWS::ECS::Service' && /web-/.test(JSON.stringify(r.Properties.ServiceName)));
+    assert.equal(services.length, 2);
+    for (const svc of services as any[]) assert.equal(svc.Properties.HealthCheckGracePeriodSeconds, 120);
+    const composites = Object.values(t).filter((r: any) => r.Type === 'AWS::CloudWatch::CompositeAlarm') as any[];
+    for (const colour of ['blue', 'green']) {
+      const composite = composites.find((c) => c.Properties.AlarmName === `web-${colour}-rollback`);
+      const rule = JSON.stringify(composite.Properties.AlarmRule);
+      assert.equal((rule.match(/ALARM\(/g) ?? []).length, 4, rule);
+      assert.ok(rule.includes('SlowStart'), rule);
+    }
+    assert.throws(
+      () => new ExampleStack(new App(), 'Old', { workerImage: IMAGE, webOverrides: { alarms: { unhealthyHosts: 1 } } }),
+      /unhealthyHosts is replaced by alarms.unhealthyPercent/,
+    );
+  });
+
+  it('warns when a step holds for less than the rollback alarms need to see it', () => {
+    const warnings = (strategy: any) => {
+      const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
+      const s = new ExampleStack(app, 'Steps', { workerImage: IMAGE, webOverrides: { strategy } });
+      return Annotations.fromStack(s).findWarning('*', Match.stringLikeRegexp('rollback alarms need')).length;
+    };
+    assert.equal(warnings({ kind: 'linear', step_percent: 10, interval: '1m' }), 1);
+    assert.equal(warnings({ kind: 'canary', percent: 10, bake: '90s' }), 1);
+    assert.equal(warnings({ kind: 'linear', step_percent: 20, interval: '3m' }), 0);
+    assert.equal(warnings({ kind: 'canary', percent: 10, bake: '5m' }), 0);
+  });
+
   it('refuses a termination wait shorter than the deregistration delay', () => {
     assert.equal(stack.web.entry.termination_wait, '600s');
     const app = new App();
@@ -185,7 +262,7 @@ describe('BlueGreenController', () => {
     assert.equal(q.SqsManagedSseEnabled, true);
     assert.equal(dlq.SqsManagedSseEnabled, true);
     assert.equal(q.VisibilityTimeout, 60);
-    assert.deepEqual(q.RedrivePolicy, { deadLetterTargetArn: { 'Fn::GetAtt': [logicalId(c.deadLetterQueue), 'Arn'] }, maxReceiveCount: 5 });
+    assert.deepEqual(q.RedrivePolicy, { deadLetterTargetArn: { 'Fn::GetAtt': [logicalId(c.deadLetterQueue), 'Arn'] }, maxReceiveCount: 15 });
     assert.equal(dlq.MessageRetentionPeriod, 14 * 24 * 3600);
     // SSL only on both.
     const policies = ofType('AWS::SQS::QueuePolicy').map(([, r]) => JSON.stringify(r.Properties));
@@ -272,7 +349,7 @@ describe('BlueGreenController', () => {
     const web = config.services[0];
     assert.deepEqual(web.rollback_alarms, [ref(stack.web.colours.blue.rollback), ref(stack.web.colours.green.rollback)]);
     assert.deepEqual(web.production_listener_rule_arn, ref(stack.web.productionRule));
-    assert.deepEqual(web.strategy, { kind: 'linear', step_percent: 20, interval: '1m' });
+    assert.deepEqual(web.strategy, { kind: 'linear', step_percent: 20, interval: '3m' });
     assert.equal(web.container_name, 'app');
     assert.equal(web.tag_pattern, 'release-*');
     // The injected string is the same document.
@@ -535,6 +612,21 @@ describe('runbooks', () => {
       const headings = [...fs.readFileSync(path.join(dir, f), 'utf8').matchAll(/^## (\w+)/gm)].map((m) => m[1]);
       assert.deepEqual(headings, ['Meaning', 'Impact', 'Diagnosis', 'Mitigation', 'Verification', 'Escalation'], f);
     }
+  });
+});
+
+describe('runbook links', () => {
+  it('link the runbooks under the base URL of the context, and warn when that is not an absolute URL', () => {
+    const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')), context: { 'bluegreen:runbookBaseUrl': 'https://git.example.com/ops/bluegreen/blob/main/runbooks/' } });
+    const linked = new ExampleStack(app, 'Linked', { workerImage: IMAGE });
+    const descriptions = Object.values(Template.fromStack(linked).toJSON().Resources as Record<string, any>)
+      .filter((r) => r.Type === 'AWS::CloudWatch::Alarm')
+      .map((r) => JSON.stringify(r.Properties.AlarmDescription));
+    assert.ok(descriptions.length > 10);
+    for (const d of descriptions) assert.match(d, /Runbook: https:\/\/git\.example\.com\/ops\/bluegreen\/blob\/main\/runbooks\/[a-z0-9-]+\.md/);
+    assert.equal(Annotations.fromStack(linked).findWarning('*', Match.stringLikeRegexp('nobody paged can open')).length, 0);
+    // Without it: one warning for the stack.
+    assert.equal(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('nobody paged can open')).length, 1);
   });
 });
 
