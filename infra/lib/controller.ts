@@ -146,7 +146,8 @@ export class BlueGreenController extends Construct {
     | 'drift'
     | 'failed'
     | 'undelivered'
-    | 'failedInvocations',
+    | 'failedInvocations'
+    | 'workerDegraded',
     cloudwatch.Alarm
   >;
   /** The dashboard. */
@@ -159,6 +160,7 @@ export class BlueGreenController extends Construct {
     const source = props.source ?? 'bluegreen';
     const manualSource = props.manualSource ?? 'bluegreen.manual';
     if (props.services.length === 0) throw new Error('a controller needs at least one service');
+    const workerCount = props.workerCount ?? 2;
     const names = props.services.map((s) => s.serviceName);
     if (new Set(names).size !== names.length) throw new Error(`service names repeat: ${names.join(', ')}`);
 
@@ -318,7 +320,7 @@ export class BlueGreenController extends Construct {
     this.service = new ecs.FargateService(this, 'Worker', {
       cluster: props.cluster,
       taskDefinition: this.taskDefinition,
-      desiredCount: props.workerCount ?? 2,
+      desiredCount: workerCount,
       minHealthyPercent: 50,
       maxHealthyPercent: 200,
       vpcSubnets: props.vpcSubnets,
@@ -479,6 +481,22 @@ export class BlueGreenController extends Construct {
         NB,
         'undelivered-events',
       ),
+      workerDegraded: new cloudwatch.Alarm(this, 'WorkerDegradedAlarm', {
+        alarmName: 'bluegreen-worker-degraded',
+        alarmDescription: `Fewer worker tasks running than the ${workerCount} asked for, for 5 minutes: one more failure and nothing consumes the queue (Container Insights; without it the alarm has no data). ${runbookLink(this, 'bluegreen-worker-not-running')}`,
+        metric: new cloudwatch.Metric({
+          namespace: 'ECS/ContainerInsights',
+          metricName: 'RunningTaskCount',
+          dimensionsMap: { ClusterName: props.cluster.clusterName, ServiceName: this.service.serviceName },
+          statistic: 'Minimum',
+          period: Duration.minutes(1),
+        }),
+        threshold: workerCount,
+        comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+        evaluationPeriods: 5,
+        datapointsToAlarm: 5,
+        treatMissingData: NB,
+      }),
     };
     const actions = props.alarmActions ?? [];
     for (const a of [...Object.values(this.alarms), ...props.services.map((s) => s.servedByNothing)]) {
@@ -493,6 +511,9 @@ export class BlueGreenController extends Construct {
       deadLetterQueue: this.deadLetterQueue,
       controllerAlarms: Object.values(this.alarms),
       workerErrors,
+      worker: this.service,
+      table: this.table,
+      rules: this.rules,
     });
   }
 

@@ -1,6 +1,9 @@
 import { Duration } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as events from 'aws-cdk-lib/aws-events';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { BlueGreenService, COLOURS } from './blue-green-service';
@@ -38,6 +41,24 @@ export interface DashboardProps {
   readonly controllerAlarms: cloudwatch.IAlarm[];
   /** The worker's error lines. */
   readonly workerErrors: cloudwatch.IMetric;
+  /** The worker's service. */
+  readonly worker: ecs.FargateService;
+  /** The state table. */
+  readonly table: dynamodb.ITable;
+  /** The rules that feed the queue. */
+  readonly rules: events.IRule[];
+}
+
+/** A Container Insights metric of an ECS service (the cluster must have Container Insights on). */
+function insights(cluster: ecs.ICluster, serviceName: string, metricName: string, label: string): cloudwatch.Metric {
+  return new cloudwatch.Metric({
+    namespace: 'ECS/ContainerInsights',
+    metricName,
+    dimensionsMap: { ClusterName: cluster.clusterName, ServiceName: serviceName },
+    statistic: 'Average',
+    period: PERIOD,
+    label,
+  });
 }
 
 const PERIOD = Duration.minutes(1);
@@ -114,6 +135,36 @@ export function controllerDashboard(scope: Construct, p: DashboardProps): cloudw
     );
     dashboard.addWidgets(
       new cloudwatch.GraphWidget({
+        title: `${name}: healthy / unhealthy targets per colour`,
+        width: THIRD,
+        height: HEIGHT,
+        left: COLOURS.flatMap((c) => [
+          tg(c).healthyHostCount({ period: PERIOD, statistic: 'Minimum', label: `${c} healthy` }),
+          tg(c).unhealthyHostCount({ period: PERIOD, statistic: 'Maximum', label: `${c} unhealthy` }),
+        ]),
+      }),
+      new cloudwatch.GraphWidget({
+        title: `${name}: running / desired tasks per colour (Container Insights)`,
+        width: THIRD,
+        height: HEIGHT,
+        left: COLOURS.flatMap((c) => [
+          insights(s.cluster, s.colours[c].service.serviceName, 'RunningTaskCount', `${c} running`),
+          insights(s.cluster, s.colours[c].service.serviceName, 'DesiredTaskCount', `${c} desired`),
+        ]),
+      }),
+      new cloudwatch.GraphWidget({
+        title: `${name}: load balancer 5xx, connection errors, weight drift`,
+        width: THIRD,
+        height: HEIGHT,
+        left: [
+          s.loadBalancer.metrics.httpCodeElb(elbv2.HttpCodeElb.ELB_5XX_COUNT, { period: PERIOD, statistic: 'Sum', label: 'load balancer 5xx' }),
+          ...COLOURS.map((c) => tg(c).targetConnectionErrorCount({ period: PERIOD, statistic: 'Sum', label: `${c} connection errors` })),
+        ],
+        right: [emf('WeightDrift', 'Sum', svc, 'weight drift')],
+      }),
+    );
+    dashboard.addWidgets(
+      new cloudwatch.GraphWidget({
         title: `${name}: deployments and rollbacks`,
         width: WIDE,
         height: HEIGHT,
@@ -181,6 +232,55 @@ export function controllerDashboard(scope: Construct, p: DashboardProps): cloudw
       width: THIRD,
       height: HEIGHT,
       alarms: [...p.controllerAlarms, ...p.services.flatMap((s) => s.alarms())],
+    }),
+  );
+  dashboard.addWidgets(
+    new cloudwatch.GraphWidget({
+      title: 'Worker: CPU and memory (%), running tasks',
+      width: THIRD,
+      height: HEIGHT,
+      left: [
+        p.worker.metricCpuUtilization({ period: PERIOD, label: 'CPU %' }),
+        p.worker.metricMemoryUtilization({ period: PERIOD, label: 'memory %' }),
+      ],
+      right: [insights(p.worker.cluster, p.worker.serviceName, 'RunningTaskCount', 'running tasks')],
+    }),
+    new cloudwatch.GraphWidget({
+      title: 'Table: throttled requests',
+      width: THIRD,
+      height: HEIGHT,
+      left: [
+        p.table.metricThrottledRequestsForOperations({
+          operations: [
+            dynamodb.Operation.GET_ITEM,
+            dynamodb.Operation.PUT_ITEM,
+            dynamodb.Operation.UPDATE_ITEM,
+            dynamodb.Operation.DELETE_ITEM,
+            dynamodb.Operation.QUERY,
+            dynamodb.Operation.TRANSACT_WRITE_ITEMS,
+          ],
+          period: PERIOD,
+          label: 'throttled',
+        }),
+      ],
+    }),
+    new cloudwatch.GraphWidget({
+      title: 'EventBridge → worker queue: invocations, failures',
+      width: THIRD,
+      height: HEIGHT,
+      left: p.rules.flatMap((r, i) =>
+        ['Invocations', 'FailedInvocations'].map(
+          (metricName) =>
+            new cloudwatch.Metric({
+              namespace: 'AWS/Events',
+              metricName,
+              dimensionsMap: { RuleName: r.ruleName },
+              statistic: 'Sum',
+              period: PERIOD,
+              label: `${['pushes', 'alarm changes', 'operator events'][i] ?? r.ruleName} ${metricName === 'Invocations' ? 'delivered' : 'failed'}`,
+            }),
+        ),
+      ),
     }),
   );
   return dashboard;

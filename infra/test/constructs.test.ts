@@ -403,11 +403,34 @@ describe('BlueGreenController', () => {
       'Dead-letter depth',
       'Messages processed, ignored, rejected',
       'Alarms',
+      'web: healthy / unhealthy targets per colour',
+      'web: running / desired tasks per colour (Container Insights)',
+      'web: load balancer 5xx, connection errors, weight drift',
+      'Worker: CPU and memory (%), running tasks',
+      'Table: throttled requests',
+      'EventBridge → worker queue: invocations, failures',
     ]) {
       assert.ok(body.includes(JSON.stringify(title).slice(1, -1)), title);
     }
     for (const phase of PHASES) assert.ok(body.includes(`\\"label\\":\\"${phase}\\"`), phase);
-    for (const metric of ['DeploymentsStarted', 'DeploymentsSucceeded', 'DeploymentsRolledBack', 'RollbackLatency', 'MessagesRejected', 'OutboxPending']) {
+    for (const metric of [
+      'DeploymentsStarted',
+      'DeploymentsSucceeded',
+      'DeploymentsRolledBack',
+      'RollbackLatency',
+      'MessagesRejected',
+      'OutboxPending',
+      'HealthyHostCount',
+      'UnHealthyHostCount',
+      'RunningTaskCount',
+      'DesiredTaskCount',
+      'HTTPCode_ELB_5XX_Count',
+      'TargetConnectionErrorCount',
+      'WeightDrift',
+      'MemoryUtilization',
+      'ThrottledRequests',
+      'FailedInvocations',
+    ]) {
       assert.ok(body.includes(metric), metric);
     }
   });
@@ -439,6 +462,7 @@ describe('paging', () => {
       'bluegreen-oldest-message',
       'bluegreen-undelivered-events',
       'bluegreen-weight-drift',
+      'bluegreen-worker-degraded',
       'bluegreen-worker-errors',
       'bluegreen-worker-not-running',
       'web-served-by-nothing',
