@@ -8,10 +8,11 @@
 //!
 //! Knobs (environment): `CHAOS_SEED` (printed; the same seed replays the same faults and
 //! load, not the same timing), `CHAOS_DEPLOYMENTS` (30), `CHAOS_SERVICES` (6),
-//! `CHAOS_WORKERS` (4), `CHAOS_FAULT_RATE` (0.2), `CHAOS_KILL_EVERY_MS` (4000), and
+//! `CHAOS_WORKERS` (4), `CHAOS_FAULT_RATE` (0.2), `CHAOS_KILL_EVERY_MS` (by the knobs), and
 //! `CHAOS_KNOBS`: `fast` (default: a 10 s lease, a reconciler pass every 3 s, 10
-//! receipts) or `defaults` (the worker's shipped lease and reconciler period, 30 s each,
-//! its own visibility, and the stack's 5 receipts). Services come in pairs that share a
+//! receipts, a kill every ~4 s) or `defaults` (the worker's shipped lease and reconciler
+//! period, 30 s each, its own visibility, the stack's 15 receipts, and a kill every ~12 s:
+//! the same deaths per lease). Services come in pairs that share a
 //! rollback alarm, and every deployment runs a validation that takes 6 s.
 //! `scripts/chaos` runs 200 deployments over 20 services with each set of knobs and
 //! prints the summary tables.
@@ -72,8 +73,16 @@ impl Knobs {
     fn receipts(self) -> u32 {
         match self {
             Knobs::Fast => 10,
-            Knobs::Defaults => 5,
+            Knobs::Defaults => 15,
         }
+    }
+
+    /// How often a worker is killed unless `CHAOS_KILL_EVERY_MS` says: every 4 s with the
+    /// fast knobs; with the shipped ones the same number of deaths per lease (a worker
+    /// lives about 1.6 leases in both): a kill every 12 s.
+    fn kill_every(self) -> Duration {
+        let (lease, _) = self.lease_and_period();
+        Duration::from_secs(4) * u32::try_from(lease.as_secs() / 10).unwrap_or(1)
     }
 }
 
@@ -100,12 +109,19 @@ impl Settings {
             services: knob("CHAOS_SERVICES", 6),
             workers: knob("CHAOS_WORKERS", 4),
             rate: knob("CHAOS_FAULT_RATE", 0.2),
-            kill_every: Duration::from_millis(knob("CHAOS_KILL_EVERY_MS", 4000)),
+            kill_every: Duration::ZERO,
             knobs: match std::env::var("CHAOS_KNOBS").as_deref() {
                 Ok("defaults") => Knobs::Defaults,
                 _ => Knobs::Fast,
             },
         }
+        .with_kills()
+    }
+
+    fn with_kills(mut self) -> Settings {
+        let default = u64::try_from(self.knobs.kill_every().as_millis()).unwrap_or(4000);
+        self.kill_every = Duration::from_millis(knob("CHAOS_KILL_EVERY_MS", default));
+        self
     }
 }
 

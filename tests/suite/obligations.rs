@@ -554,3 +554,16 @@ fn release_lease(w: &mut World) {
         db.release(SERVICE, "stuck").await.expect("release");
     });
 }
+
+#[test]
+fn the_retry_back_off_doubles_to_a_minute_and_spans_minutes_over_the_stacks_receipts() {
+    use bluegreen::worker::retry_backoff;
+    let waits: Vec<u64> = (1..=15).map(|n| retry_backoff(n).as_secs()).collect();
+    assert_eq!(waits[..8], [1, 2, 4, 8, 16, 32, 60, 60]);
+    assert!(waits.iter().all(|w| *w <= 60));
+    // The stack's 15 receipts: a push outlasts about nine minutes of a failing store.
+    let total: u64 = waits[..14].iter().sum();
+    assert!((480..=600).contains(&total), "{total} s over 15 receipts");
+    assert_eq!(retry_backoff(u32::MAX).as_secs(), 60);
+    assert_eq!(retry_backoff(0).as_secs(), 1);
+}
