@@ -152,6 +152,10 @@ export class BlueGreenController extends Construct {
   >;
   /** The dashboard. */
   public readonly dashboard: cloudwatch.Dashboard;
+  /** `source` of operator events. */
+  private readonly manualSource: string;
+  /** `source` of the worker's events. */
+  private readonly source: string;
 
   constructor(scope: Construct, id: string, props: BlueGreenControllerProps) {
     super(scope, id);
@@ -210,7 +214,9 @@ export class BlueGreenController extends Construct {
       assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
       description: 'bluegreen worker: queue, table, bus, and only the registered services, rules and alarms',
     });
-    this.operatorPolicy(props.operators, manualSource, workerRole);
+    this.manualSource = manualSource;
+    this.source = source;
+    this.operatorPolicy(props.operators, manualSource, source, workerRole);
 
     // AWS service events arrive on the default bus; operator events on ours.
     const defaultBus = events.EventBus.fromEventBusName(this, 'DefaultBus', 'default');
@@ -524,7 +530,14 @@ export class BlueGreenController extends Construct {
    * written against earlier versions.
    */
   public grantOperator(role: iam.IGrantable, _services?: BlueGreenService[]): void {
-    this.bus.grantPutEventsTo(role);
+    // Operator events only: the bus's policy refuses them anyone not named, and this
+    // identity grant allows no other source.
+    iam.Grant.addToPrincipal({
+      grantee: role,
+      actions: ['events:PutEvents'],
+      resourceArns: [this.bus.eventBusArn],
+      conditions: { StringEquals: { 'events:source': this.manualSource } },
+    });
     this.table.grant(role, 'dynamodb:GetItem');
     // Composite alarms (the rollback alarms) are returned only to a DescribeAlarms
     // permission scoped to "*"; ELBv2 Describe* support no resource-level permissions.
@@ -537,10 +550,12 @@ export class BlueGreenController extends Construct {
 
   /**
    * The bus's resource policy: the named operators may put operator events; nobody else
-   * may put an event with the operator source (an explicit deny also binds principals of
-   * this account whose own policies allow `events:PutEvents`).
+   * may put an event with the operator source — not even the worker, which only reads
+   * them — and nobody but the worker may put one with the worker's source, which
+   * downstream consumers trust (explicit denies also bind principals of this account
+   * whose own policies allow `events:PutEvents`).
    */
-  private operatorPolicy(operators: iam.IRole[], manualSource: string, workerRole: iam.IRole) {
+  private operatorPolicy(operators: iam.IRole[], manualSource: string, source: string, workerRole: iam.IRole) {
     if (operators.length === 0) throw new Error('name at least one operator role');
     const arns = operators.map((r) => r.roleArn);
     this.bus.addToResourcePolicy(
@@ -561,7 +576,20 @@ export class BlueGreenController extends Construct {
         resources: [this.bus.eventBusArn],
         conditions: {
           StringEquals: { 'events:source': manualSource },
-          ArnNotEquals: { 'aws:PrincipalArn': [...arns, workerRole.roleArn] },
+          ArnNotEquals: { 'aws:PrincipalArn': arns },
+        },
+      }),
+    );
+    this.bus.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'OnlyTheWorkerPutsWorkerEvents',
+        effect: iam.Effect.DENY,
+        principals: [new iam.AnyPrincipal()],
+        actions: ['events:PutEvents'],
+        resources: [this.bus.eventBusArn],
+        conditions: {
+          StringEquals: { 'events:source': source },
+          ArnNotEquals: { 'aws:PrincipalArn': workerRole.roleArn },
         },
       }),
     );
@@ -582,7 +610,15 @@ export class BlueGreenController extends Construct {
     );
     // TransactWriteItems has no IAM action of its own: each item is authorized by the
     // action above that it performs (PutItem, UpdateItem, DeleteItem, ConditionCheckItem).
-    this.bus.grantPutEventsTo(role);
+    // Its own events only (source `source`): never an operator's.
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'PublishWorkerEvents',
+        actions: ['events:PutEvents'],
+        resources: [this.bus.eventBusArn],
+        conditions: { StringEquals: { 'events:source': this.source } },
+      }),
+    );
     const add = (sid: string, actions: string[], resources: string[], conditions?: Record<string, unknown>) =>
       role.addToPolicy(new iam.PolicyStatement({ sid, actions, resources, conditions }));
     add(

@@ -318,13 +318,33 @@ describe('BlueGreenController', () => {
   it('lets only the named operators put operator events on the bus', () => {
     const statements = ofType('AWS::Events::EventBusPolicy').map(([, r]) => r.Properties.Statement);
     const allow = statements.find((s) => s.Effect === 'Allow');
-    const deny = statements.find((s) => s.Effect === 'Deny');
+    const deny = statements.find((s) => s.Sid === 'cdk-OnlyOperatorsPutOperatorEvents');
     const operator = { 'Fn::GetAtt': [logicalId(stack.node.findChild('Operator')), 'Arn'] };
     assert.deepEqual(allow.Principal, { AWS: operator });
     assert.deepEqual(allow.Condition, { StringEquals: { 'events:source': 'bluegreen.manual' } });
     assert.deepEqual(deny.Principal, { AWS: '*' });
     assert.deepEqual(deny.Condition.StringEquals, { 'events:source': 'bluegreen.manual' });
-    assert.deepEqual(deny.Condition.ArnNotEquals['aws:PrincipalArn'][0], operator);
+    // The operators only: the worker reads operator events, it never puts one.
+    assert.deepEqual(deny.Condition.ArnNotEquals['aws:PrincipalArn'], [operator]);
+    // And nobody but the worker puts the worker's events, which consumers trust.
+    const worker = statements.find((s) => s.Sid === 'cdk-OnlyTheWorkerPutsWorkerEvents');
+    assert.equal(worker.Effect, 'Deny');
+    assert.deepEqual(worker.Condition.StringEquals, { 'events:source': 'bluegreen' });
+    assert.deepEqual(worker.Condition.ArnNotEquals['aws:PrincipalArn'], { 'Fn::GetAtt': [logicalId(c.taskDefinition.taskRole), 'Arn'] });
+  });
+
+  it('conditions the PutEvents grants on the source: the worker its own, operators theirs', () => {
+    const grants = (roleRef: unknown) =>
+      ofType('AWS::IAM::Policy')
+        .filter(([, r]) => r.Properties.Roles.some((x: any) => JSON.stringify(x) === JSON.stringify(roleRef)))
+        .flatMap(([, r]) => r.Properties.PolicyDocument.Statement)
+        .filter((st: any) => [st.Action].flat().includes('events:PutEvents'));
+    const worker = grants(ref(c.taskDefinition.taskRole));
+    assert.equal(worker.length, 1);
+    assert.deepEqual(worker[0].Condition, { StringEquals: { 'events:source': 'bluegreen' } });
+    const operator = grants(ref(stack.node.findChild('Operator')));
+    assert.equal(operator.length, 1);
+    assert.deepEqual(operator[0].Condition, { StringEquals: { 'events:source': 'bluegreen.manual' } });
   });
 
   it('runs the worker from environment configuration, read-only root, with a stop timeout', () => {
