@@ -1,4 +1,4 @@
-import { Annotations, Duration, Names } from 'aws-cdk-lib';
+import { Annotations, Duration, Names, Stack } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecr from 'aws-cdk-lib/aws-ecr';
@@ -85,6 +85,12 @@ export interface ProductionRuleProps {
 export interface BlueGreenServiceProps {
   /** The service's name in the worker's configuration; ECS services are `<name>-blue` and `<name>-green`. */
   readonly serviceName: string;
+  /**
+   * Prefix of the alarm names (`<prefix>-<name>-<colour>-5xx`, …), so that two stacks
+   * (staging and production) in one account and region do not collide. Default: the
+   * stack's name.
+   */
+  readonly namePrefix?: string;
   /** Cluster both colours run in. */
   readonly cluster: ecs.ICluster;
   /** Load balancer of the production listener (and of the test listener, if any). */
@@ -175,6 +181,8 @@ export interface ColourResources {
 export class BlueGreenService extends Construct {
   /** The service's name in the worker's configuration. */
   public readonly serviceName: string;
+  /** `<namePrefix>-<serviceName>`: what this service's alarm names start with. */
+  public readonly alarmPrefix: string;
   /** Blue and green. */
   public readonly colours: Record<Colour, ColourResources>;
   /** The production rule (the first, when there are several). */
@@ -214,6 +222,8 @@ export class BlueGreenService extends Construct {
       throw new Error(`serviceName ${JSON.stringify(name)} must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`);
     }
     this.serviceName = name;
+    const prefix = props.namePrefix ?? Stack.of(this).stackName;
+    this.alarmPrefix = `${prefix}-${name}`;
     this.listener = props.listener;
     this.loadBalancer = props.loadBalancer;
     this.repository = props.repository;
@@ -309,7 +319,7 @@ export class BlueGreenService extends Construct {
     }
 
     const alarmsOf = (colour: Colour, made: { targetGroup: elbv2.ApplicationTargetGroup; service: ecs.FargateService }) =>
-      rollbackAlarms(this, name, colour, made, props.alarms ?? {});
+      rollbackAlarms(this, name, this.alarmPrefix, colour, made, props.alarms ?? {});
     this.colours = {
       blue: { ...blue, ...alarmsOf('blue', blue) },
       green: { ...green, ...alarmsOf('green', green) },
@@ -326,7 +336,7 @@ export class BlueGreenService extends Construct {
 
     const healthy = (c: ColourResources) => c.targetGroup.metrics.healthyHostCount({ period: Duration.minutes(1), statistic: 'Minimum' });
     this.servedByNothing = new cloudwatch.Alarm(this, 'ServedByNothing', {
-      alarmName: `${name}-served-by-nothing`,
+      alarmName: `${this.alarmPrefix}-served-by-nothing`,
       alarmDescription: `No healthy target in ${name}-blue or ${name}-green: production is served by nothing. ${runbookLink(this, 'service-served-by-nothing')}`,
       metric: new cloudwatch.MathExpression({
         expression: 'FILL(b, 0) + FILL(g, 0)',
@@ -409,6 +419,7 @@ export function seconds(d: Duration): string {
 function rollbackAlarms(
   scope: Construct,
   name: string,
+  alarmPrefix: string,
   colour: Colour,
   made: { targetGroup: elbv2.ApplicationTargetGroup; service: ecs.FargateService },
   p: RollbackAlarmProps,
@@ -430,7 +441,7 @@ function rollbackAlarms(
   const unreachable = targetGroup.metrics.targetConnectionErrorCount({ period, statistic: 'Sum' });
   const errorRate = new cloudwatch.Alarm(scope, `${cap}ErrorRate`, {
     ...common,
-    alarmName: `${name}-${colour}-5xx`,
+    alarmName: `${alarmPrefix}-${colour}-5xx`,
     alarmDescription: `Target 5xx and connection errors above ${rate} % of at least ${minimum} requests a period on ${name}-${colour}. ${runbookLink(scope, 'service-colour-5xx')}`,
     metric: new cloudwatch.MathExpression({
       expression: `IF(FILL(requests, 0) >= ${minimum}, 100 * (FILL(errors, 0) + FILL(unreachable, 0)) / requests, 0)`,
@@ -444,7 +455,7 @@ function rollbackAlarms(
   const latencyLimit = p.p99Latency ?? Duration.seconds(1);
   const latency = new cloudwatch.Alarm(scope, `${cap}Latency`, {
     ...common,
-    alarmName: `${name}-${colour}-p99`,
+    alarmName: `${alarmPrefix}-${colour}-p99`,
     alarmDescription: `p99 target response time above ${latencyLimit.toSeconds()} s over at least ${minimum} requests a period on ${name}-${colour}. ${runbookLink(scope, 'service-colour-p99')}`,
     // One slow request of a trickle is no p99: judged only over enough requests.
     metric: new cloudwatch.MathExpression({
@@ -465,7 +476,7 @@ function rollbackAlarms(
     evaluationPeriods: unhealthyPeriods,
     datapointsToAlarm: unhealthyPeriods,
     treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-    alarmName: `${name}-${colour}-unhealthy`,
+    alarmName: `${alarmPrefix}-${colour}-unhealthy`,
     alarmDescription: `${share} % or more of the targets of ${name}-${colour} unhealthy for ${unhealthyPeriods} periods in a row. ${runbookLink(scope, 'service-colour-unhealthy')}`,
     metric: new cloudwatch.MathExpression({
       expression: 'IF(FILL(healthy, 0) + FILL(unhealthy, 0) > 0, 100 * FILL(unhealthy, 0) / (FILL(healthy, 0) + FILL(unhealthy, 0)), 0)',
@@ -481,7 +492,7 @@ function rollbackAlarms(
   });
   const extra = p.extra?.(colour, targetGroup, made.service) ?? [];
   const rollback = new cloudwatch.CompositeAlarm(scope, `${cap}Rollback`, {
-    compositeAlarmName: `${name}-${colour}-rollback`,
+    compositeAlarmName: `${alarmPrefix}-${colour}-rollback`,
     alarmDescription: `Any rollback alarm of ${name}-${colour}: the worker rolls back a deployment to this colour. ${runbookLink(scope, 'service-colour-rollback')}`,
     alarmRule: cloudwatch.AlarmRule.anyOf(errorRate, latency, unhealthy, ...extra),
   });

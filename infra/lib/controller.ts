@@ -32,7 +32,13 @@ export interface BlueGreenControllerProps {
   readonly operators: iam.IRole[];
   /** Worker tasks; more than one share the queue under per-service leases. Default 2. */
   readonly workerCount?: number;
-  /** Name of the custom bus for operator and outbound events. Default `bluegreen`. */
+  /**
+   * Prefix of the bus, dashboard and alarm names (`<prefix>-dead-letters`, …), so that two
+   * controllers (staging and production) in one account and region do not collide.
+   * Default: the stack's name.
+   */
+  readonly namePrefix?: string;
+  /** Name of the custom bus for operator and outbound events. Default: the name prefix. */
   readonly eventBusName?: string;
   /** `source` of the worker's outbound events. Default `bluegreen`. */
   readonly source?: string;
@@ -208,7 +214,8 @@ export class BlueGreenController extends Construct {
     });
     skipCheckov(this.table, 'CKV_AWS_119', 'Encrypted at rest with the AWS-managed key; the table holds deployment progress, no customer data, so a customer key would add cost and a key policy to manage for no gain');
 
-    this.bus = new events.EventBus(this, 'Bus', { eventBusName: props.eventBusName ?? 'bluegreen' });
+    const prefix = props.namePrefix ?? stack.stackName;
+    this.bus = new events.EventBus(this, 'Bus', { eventBusName: props.eventBusName ?? prefix });
 
     const workerRole = new iam.Role(this, 'WorkerRole', {
       assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
@@ -376,7 +383,7 @@ export class BlueGreenController extends Construct {
       runbook = name,
     ) =>
       new cloudwatch.Alarm(this, key, {
-        alarmName: `bluegreen-${name}`,
+        alarmName: `${prefix}-${name}`,
         alarmDescription: `${description} ${runbookLink(this, `bluegreen-${runbook}`)}`,
         metric,
         threshold,
@@ -488,7 +495,7 @@ export class BlueGreenController extends Construct {
         'undelivered-events',
       ),
       workerDegraded: new cloudwatch.Alarm(this, 'WorkerDegradedAlarm', {
-        alarmName: 'bluegreen-worker-degraded',
+        alarmName: `${prefix}-worker-degraded`,
         alarmDescription: `Fewer worker tasks running than the ${workerCount} asked for, for 5 minutes: one more failure and nothing consumes the queue (Container Insights; without it the alarm has no data). ${runbookLink(this, 'bluegreen-worker-not-running')}`,
         metric: new cloudwatch.Metric({
           namespace: 'ECS/ContainerInsights',
@@ -512,6 +519,7 @@ export class BlueGreenController extends Construct {
 
     this.dashboard = controllerDashboard(this, {
       namespace,
+      name: prefix,
       services: props.services,
       queue: this.queue,
       deadLetterQueue: this.deadLetterQueue,

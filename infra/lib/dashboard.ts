@@ -31,6 +31,8 @@ export const PHASES = [
 export interface DashboardProps {
   /** EMF namespace. */
   readonly namespace: string;
+  /** The dashboard's name. */
+  readonly name: string;
   /** Services, one row each. */
   readonly services: BlueGreenService[];
   /** Input queue. */
@@ -75,7 +77,7 @@ export function controllerDashboard(scope: Construct, p: DashboardProps): cloudw
   const emf = (metricName: string, statistic: string, dimensionsMap?: Record<string, string>, label?: string) =>
     new cloudwatch.Metric({ namespace: p.namespace, metricName, statistic, period: PERIOD, dimensionsMap, label });
   const dashboard = new cloudwatch.Dashboard(scope, 'Dashboard', {
-    dashboardName: 'bluegreen',
+    dashboardName: p.name,
     defaultInterval: Duration.hours(3),
   });
 

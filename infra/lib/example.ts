@@ -20,6 +20,8 @@ export interface ExampleStackProps extends StackProps {
    * of this repository as a CDK asset (needs Docker at deploy time, not at synth time).
    */
   readonly workerImage?: string;
+  /** Prefix of bus, dashboard and alarm names. Default: the stack's name. */
+  readonly namePrefix?: string;
   /** Changes to the sample service's properties (tests use it). */
   readonly webOverrides?: Partial<BlueGreenServiceProps>;
   /**
@@ -94,6 +96,7 @@ export class ExampleStack extends Stack {
       assignPublicIp: true,
       vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
       strategy: { kind: 'linear', step_percent: 20, interval: '3m' },
+      namePrefix: props.namePrefix,
       ...props.webOverrides,
     });
 
@@ -109,6 +112,7 @@ export class ExampleStack extends Stack {
       skipCheckov(pager, 'CKV_AWS_26', why);
     }
     this.controller = new BlueGreenController(this, 'Controller', {
+      namePrefix: props.namePrefix,
       alarmActions: pager ? [new cloudwatchActions.SnsAction(pager)] : undefined,
       notificationTopic: pager,
       cluster,

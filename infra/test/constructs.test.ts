@@ -86,7 +86,7 @@ describe('BlueGreenService', () => {
   it('has per colour a guarded 5xx rate, p99 and unhealthy alarm, none breaching on missing data, and an anyOf composite', () => {
     const alarms = Object.fromEntries(ofType('AWS::CloudWatch::Alarm').map(([, r]) => [r.Properties.AlarmName, r.Properties]));
     for (const c of ['blue', 'green']) {
-      const rate = alarms[`web-${c}-5xx`];
+      const rate = alarms[`Example-web-${c}-5xx`];
       const expression = rate.Metrics.find((m: any) => m.Expression).Expression;
       assert.equal(expression, 'IF(FILL(requests, 0) >= 20, 100 * (FILL(errors, 0) + FILL(unreachable, 0)) / requests, 0)');
       const inputs = (alarm: any) =>
@@ -100,12 +100,12 @@ describe('BlueGreenService', () => {
       ]);
       assert.equal(rate.Threshold, 5);
       // p99 is judged only over enough requests: one slow request of a trickle is no p99.
-      const p99 = alarms[`web-${c}-p99`];
+      const p99 = alarms[`Example-web-${c}-p99`];
       assert.equal(p99.Metrics.find((m: any) => m.Expression).Expression, 'IF(FILL(requests, 0) >= 20, FILL(p99, 0), 0)');
       assert.deepEqual(inputs(p99), [['p99', 'TargetResponseTime', 'p99'], ['requests', 'RequestCount', 'Sum']]);
       assert.equal(p99.Threshold, 1);
       // Unhealthy is a share of the colour's targets, two periods in a row.
-      const unhealthy = alarms[`web-${c}-unhealthy`];
+      const unhealthy = alarms[`Example-web-${c}-unhealthy`];
       assert.equal(
         unhealthy.Metrics.find((m: any) => m.Expression).Expression,
         'IF(FILL(healthy, 0) + FILL(unhealthy, 0) > 0, 100 * FILL(unhealthy, 0) / (FILL(healthy, 0) + FILL(unhealthy, 0)), 0)',
@@ -116,12 +116,12 @@ describe('BlueGreenService', () => {
       assert.equal(unhealthy.DatapointsToAlarm, 2);
       assert.equal(rate.EvaluationPeriods, 1);
       for (const kind of ['5xx', 'p99', 'unhealthy']) {
-        assert.equal(alarms[`web-${c}-${kind}`].TreatMissingData, 'notBreaching', `web-${c}-${kind}`);
-        assert.match(alarms[`web-${c}-${kind}`].AlarmDescription, /Runbook: /);
+        assert.equal(alarms[`Example-web-${c}-${kind}`].TreatMissingData, 'notBreaching', `Example-web-${c}-${kind}`);
+        assert.match(alarms[`Example-web-${c}-${kind}`].AlarmDescription, /Runbook: /);
       }
     }
     const composites = ofType('AWS::CloudWatch::CompositeAlarm').map(([, r]) => r.Properties);
-    assert.deepEqual(composites.map((c) => c.AlarmName).sort(), ['web-blue-rollback', 'web-green-rollback']);
+    assert.deepEqual(composites.map((c) => c.AlarmName).sort(), ['Example-web-blue-rollback', 'Example-web-green-rollback']);
     for (const c of composites) {
       const rule = JSON.stringify(c.AlarmRule);
       assert.equal((rule.match(/ALARM\(/g) ?? []).length, 3, rule);
@@ -170,7 +170,7 @@ describe('BlueGreenService', () => {
 
   it('alarms when production is served by nothing: no healthy target in either colour, missing data breaching', () => {
     const alarm = resources[logicalId(web.servedByNothing)].Properties;
-    assert.equal(alarm.AlarmName, 'web-served-by-nothing');
+    assert.equal(alarm.AlarmName, 'Example-web-served-by-nothing');
     assert.equal(alarm.ComparisonOperator, 'LessThanThreshold');
     assert.equal(alarm.Threshold, 1);
     assert.equal(alarm.TreatMissingData, 'breaching');
@@ -220,7 +220,7 @@ describe('BlueGreenService', () => {
     for (const svc of services as any[]) assert.equal(svc.Properties.HealthCheckGracePeriodSeconds, 120);
     const composites = Object.values(t).filter((r: any) => r.Type === 'AWS::CloudWatch::CompositeAlarm') as any[];
     for (const colour of ['blue', 'green']) {
-      const composite = composites.find((c) => c.Properties.AlarmName === `web-${colour}-rollback`);
+      const composite = composites.find((c) => c.Properties.AlarmName === `Tuned-web-${colour}-rollback`);
       const rule = JSON.stringify(composite.Properties.AlarmRule);
       assert.equal((rule.match(/ALARM\(/g) ?? []).length, 4, rule);
       assert.ok(rule.includes('SlowStart'), rule);
@@ -379,23 +379,24 @@ describe('BlueGreenController', () => {
   it('alarms on dead letters, message age, errors, a stopped worker, stuck deployments, drift and failures', () => {
     const alarms = Object.fromEntries(ofType('AWS::CloudWatch::Alarm').map(([, r]) => [r.Properties.AlarmName, r.Properties]));
     const expect: Record<string, [string, string]> = {
-      'bluegreen-dead-letters': ['ApproximateNumberOfMessagesVisible', 'AWS/SQS'],
-      'bluegreen-oldest-message': ['ApproximateAgeOfOldestMessage', 'AWS/SQS'],
-      'bluegreen-worker-errors': ['WorkerErrors', 'Bluegreen'],
-      'bluegreen-worker-not-running': ['CPUUtilization', 'AWS/ECS'],
-      'bluegreen-deployment-stuck': ['StepLag', 'Bluegreen'],
-      'bluegreen-weight-drift': ['WeightDrift', 'Bluegreen'],
-      'bluegreen-deployment-failed': ['DeploymentsFailed', 'Bluegreen'],
-      'bluegreen-undelivered-events': ['ApproximateNumberOfMessagesVisible', 'AWS/SQS'],
+      'dead-letters': ['ApproximateNumberOfMessagesVisible', 'AWS/SQS'],
+      'oldest-message': ['ApproximateAgeOfOldestMessage', 'AWS/SQS'],
+      'worker-errors': ['WorkerErrors', 'Bluegreen'],
+      'worker-not-running': ['CPUUtilization', 'AWS/ECS'],
+      'deployment-stuck': ['StepLag', 'Bluegreen'],
+      'weight-drift': ['WeightDrift', 'Bluegreen'],
+      'deployment-failed': ['DeploymentsFailed', 'Bluegreen'],
+      'undelivered-events': ['ApproximateNumberOfMessagesVisible', 'AWS/SQS'],
     };
-    for (const [name, [metric, namespace]] of Object.entries(expect)) {
+    for (const [short, [metric, namespace]] of Object.entries(expect)) {
+      const name = `Example-${short}`;
       assert.ok(alarms[name], name);
       assert.equal(alarms[name].MetricName, metric, name);
       assert.equal(alarms[name].Namespace, namespace, name);
-      assert.match(alarms[name].AlarmDescription, new RegExp(`Runbook: .*${name}\\.md`));
+      assert.match(alarms[name].AlarmDescription, new RegExp(`Runbook: .*bluegreen-${short}\\.md`));
     }
-    assert.equal(alarms['bluegreen-worker-not-running'].TreatMissingData, 'breaching');
-    const invocations = alarms['bluegreen-failed-invocations'];
+    assert.equal(alarms['Example-worker-not-running'].TreatMissingData, 'breaching');
+    const invocations = alarms['Example-failed-invocations'];
     const failed = invocations.Metrics.filter((m: any) => m.MetricStat);
     assert.equal(failed.length, 3, 'one FailedInvocations series per rule that feeds the queue');
     for (const m of failed) {
@@ -456,6 +457,31 @@ describe('BlueGreenController', () => {
   });
 });
 
+describe('names', () => {
+  it('prefixes bus, dashboard and alarm names with the stack name, so two stacks share an account', () => {
+    const names = (id: string, props = {}) => {
+      const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
+      const t = Template.fromStack(new ExampleStack(app, id, { workerImage: IMAGE, ...props })).toJSON().Resources as Record<string, any>;
+      const of = (type: string, key: string) => Object.values(t).filter((r: any) => r.Type === type).map((r: any) => r.Properties[key]);
+      return {
+        alarms: [...of('AWS::CloudWatch::Alarm', 'AlarmName'), ...of('AWS::CloudWatch::CompositeAlarm', 'AlarmName')],
+        bus: of('AWS::Events::EventBus', 'Name'),
+        dashboard: of('AWS::CloudWatch::Dashboard', 'DashboardName'),
+      };
+    };
+    const staging = names('Staging');
+    const prod = names('Prod');
+    assert.ok(staging.alarms.length >= 19);
+    assert.ok(staging.alarms.every((n: string) => n.startsWith('Staging-')), staging.alarms.join(' '));
+    assert.deepEqual(staging.alarms.filter((n: string) => prod.alarms.includes(n)), []);
+    assert.deepEqual([staging.bus, prod.bus], [['Staging'], ['Prod']]);
+    assert.deepEqual([staging.dashboard, prod.dashboard], [['Staging'], ['Prod']]);
+    const named = names('Named', { namePrefix: 'shop-prod' });
+    assert.ok(named.alarms.every((n: string) => n.startsWith('shop-prod-')), named.alarms.join(' '));
+    assert.deepEqual(named.bus, ['shop-prod']);
+  });
+});
+
 describe('paging', () => {
   it('has no alarm actions unless asked', () => {
     const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
@@ -475,17 +501,17 @@ describe('paging', () => {
     const paging = alarms.filter((r: any) => JSON.stringify(r.Properties.AlarmActions ?? []).includes(topic));
     const names = paging.map(named).sort();
     assert.deepEqual(names, [
-      'bluegreen-dead-letters',
-      'bluegreen-deployment-failed',
-      'bluegreen-deployment-stuck',
-      'bluegreen-failed-invocations',
-      'bluegreen-oldest-message',
-      'bluegreen-undelivered-events',
-      'bluegreen-weight-drift',
-      'bluegreen-worker-degraded',
-      'bluegreen-worker-errors',
-      'bluegreen-worker-not-running',
-      'web-served-by-nothing',
+      'Example-dead-letters',
+      'Example-deployment-failed',
+      'Example-deployment-stuck',
+      'Example-failed-invocations',
+      'Example-oldest-message',
+      'Example-undelivered-events',
+      'Example-web-served-by-nothing',
+      'Example-weight-drift',
+      'Example-worker-degraded',
+      'Example-worker-errors',
+      'Example-worker-not-running',
     ]);
     for (const r of paging) assert.ok(JSON.stringify(r.Properties.OKActions).includes(topic), named(r));
     const rules = Object.values(t).filter((r: any) => r.Type === 'AWS::Events::Rule' && JSON.stringify(r.Properties.Targets).includes(topic));

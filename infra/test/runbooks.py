@@ -65,7 +65,7 @@ def run_all(endpoint, binary):
         key, sep, value = pair.partition("=")
         if sep and key.isidentifier():
             env[key] = value
-    for name in ["QUEUE_URL", "DLQ_URL", "UNDELIVERED_URL", "TABLE", "BUS", "RULE_ARN", "CLUSTER", "WORKER_SERVICE", "LOG_GROUP", "BLUE_TG", "GREEN_TG", "BLUEGREEN_CONFIG_JSON"]:
+    for name in ["PREFIX", "QUEUE_URL", "DLQ_URL", "UNDELIVERED_URL", "TABLE", "BUS", "RULE_ARN", "CLUSTER", "WORKER_SERVICE", "LOG_GROUP", "BLUE_TG", "GREEN_TG", "BLUEGREEN_CONFIG_JSON"]:
         assert env.get(name) and env[name] != "None", f"the preamble left {name} empty: {env.get(name)!r}"
 
     count = 0
