@@ -8,9 +8,9 @@
 //! |---|---|---|---|
 //! | `DeploymentsStarted`, `DeploymentsSucceeded`, `DeploymentsRolledBack` | counter | `Service` | deployments by outcome |
 //! | `DeploymentsFailed` | counter | `Service`, and none | deployments whose rollback could not complete, or refused at their start |
-//! | `Weight` | gauge | `Service`, `Color` | production weight of each colour after a confirmed write |
-//! | `GreenWeight` | gauge | `Service` | the deploying (new) colour's weight after each confirmed shift |
-//! | `Phase` | gauge | `Service` | index of the phase in [`PHASES`] |
+//! | `Weight` | samples | `Service`, `Color` | production weight of each colour: after a confirmed write, and from the stored state on every reconciler pass |
+//! | `GreenWeight` | samples | `Service` | the deploying (new) colour's weight after each confirmed shift |
+//! | `Phase` | samples | `Service` | index of the phase in [`PHASES`]: on each transition, and from the stored state on every pass |
 //! | `RollbackLatency` | histogram (ms) | `Service` | a rollback alarm's input → weights restored and confirmed |
 //! | `StepLag` | histogram (ms) | `Service`, and none | a tick's due time → decided |
 //! | `MessagesProcessed`, `MessagesIgnored`, `MessagesRejected`, `MessagesRetried` | counter | none | queue messages by disposition |
@@ -128,17 +128,14 @@ pub fn decided(d: &Decided<'_>) {
                 counter!("WeightDrift").increment(1);
             }
             EventKind::TrafficShifted => {
-                for color in [Color::Blue, Color::Green] {
-                    gauge!("Weight", "Service" => service.clone(), "Color" => color.to_string())
-                        .set(f64::from(detail.weights.of(color)));
-                }
+                weights(&service, detail.weights);
                 let deployment = detail
                     .deployment_id
                     .as_deref()
                     .and_then(|id| d.decision.state.deployment(id));
                 if let Some(dep) = deployment {
-                    gauge!("GreenWeight", "Service" => service.clone())
-                        .set(f64::from(detail.weights.of(dep.target)));
+                    histogram!("GreenWeight", "Service" => service.clone())
+                        .record(f64::from(detail.weights.of(dep.target)));
                     let restored = detail.phase == Some(Phase::RollingBack)
                         && detail.weights.of(dep.stable) == 100;
                     if let Some(at) = dep
@@ -154,11 +151,35 @@ pub fn decided(d: &Decided<'_>) {
             }
             _ => {}
         }
-        if let Some(phase) = detail.phase
-            && let Some(index) = PHASES.iter().position(|p| *p == phase)
-        {
-            gauge!("Phase", "Service" => service.clone()).set(index as f64);
+        if let Some(phase) = detail.phase {
+            phase_of(&service, phase);
         }
+    }
+}
+
+/// Publishes what production serves (the confirmed weights, else the intended ones) and
+/// the phase of the active or last deployment, from the stored state of `service`: the
+/// reconciler's leader does so for every service on every pass. Samples, not gauges: a
+/// gauge is written out again on every flush for the life of the process, so a worker
+/// that no longer leads (or decides) would keep publishing its last, stale value.
+pub fn stored_state(service: &str, state: &crate::flow::ServiceState) {
+    let service = service.to_string();
+    weights(&service, state.serving());
+    if let Some(d) = state.active.as_ref().or(state.last.as_ref()) {
+        phase_of(&service, d.phase);
+    }
+}
+
+fn weights(service: &str, weights: crate::flow::Weights) {
+    for color in [Color::Blue, Color::Green] {
+        histogram!("Weight", "Service" => service.to_string(), "Color" => color.to_string())
+            .record(f64::from(weights.of(color)));
+    }
+}
+
+fn phase_of(service: &str, phase: Phase) {
+    if let Some(index) = PHASES.iter().position(|p| *p == phase) {
+        histogram!("Phase", "Service" => service.to_string()).record(index as f64);
     }
 }
 
@@ -221,13 +242,13 @@ fn describe() {
         Unit::Count,
         "Queue messages put back to retry"
     );
-    describe_gauge!("Weight", Unit::Percent, "Production weight of each colour");
-    describe_gauge!(
+    describe_histogram!("Weight", Unit::Percent, "Production weight of each colour");
+    describe_histogram!(
         "GreenWeight",
         Unit::Percent,
         "The new colour's production weight"
     );
-    describe_gauge!("Phase", Unit::Count, "Index of the deployment's phase");
+    describe_histogram!("Phase", Unit::Count, "Index of the deployment's phase");
     describe_gauge!(
         "OutboxPending",
         Unit::Count,

@@ -371,10 +371,12 @@ impl<W: World> Worker<W> {
     }
 
     /// Whether `service` owes effects or is rolling back: the reconciler visits it first.
+    /// The stored state read here is also what the dashboard's weights and phase show.
     async fn urgent(&self, service: &str) -> bool {
         patiently(|| self.world().load(service, flow::Color::Blue))
             .await
             .is_ok_and(|s| {
+                telemetry::stored_state(service, &s.state);
                 !s.owed.is_empty()
                     || s.state
                         .active
