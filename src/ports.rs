@@ -128,6 +128,10 @@ pub struct Received {
     pub body: String,
     /// How many times it has been received (1 on first delivery).
     pub receive_count: u32,
+    /// When the queue accepted it (SQS `SentTimestamp`), if the queue says: an `Event
+    /// Rejected` for the message is dated by it, so that every receipt publishes the same
+    /// event.
+    pub sent_at: Option<Timestamp>,
 }
 
 /// The queue.

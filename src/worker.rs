@@ -162,12 +162,13 @@ impl<W: World> Worker<W> {
     /// Handles one message body; see the module docs for the dispositions. One message's
     /// services (an alarm several services list) are applied concurrently: one busy
     /// service delays none of the others.
-    pub async fn handle(&self, message_id: &str, body: &str) -> Disposition {
+    pub async fn handle(&self, m: &Received) -> Disposition {
+        let (message_id, body) = (m.message_id.as_str(), m.body.as_str());
         let msg = match contract::parse_str(body, &self.sources) {
             Ok(msg) => msg,
             Err(e) => {
                 warn!(message_id, code = e.code(), error = %e, "message rejected");
-                self.reject(message_id, e.code(), &e.to_string()).await;
+                self.reject(m, e.code(), &e.to_string()).await;
                 return Disposition::DeadLetter(e.to_string());
             }
         };
@@ -175,7 +176,7 @@ impl<W: World> Worker<W> {
             Ok(r) => r,
             Err(e) => {
                 warn!(message_id, code = e.code, error = %e, "message rejected");
-                self.reject(message_id, e.code, &e.reason).await;
+                self.reject(m, e.code, &e.reason).await;
                 return Disposition::DeadLetter(e.reason);
             }
         };
@@ -242,7 +243,8 @@ impl<W: World> Worker<W> {
     /// Publishes `Event Rejected` for a message the worker cannot use, once: on every
     /// receipt until the publish succeeded and was recorded (the event id is the message
     /// id, so a crash between the two yields a duplicate consumers drop).
-    async fn reject(&self, message_id: &str, code: &str, reason: &str) {
+    async fn reject(&self, m: &Received, code: &str, reason: &str) {
+        let message_id = m.message_id.as_str();
         let key = format!("rejected:message:{message_id}");
         match patiently(|| self.world().seen(MESSAGES, &key)).await {
             Ok(true) => return,
@@ -252,6 +254,9 @@ impl<W: World> Worker<W> {
             }
         }
         let now = self.runner.now();
+        // Dated by the message, not the receipt: a later receipt (this one's record was
+        // lost) publishes the very same event again, as at-least-once delivery promises.
+        let at = m.sent_at.unwrap_or(now);
         let detail = json!({
             "eventId": key,
             "deploymentId": null,
@@ -266,7 +271,7 @@ impl<W: World> Worker<W> {
             "toImage": null,
             "sequence": 0,
             "reason": reason,
-            "at": now.rfc3339(),
+            "at": at.rfc3339(),
             "paused": false,
             "code": code,
             "input": format!("message:{message_id}"),
@@ -277,7 +282,7 @@ impl<W: World> Worker<W> {
             detail: detail.to_string(),
             resources: Vec::new(),
             event_id: key.clone(),
-            time: now.rfc3339(),
+            time: at.rfc3339(),
         };
         match patiently(|| self.world().publish(std::slice::from_ref(&entry))).await {
             Ok(failed) if failed.is_empty() => {
@@ -551,7 +556,7 @@ impl<W: World> Worker<W> {
                     }
                 })
             };
-            let disposition = self.handle(&m.message_id, &m.body).await;
+            let disposition = self.handle(&m).await;
             heartbeat.abort();
             let result = match &disposition {
                 Disposition::Done(why) => {
@@ -572,7 +577,7 @@ impl<W: World> Worker<W> {
                     {
                         // The last receipt: the redrive policy dead-letters it next.
                         self.reject(
-                            &m.message_id,
+                            &m,
                             "retries-exhausted",
                             &format!("given up after {} receipts: {why}", m.receive_count),
                         )

@@ -33,6 +33,7 @@ impl Inbox for Aws {
                 .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
                 .visibility_timeout(hidden)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
                 .send()
         })
         .await?;
@@ -48,6 +49,11 @@ impl Inbox for Aws {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1),
+                sent_at: m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|t| t.parse().ok())
+                    .map(crate::flow::Timestamp::from_millis),
             })
             .collect())
     }

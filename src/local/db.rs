@@ -332,6 +332,7 @@ impl LocalDb {
                 receipt: receipt(id, count),
                 body,
                 receive_count: count,
+                sent_at: None,
             });
         }
         tx.commit().map_err(|e| db_error(&e))?;

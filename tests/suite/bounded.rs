@@ -527,6 +527,10 @@ async fn a_received_message_is_hidden_for_the_receives_own_visibility_only() {
         .expect("receive");
     assert_eq!(again.len(), 1, "visible again after two seconds");
     assert_eq!(again[0].receive_count, 2);
+    // Each receipt carries when the queue accepted the message: an Event Rejected for it
+    // is dated by that, the same on every receipt.
+    assert!(first[0].sent_at.is_some(), "{:?}", first[0]);
+    assert_eq!(first[0].sent_at, again[0].sent_at);
     assert_eq!(aws.receive_limit().await.expect("limit"), Some(3));
 }
 
