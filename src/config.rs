@@ -160,6 +160,11 @@ pub struct ServiceConfig {
     /// What to do when the production rule's weights drift from the ones written.
     #[serde(default)]
     pub drift: DriftPolicy,
+    /// Fewest tasks the live colour may want (default 1): fewer, for example after a
+    /// stack update or a console change, is capacity drift; a new colour starts with at
+    /// least this many.
+    #[serde(default = "default_min_tasks")]
+    pub min_tasks: u32,
     /// What a deployment does once its rollback alarms or production rule have been
     /// unreadable for `timeouts.unreadable`: roll back (default) or pause.
     #[serde(default)]
@@ -168,6 +173,10 @@ pub struct ServiceConfig {
     /// colour is still warm (default true).
     #[serde(default = "default_true")]
     pub rollback_while_warm: bool,
+}
+
+fn default_min_tasks() -> u32 {
+    1
 }
 
 fn default_true() -> bool {
@@ -699,6 +708,7 @@ impl ServiceConfig {
             timeouts: self.timeouts.resolve(),
             rollback_attempts: self.rollback_attempts,
             drift: self.drift,
+            min_tasks: self.min_tasks,
             on_unreadable: self.on_unreadable,
             rollback_while_warm: self.rollback_while_warm,
         }

@@ -394,6 +394,15 @@ pub trait Platform: Send + Sync {
         task_definition: &str,
         match_count_of: Color,
     ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Points `color`'s service at `task_definition` with `desired` tasks: the live
+    /// colour put back after capacity drift.
+    fn restore_capacity(
+        &self,
+        service: &str,
+        color: Color,
+        task_definition: &str,
+        desired: u32,
+    ) -> impl Future<Output = PortResult<()>> + Send;
     /// Scales `color`'s service to zero.
     fn scale_to_zero(
         &self,

@@ -16,6 +16,7 @@
 //! | `MessagesProcessed`, `MessagesIgnored`, `MessagesRejected`, `MessagesRetried` | counter | none | queue messages by disposition |
 //! | `OutboxPending` | gauge | none | outbox entries left unpublished by this worker's last flush |
 //! | `WeightDrift` | counter | `Service`, and none | weights found that the worker did not write |
+//! | `CapacityDrift` | counter | `Service`, and none | live colour on another revision, under `min_tasks` or without a healthy target |
 //! | `ObligationsRedriven` | counter | `Service` | effects a dead or fenced worker left owed, carried out by another run |
 //! | `ReconcilePass` | histogram (ms) | none | how long one reconciler pass took |
 //! | `ReconcileSkipped` | counter | none | services a pass did not reach within its time (the next pass goes on from there) |
@@ -127,6 +128,10 @@ pub fn decided(d: &Decided<'_>) {
                 count("WeightDrift");
                 counter!("WeightDrift").increment(1);
             }
+            EventKind::CapacityDriftDetected => {
+                count("CapacityDrift");
+                counter!("CapacityDrift").increment(1);
+            }
             EventKind::TrafficShifted => {
                 weights(&service, detail.weights);
                 let deployment = detail
@@ -229,6 +234,11 @@ fn describe() {
         "WeightDrift",
         Unit::Count,
         "Weights found that the worker did not write"
+    );
+    describe_counter!(
+        "CapacityDrift",
+        Unit::Count,
+        "Live colours found running another revision, too few tasks or no healthy target"
     );
     describe_counter!("MessagesProcessed", Unit::Count, "Queue messages applied");
     describe_counter!(

@@ -540,12 +540,15 @@ impl<W: World> Worker<W> {
     pub async fn process(&self, m: Received) -> Disposition {
         let span = info_span!("message", id = %m.message_id, receives = m.receive_count);
         async {
-            let heartbeat = {
+            // A set aborts its tasks when dropped: a handler cancelled mid-way (its
+            // future dropped) leaves no heartbeat hiding the message for ever.
+            let mut heartbeat = tokio::task::JoinSet::new();
+            {
                 let world = self.runner.world().clone();
                 let receipt = m.receipt.clone();
                 let visibility = self.options.visibility;
                 let first = (self.options.receive_visibility / 3).min(visibility / 3);
-                tokio::spawn(async move {
+                heartbeat.spawn(async move {
                     let mut pause = first;
                     loop {
                         tokio::time::sleep(pause).await;
@@ -554,10 +557,10 @@ impl<W: World> Worker<W> {
                         }
                         pause = visibility / 3;
                     }
-                })
-            };
+                });
+            }
             let disposition = self.handle(&m).await;
-            heartbeat.abort();
+            heartbeat.abort_all();
             let result = match &disposition {
                 Disposition::Done(why) => {
                     info!(result = %why, "done");

@@ -117,7 +117,14 @@ export interface BlueGreenServiceProps {
   readonly repository: ecr.IRepository;
   /** Glob of tags that deploy; default any tag. */
   readonly tagPattern?: string;
-  /** Tasks of the live colour. Default 2. */
+  /**
+   * Fewest tasks the live colour runs (the worker's `min_tasks`). Default 2. The colour
+   * services carry no `DesiredCount`: CloudFormation would re-apply it on any update of
+   * the service (a tag is enough) and scale a live colour down. At creation each colour
+   * starts with one task (CloudFormation's default); the first deployment gives the new
+   * colour `max(live count, desiredCount)` and the worker keeps the live colour at or
+   * above it (capacity drift).
+   */
   readonly desiredCount?: number;
   /** Health check path of both target groups. Default `/healthz` (or `healthCheck.path`). */
   readonly healthCheckPath?: string;
@@ -257,8 +264,8 @@ export class BlueGreenService extends Construct {
         cluster: props.cluster,
         serviceName: `${name}-${colour}`,
         taskDefinition: props.taskDefinition,
-        // The idle colour starts empty; the worker scales it to the live count.
-        desiredCount: colour === 'blue' ? (props.desiredCount ?? 2) : 0,
+        // No DesiredCount (with @aws-cdk/aws-ecs:removeDefaultDesiredCount): the worker
+        // owns the counts, and an update of this resource never changes them.
         minHealthyPercent: 100,
         maxHealthyPercent: 200,
         vpcSubnets: props.vpcSubnets,
@@ -375,6 +382,7 @@ export class BlueGreenService extends Construct {
       approval: props.approval ?? false,
       concurrency: props.concurrency ?? 'queue',
       drift: props.drift ?? 'reassert',
+      min_tasks: props.desiredCount ?? 2,
       ...(props.validations ? { validations: props.validations } : {}),
       ...(props.timeouts ? { timeouts: props.timeouts } : {}),
     };

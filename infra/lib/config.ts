@@ -55,6 +55,8 @@ export interface ServiceEntry {
   approval: boolean;
   concurrency: Concurrency;
   drift: Drift;
+  /** Fewest tasks the live colour runs; the worker owns the counts. */
+  min_tasks: number;
   validations?: Validation[];
   timeouts?: Timeouts;
 }

@@ -450,6 +450,15 @@ export class BlueGreenController extends Construct {
         GT,
         NB,
       ),
+      capacityDrift: alarm(
+        'CapacityDriftAlarm',
+        'capacity-drift',
+        'A live colour ran another task definition, fewer tasks than its minimum, or no healthy target (CapacityDrift).',
+        emf('CapacityDrift', 'Sum'),
+        0,
+        GT,
+        NB,
+      ),
       failed: alarm(
         'FailedAlarm',
         'deployment-failed',

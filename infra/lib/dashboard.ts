@@ -155,14 +155,14 @@ export function controllerDashboard(scope: Construct, p: DashboardProps): cloudw
         ]),
       }),
       new cloudwatch.GraphWidget({
-        title: `${name}: load balancer 5xx, connection errors, weight drift`,
+        title: `${name}: load balancer 5xx, connection errors, drift`,
         width: THIRD,
         height: HEIGHT,
         left: [
           s.loadBalancer.metrics.httpCodeElb(elbv2.HttpCodeElb.ELB_5XX_COUNT, { period: PERIOD, statistic: 'Sum', label: 'load balancer 5xx' }),
           ...COLOURS.map((c) => tg(c).targetConnectionErrorCount({ period: PERIOD, statistic: 'Sum', label: `${c} connection errors` })),
         ],
-        right: [emf('WeightDrift', 'Sum', svc, 'weight drift')],
+        right: [emf('WeightDrift', 'Sum', svc, 'weight drift'), emf('CapacityDrift', 'Sum', svc, 'capacity drift')],
       }),
     );
     dashboard.addWidgets(

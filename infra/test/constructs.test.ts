@@ -75,10 +75,12 @@ describe('BlueGreenService', () => {
     }
   });
 
-  it('runs <name>-blue with the live count and <name>-green at zero', () => {
+  it('leaves both colours\' counts to the worker: no DesiredCount that an update would re-apply', () => {
     const services = Object.fromEntries(ofType('AWS::ECS::Service').map(([, r]) => [r.Properties.ServiceName, r.Properties]));
-    assert.equal(services['web-blue'].DesiredCount, 2);
-    assert.equal(services['web-green'].DesiredCount, 0);
+    for (const name of ['web-blue', 'web-green']) {
+      assert.ok(services[name], name);
+      assert.equal(services[name].DesiredCount, undefined, name);
+    }
     assert.equal(services['web-blue'].LoadBalancers[0].TargetGroupArn.Ref, blue.Ref);
     assert.equal(services['web-green'].LoadBalancers[0].TargetGroupArn.Ref, green.Ref);
   });
@@ -370,6 +372,7 @@ describe('BlueGreenController', () => {
     assert.deepEqual(web.rollback_alarms, [ref(stack.web.colours.blue.rollback), ref(stack.web.colours.green.rollback)]);
     assert.deepEqual(web.production_listener_rule_arn, ref(stack.web.productionRule));
     assert.deepEqual(web.strategy, { kind: 'linear', step_percent: 20, interval: '3m' });
+    assert.equal(web.min_tasks, 2, 'desiredCount is the live colour\'s floor');
     assert.equal(web.container_name, 'app');
     assert.equal(web.tag_pattern, 'release-*');
     // The injected string is the same document.
@@ -385,6 +388,7 @@ describe('BlueGreenController', () => {
       'worker-not-running': ['CPUUtilization', 'AWS/ECS'],
       'deployment-stuck': ['StepLag', 'Bluegreen'],
       'weight-drift': ['WeightDrift', 'Bluegreen'],
+      'capacity-drift': ['CapacityDrift', 'Bluegreen'],
       'deployment-failed': ['DeploymentsFailed', 'Bluegreen'],
       'undelivered-events': ['ApproximateNumberOfMessagesVisible', 'AWS/SQS'],
     };
@@ -426,7 +430,7 @@ describe('BlueGreenController', () => {
       'Alarms',
       'web: healthy / unhealthy targets per colour',
       'web: running / desired tasks per colour (Container Insights)',
-      'web: load balancer 5xx, connection errors, weight drift',
+      'web: load balancer 5xx, connection errors, drift',
       'Worker: CPU and memory (%), running tasks',
       'Table: throttled requests',
       'EventBridge → worker queue: invocations, failures',
@@ -501,6 +505,7 @@ describe('paging', () => {
     const paging = alarms.filter((r: any) => JSON.stringify(r.Properties.AlarmActions ?? []).includes(topic));
     const names = paging.map(named).sort();
     assert.deepEqual(names, [
+      'Example-capacity-drift',
       'Example-dead-letters',
       'Example-deployment-failed',
       'Example-deployment-stuck',

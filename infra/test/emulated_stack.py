@@ -446,6 +446,29 @@ def main(endpoint, binary, template_path):
         wait_for("the live weights written back", 60, lambda: production_weights(elb, rule) == {blue_tg: 0, green_tg: 100})
         print("drift: production put on blue behind the worker's back, written back to 0/100")
 
+        # 3b. A change to the live colour's service behind the worker's back (what a stack
+        #     update that re-applies a colour service's template does): green, live, is put
+        #     on the blue service's revision with no tasks. Production never moves; the
+        #     reconciler announces it and puts the deployed revision and its count back.
+        def green_service():
+            return ecs.describe_services(cluster=web["cluster"], services=[web["green_service"]])["services"][0]
+        before = green_service()
+        other = ecs.describe_services(cluster=web["cluster"], services=[web["blue_service"]])["services"][0]["taskDefinition"]
+        assert other != before["taskDefinition"]
+        ecs.update_service(cluster=web["cluster"], service=web["green_service"], taskDefinition=other, desiredCount=0)
+        drifted = wait_for("Capacity Drift Detected", 60, lambda: outbound("Capacity Drift Detected"))["detail"]
+        capacity = drifted["capacity"]
+        assert capacity["color"] == "green" and capacity["found"]["desired"] == 0, drifted
+        assert capacity["expectedTaskDefinition"] == before["taskDefinition"], drifted
+        wait_for(
+            "green back on the deployed revision",
+            60,
+            lambda: (lambda s: s["taskDefinition"] == before["taskDefinition"] and s["desiredCount"] == before["desiredCount"])(green_service()),
+        )
+        assert production_weights(elb, rule) == {blue_tg: 0, green_tg: 100}
+        print(f"capacity drift: green put on {other.split('/')[-1]} x0 behind the worker's back, "
+              f"{before['taskDefinition'].split('/')[-1]} x{before['desiredCount']} again; production 0/100 throughout")
+
         # 4. A production rule that no longer forwards to the pair (a fixed response): the
         #    next push is refused at its start and ends Failed; nothing is touched.
         elb.modify_rule(RuleArn=rule, Actions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain"}}])
@@ -493,7 +516,7 @@ def main(endpoint, binary, template_path):
         namespace = worker_env["BLUEGREEN_METRICS_NAMESPACE"]
         names, shapes = check_emf(lines, namespace)
         for name in ["DeploymentsStarted", "DeploymentsSucceeded", "DeploymentsRolledBack", "DeploymentsFailed", "GreenWeight",
-                     "Weight", "Phase", "RollbackLatency", "StepLag", "WeightDrift", "MessagesProcessed", "OutboxPending",
+                     "Weight", "Phase", "RollbackLatency", "StepLag", "WeightDrift", "CapacityDrift", "MessagesProcessed", "OutboxPending",
                      "ReconcilePass"]:
             assert name in names, f"{name} missing from the EMF output: {sorted(names)}"
         print(f"EMF: {len(lines) - 1} documents, metrics {sorted(names)}")

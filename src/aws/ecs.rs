@@ -192,7 +192,30 @@ impl Platform for Aws {
     ) -> PortResult<()> {
         let svc = self.resources(service)?;
         let live = self.describe_service(svc, match_count_of).await?;
-        let desired = live.desired_count().max(1);
+        let floor = i32::try_from(svc.min_tasks).unwrap_or(i32::MAX);
+        let desired = live.desired_count().max(floor).max(1);
+        repeat("UpdateService", || {
+            self.ecs
+                .update_service()
+                .cluster(&svc.cluster)
+                .service(service_name(svc, color))
+                .task_definition(task_definition)
+                .desired_count(desired)
+                .send()
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn restore_capacity(
+        &self,
+        service: &str,
+        color: Color,
+        task_definition: &str,
+        desired: u32,
+    ) -> PortResult<()> {
+        let svc = self.resources(service)?;
+        let desired = i32::try_from(desired).unwrap_or(i32::MAX);
         repeat("UpdateService", || {
             self.ecs
                 .update_service()

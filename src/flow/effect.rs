@@ -47,6 +47,18 @@ pub enum Effect {
         /// Service to scale down.
         color: Color,
     },
+    /// Put the live colour's service back on `task_definition` with `desired` tasks
+    /// (capacity drift under the reassert policy).
+    RestoreCapacity {
+        /// Deployment that made the colour live (lease check).
+        deployment_id: String,
+        /// The live colour.
+        color: Color,
+        /// Task definition ARN it should run.
+        task_definition: String,
+        /// Tasks it should want.
+        desired: u32,
+    },
     /// Write production listener rule weights, then read them back; a mismatch is a
     /// failure of this effect. The worker re-checks the deployment's lease right before,
     /// and reports the read-back as a `TrafficConfirmed` input.
@@ -90,6 +102,7 @@ impl Effect {
             Effect::RegisterRevision { .. } => "register-revision",
             Effect::UpdateService { .. } => "update-service",
             Effect::ScaleToZero { .. } => "scale-to-zero",
+            Effect::RestoreCapacity { .. } => "restore-capacity",
             Effect::SetProductionWeights { .. } => "set-production-weights",
             Effect::SetTestWeights { .. } => "set-test-weights",
             Effect::RunValidations { .. } => "run-validations",
@@ -104,6 +117,7 @@ impl Effect {
             Effect::RegisterRevision { deployment_id, .. }
             | Effect::UpdateService { deployment_id, .. }
             | Effect::ScaleToZero { deployment_id, .. }
+            | Effect::RestoreCapacity { deployment_id, .. }
             | Effect::SetProductionWeights { deployment_id, .. }
             | Effect::SetTestWeights { deployment_id, .. }
             | Effect::RunValidations { deployment_id, .. } => deployment_id,
@@ -148,6 +162,10 @@ pub enum EventKind {
     /// The production rule's weights differ from the ones the worker wrote.
     #[serde(rename = "Weight Drift Detected")]
     WeightDriftDetected,
+    /// The live colour runs another task definition, wants fewer tasks than it should,
+    /// or has no healthy target.
+    #[serde(rename = "Capacity Drift Detected")]
+    CapacityDriftDetected,
     /// An input was refused.
     #[serde(rename = "Event Rejected")]
     Rejected,
@@ -155,7 +173,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for schema coverage tests.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Started,
         EventKind::PhaseChanged,
         EventKind::TrafficShifted,
@@ -167,6 +185,7 @@ impl EventKind {
         EventKind::Queued,
         EventKind::OldColorReleased,
         EventKind::WeightDriftDetected,
+        EventKind::CapacityDriftDetected,
         EventKind::Rejected,
     ];
 
@@ -185,6 +204,7 @@ impl EventKind {
             EventKind::Queued => "Deployment Queued",
             EventKind::OldColorReleased => "Old Color Released",
             EventKind::WeightDriftDetected => "Weight Drift Detected",
+            EventKind::CapacityDriftDetected => "Capacity Drift Detected",
             EventKind::Rejected => "Event Rejected",
         }
     }
@@ -210,6 +230,41 @@ pub struct Drift {
     pub rule: String,
     /// What the worker does about it.
     pub policy: DriftPolicy,
+}
+
+/// What `Capacity Drift Detected` found on the live colour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityDrift {
+    /// The live colour.
+    pub color: Color,
+    /// The task definition it should run.
+    pub expected_task_definition: String,
+    /// The tasks it should want: the count of the last look that found nothing wrong,
+    /// at least `min_tasks` (what reassert writes back).
+    pub expected_desired: u32,
+    /// The fewest tasks it may want (`min_tasks`).
+    pub min_tasks: u32,
+    /// What it runs.
+    pub found: CapacityFound,
+    /// Each difference, in words.
+    pub findings: Vec<String>,
+    /// What the worker does about it.
+    pub policy: DriftPolicy,
+}
+
+/// The live colour's service and target group as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityFound {
+    /// Task definition of its primary ECS deployment.
+    pub task_definition: Option<String>,
+    /// Tasks desired.
+    pub desired: u32,
+    /// Tasks running.
+    pub running: u32,
+    /// Healthy registered targets.
+    pub healthy_targets: u32,
 }
 
 /// The `detail` of an outbound event (SPEC §5). Field names are the wire names.
@@ -265,6 +320,9 @@ pub struct EventDetail {
     /// Expected and found weights (only on `Weight Drift Detected`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
+    /// What differs on the live colour (only on `Capacity Drift Detected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityDrift>,
 }
 
 /// One outbound event of the outbox.

@@ -19,16 +19,16 @@ pub mod settings;
 
 pub use decide::{Needs, decide, needs};
 pub use effect::{
-    Decided, Decision, Drift, Effect, EventDetail, EventKind, IgnoreCode, OutboundEvent, Outcome,
-    RejectCode, StepPosition,
+    CapacityDrift, CapacityFound, Decided, Decision, Drift, Effect, EventDetail, EventKind,
+    IgnoreCode, OutboundEvent, Outcome, RejectCode, StepPosition,
 };
 pub use input::{
     Action, AlarmState, CheckOutcome, Input, InputKind, Observations, ProductionRules, RuleWeights,
     TargetHealth, TickKey,
 };
 pub use model::{
-    Color, Deployment, Hold, ImageRef, PendingTick, Phase, Plan, QueuedImage, Rollback,
-    ServiceState, Step, Timestamp, Weights,
+    Color, Deployment, Hold, ImageRef, LiveRevision, PendingTick, Phase, Plan, QueuedImage,
+    Rollback, ServiceState, Step, Timestamp, Weights,
 };
 pub use settings::{
     Check, Concurrency, DriftPolicy, ExplicitStep, ServiceSettings, Strategy, Timeouts,

@@ -508,6 +508,15 @@ pub struct ServiceState {
     pub confirmed: Option<Weights>,
     /// The image running on the live colour, when known.
     pub live_image: Option<String>,
+    /// The task definition the live colour should run: the one a deployment put there,
+    /// or, when the worker never changed that colour, the one first read there.
+    /// Capacity drift is judged against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_revision: Option<LiveRevision>,
+    /// Capacity drift last reported (what differs on the live colour), so one incident
+    /// is announced once; empty once the colour runs as it should again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacity_drift: Vec<String>,
     /// Deployments created so far (drives deployment ids).
     pub deployments_started: u64,
     /// The deployment in progress, if any.
@@ -518,6 +527,20 @@ pub struct ServiceState {
     pub queued: Option<QueuedImage>,
     /// Dedup keys of recently applied inputs, oldest first.
     pub recent_keys: VecDeque<String>,
+}
+
+/// The task definition a colour should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveRevision {
+    /// The colour.
+    pub color: Color,
+    /// Task definition ARN.
+    pub task_definition: String,
+    /// Tasks it wanted at the last look that found nothing wrong (0 until then): what
+    /// capacity drift is put back to, at least `min_tasks`.
+    #[serde(default)]
+    pub desired: u32,
 }
 
 /// How many dedup keys a service remembers. Older duplicates are caught by the store's
@@ -534,6 +557,8 @@ impl ServiceState {
             live_observed: false,
             confirmed: None,
             live_image: None,
+            live_revision: None,
+            capacity_drift: Vec::new(),
             deployments_started: 0,
             active: None,
             last: None,

@@ -275,8 +275,11 @@ pub struct ServiceSettings {
     pub timeouts: Timeouts,
     /// How many times rollback effects may fail before the deployment is `Failed`.
     pub rollback_attempts: u32,
-    /// What to do about weight drift.
+    /// What to do about weight drift (and capacity drift of the live colour).
     pub drift: DriftPolicy,
+    /// Fewest tasks the live colour may want: fewer is capacity drift, and a new colour
+    /// starts with at least this many.
+    pub min_tasks: u32,
     /// What to do when alarms or the production rule stay unreadable.
     pub on_unreadable: UnreadablePolicy,
     /// Whether a rollback alarm rolls back a deployment that succeeded while its old
@@ -300,6 +303,7 @@ impl ServiceSettings {
             timeouts: Timeouts::default(),
             rollback_attempts: 5,
             drift: DriftPolicy::Reassert,
+            min_tasks: 1,
             on_unreadable: UnreadablePolicy::Rollback,
             rollback_while_warm: true,
         }

@@ -217,6 +217,20 @@ impl LocalPlatform {
         rt.point(color, revision, count)
     }
 
+    /// Points `color` at `revision` with `count` instances (capacity drift put back).
+    ///
+    /// # Errors
+    /// Unknown service or a database error.
+    pub fn restore(
+        &self,
+        service: &str,
+        color: Color,
+        revision: &str,
+        count: u32,
+    ) -> PortResult<()> {
+        self.runtime(service)?.point(color, revision, count.max(1))
+    }
+
     /// Takes `color` out of the router, drains it and stops its instances.
     ///
     /// # Errors

@@ -214,6 +214,17 @@ impl Platform for Local {
             .update(service, color, task_definition, match_count_of)
     }
 
+    async fn restore_capacity(
+        &self,
+        service: &str,
+        color: Color,
+        task_definition: &str,
+        desired: u32,
+    ) -> PortResult<()> {
+        self.platform
+            .restore(service, color, task_definition, desired)
+    }
+
     async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
         self.platform.scale_to_zero(service, color)
     }

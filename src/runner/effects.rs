@@ -243,6 +243,17 @@ impl<W: World> Runner<W> {
                     .await?;
                 Ok(None)
             }
+            Effect::RestoreCapacity {
+                color,
+                task_definition,
+                desired,
+                ..
+            } => {
+                self.world
+                    .restore_capacity(&svc.name, *color, task_definition, *desired)
+                    .await?;
+                Ok(None)
+            }
             Effect::ScaleToZero { color, .. } => {
                 self.world.scale_to_zero(&svc.name, *color).await?;
                 Ok(None)

@@ -98,6 +98,8 @@ pub(super) struct Waiting {
     patience: Duration,
     preempting: bool,
     marked_at: Option<Timestamp>,
+    /// Times the lease was found free and the caller sent back to decide again.
+    free: u32,
 }
 
 impl Waiting {
@@ -107,6 +109,7 @@ impl Waiting {
             patience,
             preempting,
             marked_at: None,
+            free: 0,
         }
     }
 }
@@ -249,8 +252,12 @@ impl<W: World> Runner<W> {
             let rollback_waits =
                 !waiting.preempting && fence.preempt_until.is_some_and(|t| t >= now);
             if !held && !rollback_waits {
-                // A lost race on the version: decide again at once, but never spin.
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                // A lost race on the version: decide again at once, but never spin. A
+                // caller sent back here with the lease still free (say, a stale
+                // preemption mark that only its expiry clears) waits longer each time.
+                let shift = waiting.free.min(8);
+                waiting.free += 1;
+                tokio::time::sleep(Duration::from_millis(1 << shift)).await;
                 return Ok(());
             }
             let remark = waiting

@@ -623,3 +623,59 @@ async fn no_repeat_of_a_call_starts_after_its_send_deadline() {
     assert_eq!(tries(Some(Duration::from_millis(250))).await, 2);
     assert_eq!(tries(Some(Duration::ZERO)).await, 1, "a passed deadline");
 }
+
+/// A stack update (or a console change) puts the live colour's ECS service back on its
+/// first task definition with no tasks, after a deployment: the reconciler reads the live
+/// colour through ECS and ELBv2, announces `Capacity Drift Detected` once, and puts the
+/// deployed revision and its count back; the production rule never moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_colour_moved_off_its_revision_is_put_back_by_the_reconciler() {
+    let env = Env::create("capdrift", Shape::default()).await;
+    let running = deployed_and_released(&env, "6c", "release-6").await;
+    let green = env.ecs_service("green").await;
+    let deployed = green.task_definition().expect("td").to_string();
+    let count = green.desired_count();
+    let first = env.ecs_service("blue").await;
+    let first = first.task_definition().expect("td").to_string();
+    assert_ne!(first, deployed);
+    let ecs = aws_sdk_ecs::Client::new(&env.sdk);
+    ecs.update_service()
+        .cluster(&env.service().cluster)
+        .service(&env.service().green_service)
+        .task_definition(&first)
+        .desired_count(0)
+        .send()
+        .await
+        .expect("update");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = env.ecs_service("green").await;
+        if s.task_definition() == Some(deployed.as_str()) && s.desired_count() == count {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "green not put back: {:?} x{}; state {:#?}",
+            s.task_definition(),
+            s.desired_count(),
+            env.state().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(env.production().await, wt(0, 100), "traffic never moved");
+    running.stop().await;
+
+    let events = events(&env).await;
+    let drift = of_kind(&events, "Capacity Drift Detected");
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    let c = &drift[0]["detail"]["capacity"];
+    assert_eq!(c["color"], "green");
+    assert_eq!(
+        c["expectedTaskDefinition"].as_str(),
+        Some(deployed.as_str())
+    );
+    assert_eq!(c["expectedDesired"], count);
+    assert_eq!(c["found"]["taskDefinition"].as_str(), Some(first.as_str()));
+    assert_eq!(c["found"]["desired"], 0);
+    assert_eq!(c["policy"], "reassert");
+}

@@ -152,6 +152,11 @@ pub enum Call {
         task_definition: String,
     },
     ScaleToZero(Color),
+    Restore {
+        color: Color,
+        task_definition: String,
+        desired: u32,
+    },
     Production(Weights),
     Test(Weights),
     Validate(String),
@@ -561,6 +566,24 @@ impl Platform for Sim {
         c.log.calls.push(Call::Update {
             color,
             task_definition: task_definition.into(),
+        });
+        Ok(())
+    }
+    async fn restore_capacity(
+        &self,
+        _service: &str,
+        color: Color,
+        task_definition: &str,
+        desired: u32,
+    ) -> PortResult<()> {
+        self.effect("restore-capacity").await?;
+        let mut c = self.cloud();
+        c.colors
+            .insert(color, (Some(task_definition.to_string()), desired));
+        c.log.calls.push(Call::Restore {
+            color,
+            task_definition: task_definition.into(),
+            desired,
         });
         Ok(())
     }

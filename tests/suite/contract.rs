@@ -7,7 +7,9 @@ use std::path::Path;
 use bluegreen::config::Config;
 use bluegreen::contract::{self, Body, Entry, ParseError, Routed, Sources, parse_image};
 use bluegreen::fleet::Fleet;
-use bluegreen::flow::{Action, Check, Color, Concurrency, EventKind, InputKind, Phase, Weights};
+use bluegreen::flow::{
+    Action, Check, Color, Concurrency, EventKind, InputKind, Phase, TargetHealth, Weights,
+};
 use bluegreen::schema::{self, SchemaId};
 use proptest::prelude::*;
 
@@ -308,6 +310,18 @@ fn worlds() -> Vec<World> {
     }
     w.apply(by_tag);
     w.settle();
+    out.push(w);
+
+    // The live colour wants no tasks after a deployment: capacity drift.
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.settle();
+    w.health = Some(TargetHealth {
+        desired: 0,
+        healthy_targets: 0,
+        ..healthy()
+    });
+    w.reconcile();
     out.push(w);
     out
 }

@@ -1164,6 +1164,18 @@ impl Platform for MotoWorld {
             .update_service(service, color, task_definition, match_count_of)
             .await
     }
+    async fn restore_capacity(
+        &self,
+        service: &str,
+        color: Color,
+        task_definition: &str,
+        desired: u32,
+    ) -> PortResult<()> {
+        self.alive().await;
+        self.aws
+            .restore_capacity(service, color, task_definition, desired)
+            .await
+    }
     async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
         self.alive().await;
         self.aws.scale_to_zero(service, color).await

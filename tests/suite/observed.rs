@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bluegreen::flow::{
     Action, Check, Color, DriftPolicy, EventKind, Input, InputKind, Observations, OutboundEvent,
-    Outcome, Phase, ProductionRules, RejectCode, RuleWeights, ServiceSettings, Weights,
+    Outcome, Phase, ProductionRules, RejectCode, RuleWeights, ServiceSettings, TargetHealth,
+    Weights,
 };
 
 use crate::common::*;
@@ -284,6 +285,8 @@ fn drift_while_idle_is_found_by_the_reconciler_and_written_back() {
     w.apply(push(1));
     w.settle();
     assert_eq!(w.state.live, Color::Green);
+    // The first look learns the count the live colour runs with.
+    assert_eq!(w.reconcile(), Outcome::Applied);
     assert_eq!(
         ignored_code(&w.reconcile()),
         Some(bluegreen::flow::IgnoreCode::NothingOverdue)
@@ -677,4 +680,136 @@ fn only_the_release_of_the_last_deployment_reads_the_rule_once_it_succeeded() {
         "the old colour's release reads the rule first"
     );
     assert!(!needs("web-0"), "a tick of no deployment reads nothing");
+}
+
+/// The first revision, as CloudFormation created both colour services with.
+const FIRST_REVISION: &str = "arn:aws:ecs:us-east-1:123456789012:task-definition/web:1";
+
+fn capacity_of(w: &World) -> Vec<bluegreen::flow::CapacityDrift> {
+    events_of(w, EventKind::CapacityDriftDetected)
+        .into_iter()
+        .map(|e| {
+            e.detail
+                .capacity
+                .expect("a capacity drift names what it found")
+        })
+        .collect()
+}
+
+fn restores(w: &World) -> Vec<Call> {
+    w.log
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::Restore { .. }))
+        .cloned()
+        .collect()
+}
+
+/// A stack update re-applies a colour service's template after a deployment: the live
+/// colour is put back on the first revision with no tasks. The reconciler announces it
+/// once and, under the default policy, puts the deployed revision and the count it ran
+/// with back; once it runs well again, the incident is over and a later one is news.
+#[test]
+fn a_live_colour_put_back_on_its_first_revision_with_no_tasks_is_restored_and_reported_once() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.state.live, Color::Green);
+    let deployed = w.state.last.as_ref().and_then(|d| d.revision.clone());
+    let deployed = deployed.expect("a deployed revision");
+    assert!(
+        matches!(w.reconcile(), Outcome::Applied),
+        "the first look learns the count the live colour runs with"
+    );
+    assert!(matches!(w.reconcile(), Outcome::Ignored { .. }));
+    assert!(capacity_of(&w).is_empty(), "nothing drifted yet");
+
+    w.cloud()
+        .colors
+        .insert(Color::Green, (Some(FIRST_REVISION.into()), 0));
+    w.health = Some(TargetHealth {
+        task_definition: Some(FIRST_REVISION.into()),
+        desired: 0,
+        running: 0,
+        healthy_targets: 0,
+        registered_targets: 0,
+        ..healthy()
+    });
+    w.reconcile();
+    w.reconcile();
+    let drift = capacity_of(&w);
+    assert_eq!(drift.len(), 1, "one incident, one event: {drift:#?}");
+    let d = &drift[0];
+    assert_eq!(d.color, Color::Green);
+    assert_eq!(d.expected_task_definition, deployed);
+    assert_eq!(d.expected_desired, 2, "the count it ran with");
+    assert_eq!(d.found.task_definition.as_deref(), Some(FIRST_REVISION));
+    assert_eq!(d.findings.len(), 3, "{:?}", d.findings);
+    assert_eq!(
+        restores(&w),
+        [Call::Restore {
+            color: Color::Green,
+            task_definition: deployed.clone(),
+            desired: 2,
+        }],
+        "written back once"
+    );
+    assert_eq!(w.cloud().rule, wt(0, 100), "traffic never moved");
+
+    // ECS rolls the restored service out.
+    w.health = Some(healthy());
+    w.reconcile();
+    assert!(w.state.capacity_drift.is_empty(), "the incident is over");
+    w.cloud()
+        .colors
+        .insert(Color::Green, (Some(FIRST_REVISION.into()), 2));
+    w.reconcile();
+    assert_eq!(capacity_of(&w).len(), 2, "a new incident is news again");
+    assert_eq!(restores(&w).len(), 2);
+}
+
+/// Under the report policy nothing is written; a colour with no healthy target is only
+/// reported whatever the policy (there is nothing to write back), and only once.
+#[test]
+fn a_live_colour_with_no_healthy_target_is_reported_once_and_nothing_is_written() {
+    for policy in [DriftPolicy::Reassert, DriftPolicy::Report] {
+        let mut s = settings();
+        s.drift = policy;
+        let mut w = World::new(s);
+        w.apply(push(1));
+        w.settle();
+        w.reconcile();
+        w.health = Some(TargetHealth {
+            healthy_targets: 0,
+            ..healthy()
+        });
+        w.reconcile();
+        w.reconcile();
+        let drift = capacity_of(&w);
+        assert_eq!(drift.len(), 1, "{policy:?}: {drift:#?}");
+        assert_eq!(drift[0].findings, ["has no healthy target"]);
+        let reason = events_of(&w, EventKind::CapacityDriftDetected)[0]
+            .detail
+            .reason
+            .clone()
+            .unwrap_or_default();
+        assert!(reason.contains("nothing to write back"), "{reason}");
+        assert!(restores(&w).is_empty(), "{policy:?}");
+    }
+}
+
+/// A live colour below `min_tasks` under the report policy is reported, not written.
+#[test]
+fn capacity_under_min_tasks_is_reported_only_under_the_report_policy() {
+    let mut s = settings();
+    s.drift = DriftPolicy::Report;
+    s.min_tasks = 3;
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.settle();
+    w.reconcile();
+    let drift = capacity_of(&w);
+    assert_eq!(drift.len(), 1, "2 tasks are fewer than min_tasks 3");
+    assert_eq!(drift[0].expected_desired, 3);
+    assert!(restores(&w).is_empty());
 }

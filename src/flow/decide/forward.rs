@@ -5,7 +5,7 @@
 use super::{Applied, Cx, Ignore, Verdict, at_cursor, rollback, tick, with_deployment};
 use crate::flow::effect::{Effect, EventKind, IgnoreCode};
 use crate::flow::input::{CheckOutcome, Observations};
-use crate::flow::model::{Deployment, Hold, Phase, Weights};
+use crate::flow::model::{Deployment, Hold, LiveRevision, Phase, Weights};
 use crate::flow::settings::{Check, DriftPolicy};
 
 pub(super) fn begin_provisioning(cx: &mut Cx<'_>, d: &mut Deployment) {
@@ -217,6 +217,12 @@ fn begin_baking(cx: &mut Cx<'_>, d: &mut Deployment) {
 pub(super) fn begin_finalizing(cx: &mut Cx<'_>, d: &mut Deployment) {
     cx.state.live = d.target;
     cx.state.live_image = Some(d.to_image.pinned());
+    cx.state.live_revision = d.revision.clone().map(|task_definition| LiveRevision {
+        color: d.target,
+        task_definition,
+        desired: 0,
+    });
+    cx.state.capacity_drift.clear();
     d.weights = Weights::all(d.target);
     cx.enter(d, Phase::Finalizing, EventKind::PhaseChanged, None);
     cx.establish(d);

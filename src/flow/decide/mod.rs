@@ -204,8 +204,12 @@ pub fn needs(state: &ServiceState, input: &Input) -> Needs {
                 resolve_tag: false,
             }
         }
+        // An idle service's live colour is read too: capacity drift is judged once a
+        // deployment made it live (events belong to a deployment).
         InputKind::Reconcile { .. } => Needs {
             production: state.live_observed,
+            target_health: (state.live_observed && state.active.is_none() && state.last.is_some())
+                .then_some(state.live),
             ..Needs::default()
         },
         // An alarm that entered ALARM before the deployment it would roll back started is
@@ -328,6 +332,7 @@ impl Cx<'_> {
             input: Some(input.key.clone()),
             to_tag: None,
             drift: None,
+            capacity: None,
         };
         self.events.push(OutboundEvent {
             kind: EventKind::Rejected,
@@ -366,6 +371,7 @@ impl Cx<'_> {
             input: None,
             to_tag: d.to_image.tag.clone(),
             drift: None,
+            capacity: None,
         };
         let at = self.events.len();
         self.events.push(OutboundEvent { kind, detail });

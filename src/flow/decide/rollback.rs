@@ -25,6 +25,9 @@ pub(super) fn begin_rollback(cx: &mut Cx<'_>, d: &mut Deployment, reason: String
     if cx.state.live != d.stable {
         cx.state.live = d.stable;
         cx.state.live_image = d.from_image.clone();
+        // What the old colour runs is taken as what it should at the next look.
+        cx.state.live_revision = None;
+        cx.state.capacity_drift.clear();
     }
     d.weights = Weights::all(d.stable);
     cx.enter(d, Phase::RollingBack, EventKind::RollingBack, Some(reason));
