@@ -425,15 +425,19 @@ async fn two_workers_deploy_several_services_without_conflicting_writes() {
     );
     writes.sort_by_key(|(at, _, _)| *at);
     for name in ["web", "web1", "web2"] {
-        let seen: Vec<Weights> = writes
+        let all: Vec<Weights> = writes
             .iter()
             .filter(|(_, s, _)| s == name)
             .map(|(_, _, w)| *w)
             .collect();
+        // Weights found unconfirmed on a loaded machine are written again: the same
+        // weights, never other ones, never back.
+        let mut seen = all.clone();
+        seen.dedup();
         assert_eq!(
             seen,
-            [wt(50, 50), wt(0, 100), wt(0, 100), wt(0, 100)],
-            "{name}: writes by both workers, in time order"
+            [wt(50, 50), wt(0, 100)],
+            "{name}: writes by both workers, in time order: {all:?}"
         );
     }
     let events = audited(&env).await;
