@@ -52,6 +52,28 @@ impl Aws {
         })
     }
 
+    /// Points `color`'s service at `task_definition` with `desired` tasks.
+    async fn point(
+        &self,
+        svc: &ServiceConfig,
+        color: Color,
+        task_definition: &str,
+        desired: u32,
+    ) -> PortResult<()> {
+        let desired = i32::try_from(desired).unwrap_or(i32::MAX);
+        repeat("UpdateService", || {
+            self.ecs
+                .update_service()
+                .cluster(&svc.cluster)
+                .service(service_name(svc, color))
+                .task_definition(task_definition)
+                .desired_count(desired)
+                .send()
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn registered_for(
         &self,
         family: &str,
@@ -192,19 +214,11 @@ impl Platform for Aws {
     ) -> PortResult<()> {
         let svc = self.resources(service)?;
         let live = self.describe_service(svc, match_count_of).await?;
-        let floor = i32::try_from(svc.min_tasks).unwrap_or(i32::MAX);
-        let desired = live.desired_count().max(floor).max(1);
-        repeat("UpdateService", || {
-            self.ecs
-                .update_service()
-                .cluster(&svc.cluster)
-                .service(service_name(svc, color))
-                .task_definition(task_definition)
-                .desired_count(desired)
-                .send()
-        })
-        .await?;
-        Ok(())
+        let desired = u32::try_from(live.desired_count())
+            .unwrap_or(0)
+            .max(svc.min_tasks)
+            .max(1);
+        self.point(svc, color, task_definition, desired).await
     }
 
     async fn restore_capacity(
@@ -215,18 +229,7 @@ impl Platform for Aws {
         desired: u32,
     ) -> PortResult<()> {
         let svc = self.resources(service)?;
-        let desired = i32::try_from(desired).unwrap_or(i32::MAX);
-        repeat("UpdateService", || {
-            self.ecs
-                .update_service()
-                .cluster(&svc.cluster)
-                .service(service_name(svc, color))
-                .task_definition(task_definition)
-                .desired_count(desired)
-                .send()
-        })
-        .await?;
-        Ok(())
+        self.point(svc, color, task_definition, desired).await
     }
 
     async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
