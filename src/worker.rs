@@ -498,9 +498,21 @@ impl<W: World> Worker<W> {
                 permits.push(p);
             }
             let free = u32::try_from(permits.len()).unwrap_or(1);
+            let receive = worker.world().receive(
+                free,
+                worker.options.wait,
+                worker.options.receive_visibility,
+            );
+            tokio::pin!(receive);
             let received = tokio::select! {
-                r = worker.world().receive(free, worker.options.wait, worker.options.receive_visibility) => r,
-                _ = shutdown.changed() => break,
+                r = &mut receive => r,
+                _ = shutdown.changed() => {
+                    // The queue may have handed messages to this request already: cutting
+                    // it short would leave them hidden for the receive's visibility. Its
+                    // answer comes within the long poll; what it holds goes back at once.
+                    worker.hand_back(receive.await).await;
+                    break;
+                }
             };
             let messages = match received {
                 Ok(m) => m,
@@ -531,6 +543,20 @@ impl<W: World> Worker<W> {
             let _ = reconciler.await;
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Makes the messages of a receive answered after shutdown visible again, for another
+    /// worker to take now.
+    async fn hand_back(&self, received: PortResult<Vec<Received>>) {
+        let Ok(messages) = received else { return };
+        for m in messages {
+            info!(id = %m.message_id, "shutting down: message handed back unread");
+            if let Err(e) =
+                patiently(|| self.world().set_visibility(&m.receipt, Duration::ZERO)).await
+            {
+                warn!(id = %m.message_id, error = %e, "cannot hand a message back; it reappears after the receive's visibility");
+            }
+        }
     }
 
     /// Handles one received message with a visibility heartbeat (first at a third of the

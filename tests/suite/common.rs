@@ -235,6 +235,9 @@ pub struct Cloud {
     pub slow: Option<(&'static str, Duration)>,
     /// Reads of the production rule fail retryably (throttling).
     pub rule_unreadable: bool,
+    /// The next receive takes its messages off the queue at once and answers this much
+    /// later (a long poll whose answer is on its way).
+    pub receive_answer_late: Option<Duration>,
     /// The next this many publishes fail.
     pub bus_down: u32,
     /// Store calls yield to other tasks first, so that concurrent workers interleave.
@@ -271,6 +274,7 @@ impl Default for Cloud {
             write_answer_lost: false,
             slow: None,
             rule_unreadable: false,
+            receive_answer_late: None,
             bus_down: 0,
             interleave: false,
         }
@@ -368,7 +372,12 @@ impl Inbox for Sim {
         wait: Duration,
         visibility: Duration,
     ) -> PortResult<Vec<Received>> {
-        self.db.receive(max, wait, visibility).await
+        let received = self.db.receive(max, wait, visibility).await;
+        let late = self.cloud().receive_answer_late.take();
+        if let Some(late) = late {
+            tokio::time::sleep(late).await;
+        }
+        received
     }
     async fn receive_limit(&self) -> PortResult<Option<u32>> {
         self.db.receive_limit().await

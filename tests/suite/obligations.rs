@@ -567,3 +567,25 @@ fn the_retry_back_off_doubles_to_a_minute_and_spans_minutes_over_the_stacks_rece
     assert_eq!(retry_backoff(u32::MAX).as_secs(), 60);
     assert_eq!(retry_backoff(0).as_secs(), 1);
 }
+
+/// SIGTERM while a long poll's answer is on its way: the queue already hid the message for
+/// that request, so the worker waits for the answer and hands the message back unread
+/// (another worker takes it now, not after the receive's visibility), deciding nothing.
+#[test]
+fn a_receive_answered_after_shutdown_hands_its_message_back_unread() {
+    let mut w = World::new(settings());
+    w.send(&envelope::push(1), Duration::ZERO);
+    w.cloud().receive_answer_late = Some(Duration::from_secs(5));
+    let worker = w.other_worker("stopping");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    w.block_on(async move {
+        let run = tokio::spawn(worker.run(stopped));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.send(true).expect("the worker listens");
+        run.await.expect("the worker stops");
+    });
+    let back = w.receive(1);
+    assert_eq!(back.len(), 1, "the push is visible again at once");
+    assert_eq!(back[0].receive_count, 2, "it was received once before");
+    assert!(w.records.is_empty(), "nothing was decided on it");
+}
