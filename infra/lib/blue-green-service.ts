@@ -6,6 +6,7 @@ import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
+import { protect } from './guard';
 import { runbookLink } from './runbooks';
 import type { Concurrency, Drift, ServiceEntry, Strategy, Timeouts, Validation } from './config';
 
@@ -273,6 +274,7 @@ export class BlueGreenService extends Construct {
         circuitBreaker: { enable: true, rollback: false },
         healthCheckGracePeriod: props.healthCheck?.gracePeriod ?? Duration.seconds(60),
       });
+      protect(service, 'colour-service');
       service.attachToApplicationTargetGroup(targetGroup);
       service.connections.allowFrom(props.loadBalancer, ec2.Port.tcp(props.containerPort), 'from the load balancer');
       return { targetGroup, service };
@@ -302,6 +304,7 @@ export class BlueGreenService extends Construct {
           ]),
         }),
     );
+    this.productionRules.forEach((rule) => protect(rule, 'production-rule'));
     this.productionRule = this.productionRules[0];
 
     if (props.testListener) {

@@ -153,7 +153,8 @@ export class BlueGreenController extends Construct {
     | 'failed'
     | 'undelivered'
     | 'failedInvocations'
-    | 'workerDegraded',
+    | 'workerDegraded'
+    | 'capacityDrift',
     cloudwatch.Alarm
   >;
   /** The dashboard. */

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { App, Duration, Stack, Validations } from 'aws-cdk-lib';
+import { App, Duration, Stack, Tags, Validations } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
@@ -15,6 +15,8 @@ import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { ExampleStack } from '../lib/example';
 import { PHASES } from '../lib/dashboard';
+import { PROTECTED, ProductionGuard, protectedChanges, stackPolicy, type TemplateDocument } from '../lib/guard';
+import type * as ecs from 'aws-cdk-lib/aws-ecs';
 
 const IMAGE = '123456789012.dkr.ecr.us-east-1.amazonaws.com/bluegreen:1.0.0';
 
@@ -457,6 +459,103 @@ describe('BlueGreenController', () => {
       'FailedInvocations',
     ]) {
       assert.ok(body.includes(metric), metric);
+    }
+  });
+});
+
+describe('production guard', () => {
+  /** The example's template after `change` (applied to the stack before synth). */
+  const variant = (change: (s: ExampleStack) => void = () => {}, props = {}): TemplateDocument => {
+    const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
+    const s = new ExampleStack(app, 'Example', { workerImage: IMAGE, ...props });
+    change(s);
+    return Template.fromStack(s).toJSON() as TemplateDocument;
+  };
+  const deployed = variant();
+  const protectedIds = Object.entries(deployed.Resources ?? {})
+    .filter(([, r]) => r.Metadata?.[PROTECTED])
+    .map(([id, r]) => `${r.Type} ${r.Metadata?.[PROTECTED]} ${id}`)
+    .sort();
+  const summary = (t: TemplateDocument) => protectedChanges(deployed, t).map((c) => `${c.action} ${c.logicalId}: ${c.because.join(', ')}`);
+  const services = Object.entries(deployed.Resources ?? {}).filter(([, r]) => r.Type === 'AWS::ECS::Service' && String((r.Properties as any).ServiceName).startsWith('web-'));
+
+  it('marks both colour services and every production rule, nothing else', () => {
+    assert.equal(services.length, 2);
+    assert.deepEqual(
+      protectedIds.map((p) => p.split(' ').slice(0, 2).join(' ')),
+      ['AWS::ECS::Service colour-service', 'AWS::ECS::Service colour-service', 'AWS::ElasticLoadBalancingV2::ListenerRule production-rule'],
+    );
+  });
+
+  it('lets the same template, and changes elsewhere, through', () => {
+    assert.deepEqual(summary(variant()), []);
+    const tuned = variant(() => {}, { webOverrides: { alarms: { errorRatePercent: 2 } } });
+    assert.notEqual(JSON.stringify(tuned), JSON.stringify(deployed), 'the variant differs');
+    assert.deepEqual(summary(tuned), []);
+  });
+
+  it('stops a tag on the stack: it would re-apply both colour services and the production rule', () => {
+    const tagged = summary(variant((s) => Tags.of(s).add('cost-centre', '42')));
+    for (const [id] of services) assert.ok(tagged.includes(`update ${id}: Tags`), `${id} in ${tagged}`);
+  });
+
+  it('stops a changed task definition: a new revision both colours would roll to in place', () => {
+    const changed = protectedChanges(
+      deployed,
+      variant((s) => (s.web.colours.blue.service.taskDefinition as ecs.FargateTaskDefinition).defaultContainer?.addEnvironment('FEATURE', 'on')),
+    );
+    assert.deepEqual(
+      changed.map((c) => [c.logicalId, c.action]).sort(),
+      services.map(([id]) => [id, 'update']).sort(),
+    );
+    for (const c of changed) assert.match(c.because.join(), /^TaskDefinition \(\w+ replaced\)$/);
+  });
+
+  it('stops a moved or removed production rule and names a replacement', () => {
+    const [rule] = Object.entries(deployed.Resources ?? {}).filter(([, r]) => r.Metadata?.[PROTECTED] === 'production-rule');
+    const moved = structuredClone(deployed) as any;
+    moved.Resources[rule[0]].Properties.Priority = 7;
+    assert.deepEqual(summary(moved), [`update ${rule[0]}: Priority`]);
+    moved.Resources[rule[0]].Properties.ListenerArn = { Ref: 'Other' };
+    assert.equal(protectedChanges(deployed, moved)[0].action, 'replace');
+    delete moved.Resources[rule[0]];
+    assert.deepEqual(summary(moved), [`delete ${rule[0]}: removed from the template`]);
+  });
+
+  it('fails the synth against the deployed template, unless allowed', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-deployed-'));
+    fs.writeFileSync(path.join(dir, 'Example.template.json'), JSON.stringify(deployed));
+    const synth = (allow: boolean, change: (s: ExampleStack) => void) => {
+      const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'bluegreen-cdk-')) });
+      change(new ExampleStack(app, 'Example', { workerImage: IMAGE }));
+      Validations.of(app).addPlugins(new ProductionGuard({ deployed: dir, allow }));
+      return () => app.synth();
+    };
+    const tag = (s: ExampleStack) => Tags.of(s).add('cost-centre', '42');
+    assert.throws(synth(false, tag), (e: Error) => {
+      const report = fs.readFileSync(/found in: (\S+)/.exec(e.message)?.[1] ?? '', 'utf8');
+      for (const [id] of services) assert.match(report, new RegExp(`would update the colour-service ${id} \\(Tags\\)`));
+      return /protected-resource-changed/.test(report);
+    });
+    assert.doesNotThrow(synth(true, tag));
+    assert.doesNotThrow(synth(false, () => {}));
+  });
+
+  it('writes a stack policy that refuses exactly the protected updates', () => {
+    const policy = stackPolicy(deployed);
+    // CloudFormation's stack policy semantics: an explicit deny wins over any allow.
+    const allows = (id: string, action: string) => {
+      const matches = (st: (typeof policy.Statement)[number]) =>
+        [st.Action].flat().some((a) => a === action || a === 'Update:*') &&
+        [st.Resource].flat().some((r) => r === '*' || r === `LogicalResourceId/${id}`);
+      const hits = policy.Statement.filter(matches);
+      return hits.some((st) => st.Effect === 'Allow') && !hits.some((st) => st.Effect === 'Deny');
+    };
+    for (const [id, r] of Object.entries(deployed.Resources ?? {})) {
+      const guarded = Boolean(r.Metadata?.[PROTECTED]);
+      for (const action of ['Update:Modify', 'Update:Replace', 'Update:Delete']) {
+        assert.equal(allows(id, action), !guarded, `${action} on ${r.Type} ${id}`);
+      }
     }
   });
 });
