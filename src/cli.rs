@@ -123,6 +123,25 @@ pub enum Command {
         /// Services one reconciler pass works on at once.
         #[arg(long, default_value_t = 4)]
         reconcile_concurrency: usize,
+        /// Loopback address where the worker answers `bluegreen health` (the container's
+        /// health check); empty turns it off.
+        #[arg(long, default_value = crate::health::DEFAULT_ADDR)]
+        health_addr: String,
+    },
+    /// The container's health check: asks the worker on this machine how it is. Prints its
+    /// report (JSON); exits 0 when it receives and finishes messages (or is stopping), 1
+    /// when its loop is stuck, its queue has been out of reach for 5 minutes, or it does
+    /// not answer within --timeout.
+    #[command(
+        after_help = "Example (the worker's task definition):\n  \"healthCheck\": { \"command\": [\"CMD\", \"/usr/local/bin/bluegreen\", \"health\"] }"
+    )]
+    Health {
+        /// Where the worker answers (its --health-addr).
+        #[arg(long, default_value = crate::health::DEFAULT_ADDR)]
+        addr: String,
+        /// How long to wait for its answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Run the whole product on this machine, no AWS account: blue v1 under HTTP load
     /// through the embedded proxy, a clean v2 deployment, then a faulty v3 that the
@@ -440,6 +459,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             receive_visibility,
             visibility,
             reconcile_concurrency,
+            health_addr,
         } => load_config(config.as_deref()).and_then(|config| {
             let d = humantime::format_duration;
             if aws_timeout <= wait {
@@ -481,8 +501,11 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 attempts: aws_attempts.max(1),
                 attempt_timeout: aws_timeout,
             };
-            run_worker(config, options, calls)
+            run_worker(config, options, calls, &health_addr)
         }),
+        Command::Health { addr, timeout } => {
+            return cmd_health(&addr, timeout, out, err);
+        }
         Command::Demo {
             scenario,
             listen,
@@ -713,11 +736,41 @@ fn default_worker_id() -> String {
 }
 
 /// Runs the AWS worker until SIGTERM or Ctrl-C.
+fn cmd_health(
+    addr: &str,
+    timeout: std::time::Duration,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let report = runtime().and_then(|rt| rt.block_on(crate::health::probe(addr, timeout)));
+    match report {
+        Ok(report) => {
+            let _ = writeln!(out, "{}", serde_json::json!(report));
+            if report.status.healthy() {
+                EXIT_OK
+            } else {
+                EXIT_INVALID
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            EXIT_INVALID
+        }
+    }
+}
+
 fn run_worker(
     config: Config,
     options: crate::worker::Options,
     calls: crate::aws::CallPolicy,
+    health_addr: &str,
 ) -> Result<String, String> {
+    let limits = crate::health::Limits::for_worker(
+        options.wait,
+        calls.attempt_timeout,
+        calls.attempts,
+        options.visibility,
+    );
     runtime()?.block_on(async move {
         let namespace = std::env::var(METRICS_NAMESPACE_ENV)
             .ok()
@@ -733,6 +786,18 @@ fn run_worker(
             crate::ports::system_clock(),
             options,
         );
+        if !health_addr.is_empty() {
+            match tokio::net::TcpListener::bind(health_addr).await {
+                Ok(listener) => {
+                    tokio::spawn(crate::health::serve(listener, worker.pulse(), limits));
+                }
+                Err(e) => tracing::warn!(
+                    addr = health_addr,
+                    error = %e,
+                    "the health check has no answer: cannot listen"
+                ),
+            }
+        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;

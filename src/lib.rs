@@ -25,6 +25,7 @@ pub mod config;
 pub mod contract;
 pub mod fleet;
 pub mod flow;
+pub mod health;
 pub mod local;
 pub mod operate;
 pub mod plan;

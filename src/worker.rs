@@ -34,6 +34,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::contract::{self, Entry, Routed, Sources};
 use crate::fleet::Fleet;
 use crate::flow::{self, Input, Outcome};
+use crate::health::Pulse;
 use crate::ports::{Clock, Lease, PortError, PortResult, Received, World, patiently};
 use crate::runner::{Runner, describe};
 use crate::telemetry;
@@ -60,6 +61,9 @@ pub enum Disposition {
     /// new message (a fresh receive count) and delete this one.
     Requeue(String),
 }
+
+/// The shortest time between two receives that found the queue empty.
+const EMPTY_POLL: Duration = Duration::from_secs(1);
 
 /// How long a message that failed retryably stays hidden before its `receive_count + 1`-th
 /// receipt: doubling from 1 s, capped at a minute — with the stack's 15 receipts a message
@@ -117,6 +121,7 @@ pub struct Worker<W> {
     fleet: Arc<Fleet>,
     sources: Sources,
     options: Options,
+    pulse: Arc<Pulse>,
 }
 
 impl<W> Clone for Worker<W> {
@@ -126,6 +131,7 @@ impl<W> Clone for Worker<W> {
             fleet: self.fleet.clone(),
             sources: self.sources.clone(),
             options: self.options.clone(),
+            pulse: self.pulse.clone(),
         }
     }
 }
@@ -143,12 +149,18 @@ impl<W: World> Worker<W> {
             fleet: Arc::new(fleet),
             sources,
             options,
+            pulse: Arc::default(),
         }
     }
 
     /// The adapters.
     pub fn world(&self) -> &W {
         self.runner.world()
+    }
+
+    /// What [`run`](Self::run) records of its progress, for the health check.
+    pub fn pulse(&self) -> Arc<Pulse> {
+        self.pulse.clone()
     }
 
     /// The same worker telling `listener` of every decision it makes (see
@@ -480,6 +492,7 @@ impl<W: World> Worker<W> {
             },
             ..self.clone()
         };
+        worker.pulse.received();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -498,6 +511,7 @@ impl<W: World> Worker<W> {
                 permits.push(p);
             }
             let free = u32::try_from(permits.len()).unwrap_or(1);
+            let asked = tokio::time::Instant::now();
             let receive = worker.world().receive(
                 free,
                 worker.options.wait,
@@ -515,8 +529,17 @@ impl<W: World> Worker<W> {
                 }
             };
             let messages = match received {
-                Ok(m) => m,
+                Ok(m) => {
+                    worker.pulse.received();
+                    if m.is_empty() {
+                        // An empty queue answered at once (a short poll, `--wait 0s`):
+                        // at most one receive a second, not a hot loop of paid requests.
+                        tokio::time::sleep(EMPTY_POLL.saturating_sub(asked.elapsed())).await;
+                    }
+                    m
+                }
                 Err(e) => {
+                    worker.pulse.receive_failed();
                     warn!(error = %e, "receive failed");
                     drop(permits);
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -528,12 +551,15 @@ impl<W: World> Worker<W> {
                 let worker = worker.clone();
                 tasks.spawn(async move {
                     worker.process(m).await;
+                    worker.pulse.progressed();
                     drop(permit);
                 });
             }
             drop(permits);
             while tasks.try_join_next().is_some() {}
+            worker.pulse.set_in_flight(tasks.len());
         }
+        worker.pulse.stopping();
         info!(
             in_flight = tasks.len(),
             "shutting down: finishing in-flight messages"

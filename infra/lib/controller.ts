@@ -117,6 +117,21 @@ export const WORKER_VISIBILITY = Duration.seconds(60);
 export const WORKER_STOP_TIMEOUT = Duration.seconds(60);
 
 /**
+ * The worker container's health check: `bluegreen health` asks the worker over loopback
+ * (nothing on the read-only root). It fails when the worker's loop made no progress for
+ * longer than a receive and a message can take, when every receive failed for 5 minutes,
+ * or when the process does not answer in 3 s; ECS then replaces the task (and the
+ * circuit breaker rolls back a worker release whose tasks never get healthy).
+ */
+export const WORKER_HEALTH_CHECK: ecs.HealthCheck = {
+  command: ['CMD', '/usr/local/bin/bluegreen', 'health', '--timeout', '3s'],
+  interval: Duration.seconds(30),
+  timeout: Duration.seconds(5),
+  retries: 3,
+  startPeriod: Duration.seconds(60),
+};
+
+/**
  * The controller: the worker as a Fargate service, its queue and dead-letter queue, its
  * table, the event bus and the rules that feed the queue, least-privilege IAM, the
  * controller alarms and the dashboard.
@@ -313,6 +328,7 @@ export class BlueGreenController extends Construct {
       command: ['worker'],
       readonlyRootFilesystem: true,
       stopTimeout: WORKER_STOP_TIMEOUT,
+      healthCheck: WORKER_HEALTH_CHECK,
       environment: {
         BLUEGREEN_CONFIG_JSON: stack.toJsonString(this.config),
         BLUEGREEN_METRICS_NAMESPACE: namespace,

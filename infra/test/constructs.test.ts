@@ -365,6 +365,16 @@ describe('BlueGreenController', () => {
     assert.deepEqual(container.Command, ['worker']);
     assert.equal(container.ReadonlyRootFilesystem, true);
     assert.equal(container.StopTimeout, 60);
+    // The health check runs the image's own binary, where the Dockerfile puts it.
+    assert.deepEqual(container.HealthCheck, {
+      Command: ['CMD', '/usr/local/bin/bluegreen', 'health', '--timeout', '3s'],
+      Interval: 30,
+      Retries: 3,
+      StartPeriod: 60,
+      Timeout: 5,
+    });
+    const dockerfile = fs.readFileSync(path.join(__dirname, '..', '..', 'docker', 'Dockerfile'), 'utf8');
+    assert.match(dockerfile, new RegExp(`^COPY .* ${container.HealthCheck.Command[1]}$`, 'm'));
     const env = Object.fromEntries(container.Environment.map((e: any) => [e.Name, e.Value]));
     assert.equal(env.BLUEGREEN_METRICS_NAMESPACE, 'Bluegreen');
     const config = JSON.parse(JSON.stringify(stack.resolve(c.config)));

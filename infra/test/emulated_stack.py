@@ -486,6 +486,15 @@ def main(endpoint, binary, template_path):
         rejected = wait_for("Event Rejected", 60, lambda: outbound("Event Rejected"))["detail"]
         print(f"a malformed message: rejected ({rejected['reason'][:60]}…)")
 
+        # 4c. The container's health check, as the task definition states it, against the
+        #     worker configured from the stack: healthy while it works.
+        check = container["healthCheck"]
+        assert check["command"][:2] == ["CMD", "/usr/local/bin/bluegreen"], check
+        health = subprocess.run([binary, *check["command"][2:]], capture_output=True, text=True, timeout=check["timeout"] + 5)
+        assert health.returncode == 0, f"the health check failed: {health.stdout}{health.stderr}"
+        assert json.loads(health.stdout)["status"] == "ok", health.stdout
+        print(f"health check: {health.stdout.strip()}")
+
         # 5. SIGTERM: the worker stops cleanly well within the task's stop timeout.
         stop_timeout = container.get("stopTimeout", 30)
         started = time.monotonic()

@@ -622,8 +622,13 @@ async fn the_worker_binary_consumes_the_queue_and_stops_cleanly_on_sigterm() {
     // (the container's root file system is read-only).
     let home = std::env::temp_dir().join(format!("{}-home", env.prefix));
     std::fs::create_dir_all(&home).expect("home");
+    let health = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bluegreen"))
         .args(["worker", "--wait", "1s", "--id", "binary-test"])
+        .args(["--health-addr", &health])
         .current_dir(&home)
         .env("HOME", &home)
         .env("TMPDIR", &home)
@@ -644,6 +649,37 @@ async fn the_worker_binary_consumes_the_queue_and_stops_cleanly_on_sigterm() {
     })
     .await;
     let pid = child.id().expect("pid").to_string();
+    // The container's health check: the same binary asks the worker over loopback.
+    let check = |timeout: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+            .args(["health", "--addr", &health, "--timeout", timeout])
+            .output()
+            .expect("bluegreen health");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, said) = check("5s");
+    assert_eq!(code, Some(0), "{said}");
+    let report: serde_json::Value = serde_json::from_str(&said).expect("a JSON report");
+    assert_eq!(report["status"], "ok", "{said}");
+    // A frozen worker answers nothing: the check fails on its deadline.
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    };
+    signal("-STOP");
+    let (code, said) = check("1s");
+    signal("-CONT");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("did not answer within"), "{said}");
     let signalled = tokio::time::Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])

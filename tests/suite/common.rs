@@ -238,6 +238,8 @@ pub struct Cloud {
     /// The next receive takes its messages off the queue at once and answers this much
     /// later (a long poll whose answer is on its way).
     pub receive_answer_late: Option<Duration>,
+    /// Receives fail (the queue out of reach).
+    pub receive_fails: bool,
     /// The next this many publishes fail.
     pub bus_down: u32,
     /// Store calls yield to other tasks first, so that concurrent workers interleave.
@@ -275,6 +277,7 @@ impl Default for Cloud {
             slow: None,
             rule_unreadable: false,
             receive_answer_late: None,
+            receive_fails: false,
             bus_down: 0,
             interleave: false,
         }
@@ -372,6 +375,11 @@ impl Inbox for Sim {
         wait: Duration,
         visibility: Duration,
     ) -> PortResult<Vec<Received>> {
+        if self.cloud().receive_fails {
+            return Err(PortError::Retryable(
+                "ReceiveMessage: dispatch failure: connection refused".into(),
+            ));
+        }
         let received = self.db.receive(max, wait, visibility).await;
         let late = self.cloud().receive_answer_late.take();
         if let Some(late) = late {

@@ -44,6 +44,7 @@ mod contract;
 mod docs;
 mod error_logs;
 mod faults;
+mod health;
 mod hostile;
 mod invariants;
 mod local_db;
