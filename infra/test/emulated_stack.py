@@ -254,6 +254,44 @@ def check_iam(endpoint, cfn, iam, requests):
         print(f"IAM: {evaluated} requests of the {who} ({len(operations)} operations) allowed by its role: {', '.join(operations)}")
 
 
+def replay_protected_update(cfn, ecs, elb, template):
+    """Applies the template state of every protected resource (metadata
+    `bluegreen:protected`) as a CloudFormation update of it does: an ECS service gets its
+    template's task definition again (and its DesiredCount, if it had one), a listener rule
+    its template's actions. Returns the roles replayed."""
+    physical_ids = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId")
+        for page in cfn.get_paginator("list_stack_resources").paginate(StackName=STACK)
+        for r in page["StackResourceSummaries"]
+        if "LogicalResourceId" in r
+    }
+
+    def resolve(value):
+        if isinstance(value, dict) and set(value) == {"Ref"}:
+            return physical_ids[value["Ref"]]
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    played = []
+    for logical, resource in template["Resources"].items():
+        role = resource.get("Metadata", {}).get("bluegreen:protected")
+        if not role:
+            continue
+        props = resolve(resource["Properties"])
+        if resource["Type"] == "AWS::ECS::Service":
+            extra = {"desiredCount": props["DesiredCount"]} if "DesiredCount" in props else {}
+            ecs.update_service(cluster=props["Cluster"], service=props["ServiceName"], taskDefinition=props["TaskDefinition"], **extra)
+        elif resource["Type"] == "AWS::ElasticLoadBalancingV2::ListenerRule":
+            elb.modify_rule(RuleArn=physical_ids[logical], Actions=props["Actions"])
+        else:
+            raise AssertionError(f"no replay for protected {resource['Type']} {logical}")
+        played.append(role)
+    return played
+
+
 def set_weights(elb, rule_arn, weights):
     """Writes the production rule as someone other than the worker would."""
     groups = [{"TargetGroupArn": arn, "Weight": weight} for arn, weight in weights.items()]
@@ -468,6 +506,29 @@ def main(endpoint, binary, template_path):
         assert production_weights(elb, rule) == {blue_tg: 0, green_tg: 100}
         print(f"capacity drift: green put on {other.split('/')[-1]} x0 behind the worker's back, "
               f"{before['taskDefinition'].split('/')[-1]} x{before['desiredCount']} again; production 0/100 throughout")
+
+        # 3c. A stack update with a tag on every resource, played as CloudFormation applies
+        #     it (moto's update of a live service does not): each protected resource's
+        #     whole template state is written again, the production rule back to 100/0
+        #     blue and both colour services back to the template's task definition, while
+        #     green is live. (The production guard refuses such an update at synth, and the
+        #     stack policy on the account; this is the floor when neither was used.) The
+        #     worker finds both drifts and restores production within seconds.
+        count = lambda kind: (outbound(kind), sum(1 for e in seen if e["detail-type"] == kind))[1]
+        drifts = count("Weight Drift Detected"), count("Capacity Drift Detected")
+        played = replay_protected_update(cfn, ecs, elb, synthesized)
+        replayed = time.monotonic()
+        assert sorted(played) == ["colour-service", "colour-service", "production-rule"], played
+        assert green_service()["taskDefinition"] != before["taskDefinition"], "the replay moved green"
+        wait_for(
+            "production and green's revision restored",
+            60,
+            lambda: production_weights(elb, rule) == {blue_tg: 0, green_tg: 100}
+            and (lambda s: s["taskDefinition"] == before["taskDefinition"] and s["desiredCount"] == before["desiredCount"])(green_service()),
+        )
+        restored = time.monotonic() - replayed
+        wait_for("both drifts announced", 30, lambda: count("Weight Drift Detected") > drifts[0] and count("Capacity Drift Detected") > drifts[1])
+        print(f"stack update replayed (tag on every resource): production and green's revision restored in {restored:.1f}s")
 
         # 4. A production rule that no longer forwards to the pair (a fixed response): the
         #    next push is refused at its start and ends Failed; nothing is touched.
