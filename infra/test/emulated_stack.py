@@ -237,21 +237,61 @@ def physical(cfn, logical_prefix, kind):
     return found[0]
 
 
-def check_iam(endpoint, cfn, iam, requests):
-    """Every call the worker and the operator commands made is allowed by their role's policies."""
+def bus_policies(cfn, iam, template, requests):
+    """The event bus's resource policy statements, from the synthesized template (moto
+    does not keep them), with the roles and the bus named by their ARNs on the stack."""
+    physical_ids = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId")
+        for page in cfn.get_paginator("list_stack_resources").paginate(StackName=STACK)
+        for r in page["StackResourceSummaries"]
+        if "LogicalResourceId" in r
+    }
+    resources = template["Resources"]
+
+    def resolve(value):
+        if isinstance(value, dict) and set(value) == {"Fn::GetAtt"}:
+            logical, attribute = value["Fn::GetAtt"]
+            kind = resources[logical]["Type"]
+            if (kind, attribute) == ("AWS::IAM::Role", "Arn"):
+                return iam.get_role(RoleName=physical_ids[logical])["Role"]["Arn"]
+            if (kind, attribute) == ("AWS::Events::EventBus", "Arn"):
+                return requests.arn("events", f"event-bus/{resources[logical]['Properties']['Name']}")
+            raise AssertionError(f"cannot resolve {value}")
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    out = {}
+    for resource in resources.values():
+        if resource["Type"] == "AWS::Events::EventBusPolicy":
+            statement = resolve(resource["Properties"]["Statement"])
+            for arn in iam_eval._list(statement["Resource"]):
+                out.setdefault(arn, []).append(statement)
+    assert out, "the template has no event bus policy"
+    return out
+
+
+def check_iam(endpoint, cfn, iam, requests, template):
+    """Every call the worker and the operator commands made is allowed by their role's
+    policies and the event bus's resource policy."""
     iam_eval.self_check(requests)
     calls = iam_eval.parse_recording(recorder(endpoint, "download-recording"))
+    on_bus = bus_policies(cfn, iam, template, requests)
     for key, who, role_prefix in [(WORKER_KEY, "worker", "ControllerWorkerRole"), (OPERATOR_KEY, "operator", "Operator")]:
         theirs = [c for c in calls if c.access_key == key]
-        policies = iam_eval.role_policies(iam, physical(cfn, role_prefix, "AWS::IAM::Role"))
-        refused, evaluated = iam_eval.denied(theirs, policies, requests)
+        role = physical(cfn, role_prefix, "AWS::IAM::Role")
+        policies = iam_eval.role_policies(iam, role)
+        role_arn = iam.get_role(RoleName=role)["Role"]["Arn"]
+        refused, evaluated = iam_eval.denied(theirs, policies, requests, role_arn, on_bus)
         operations = sorted({repr(c) for c in theirs})
         assert theirs and evaluated, f"no recorded call of the {who}"
         assert not refused, f"the {who}'s role does not allow: " + "; ".join(
             f"{c!r} -> {action} on {resource} ({decision}{'; ' + iam_eval.SCOPE_EXCEPTIONS[(c.service, c.operation)] if (c.service, c.operation) in iam_eval.SCOPE_EXCEPTIONS else ''})"
             for c, action, resource, decision in refused[:10]
         )
-        print(f"IAM: {evaluated} requests of the {who} ({len(operations)} operations) allowed by its role: {', '.join(operations)}")
+        print(f"IAM: {evaluated} requests of the {who} ({len(operations)} operations) allowed by its role and the bus policy: {', '.join(operations)}")
 
 
 def replay_protected_update(cfn, ecs, elb, template):
@@ -604,7 +644,7 @@ def main(endpoint, binary, template_path):
             worker.wait()
     # 7. IAM: every call above was allowed by the policies the stack gave the caller.
     recorder(endpoint, "stop-recording")
-    check_iam(endpoint, cfn, iam, iam_eval.Requests(REGION, ACCOUNT))
+    check_iam(endpoint, cfn, iam, iam_eval.Requests(REGION, ACCOUNT), synthesized)
     # 8. Every command the runbooks show, against this stack.
     runbooks.run_all(endpoint, binary)
     shutil.rmtree(work, ignore_errors=True)

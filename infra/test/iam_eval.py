@@ -258,14 +258,29 @@ def role_policies(iam, role_name):
     return docs
 
 
-def denied(calls, policies, requests):
+def _names_principal(statement, principal):
+    """Whether a resource policy statement's `Principal` covers the caller `principal`
+    (a role ARN)."""
+    named = statement.get("Principal")
+    if named == "*":
+        return True
+    aws = _list((named or {}).get("AWS", []))
+    return "*" in aws or principal in aws
+
+
+def denied(calls, policies, requests, principal=None, resource_policies=()):
     """Every (call, action, resource, decision) the policies do not allow, and how many
-    requests were evaluated."""
+    requests were evaluated. `resource_policies` maps a resource ARN to the statements of
+    its resource-based policy (an event bus's): within one account a request is allowed
+    when the identity or the resource policy allows it, and refused when either denies
+    it explicitly; `principal` is the caller's role ARN (`aws:PrincipalArn`)."""
     refused, evaluated = [], 0
     for call in calls:
         for action, resource, context in requests.of(call):
             evaluated += 1
-            decision = decide(policies, action, resource, context)
+            context = dict(context, **({"aws:PrincipalArn": principal} if principal else {}))
+            attached = [st for st in dict(resource_policies).get(resource, []) if _names_principal(st, principal)]
+            decision = decide([*policies, {"Statement": attached}], action, resource, context)
             if decision != "Allow":
                 refused.append((call, action, resource, decision))
     return refused, evaluated
@@ -295,6 +310,16 @@ def self_check(requests):
     deny = {"Effect": "Deny", "Action": "events:PutEvents", "Resource": "*", "Condition": {"StringEquals": {"events:source": "bluegreen.manual"}}}
     assert not denied([put], [{"Statement": [allow]}], requests)[0]
     assert denied([put], [{"Statement": [allow, deny]}], requests)[0][0][3] == "ExplicitDeny"
+    # A bus policy: its deny refuses what the identity allows; its allow lets in what the
+    # identity does not name; a statement for another principal does neither.
+    bus = requests.arn("events", "event-bus/b")
+    only_ops = {"Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "events:PutEvents", "Resource": bus,
+                "Condition": {"StringEquals": {"events:source": "bluegreen.manual"}, "ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::1:role/ops"}}}
+    ops_may = {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::1:role/ops"}, "Action": "events:PutEvents", "Resource": bus}
+    assert denied([put], [{"Statement": [allow]}], requests, "arn:aws:iam::1:role/worker", {bus: [only_ops]})[0][0][3] == "ExplicitDeny"
+    assert not denied([put], [{"Statement": [allow]}], requests, "arn:aws:iam::1:role/ops", {bus: [only_ops]})[0]
+    assert not denied([put], [], requests, "arn:aws:iam::1:role/ops", {bus: [ops_may]})[0]
+    assert denied([put], [], requests, "arn:aws:iam::1:role/worker", {bus: [ops_may]})[0]
     try:
         requests.of(Call("k", "ecs", "DeleteService", {}))
     except AssertionError:
