@@ -705,6 +705,26 @@ fn restores(w: &World) -> Vec<Call> {
         .collect()
 }
 
+/// The one restore that puts green back on `revision` with the two tasks it ran.
+fn green_back_on(revision: &str) -> Vec<Call> {
+    vec![Call::Restore {
+        color: Color::Green,
+        task_definition: revision.into(),
+        desired: 2,
+    }]
+}
+
+/// Green live after one deployment under `policy`, its count learnt by a first look.
+fn live_after_one_deployment(policy: DriftPolicy) -> World {
+    let mut s = settings();
+    s.drift = policy;
+    let mut w = World::new(s);
+    w.apply(push(1));
+    w.settle();
+    w.reconcile();
+    w
+}
+
 /// A stack update re-applies a colour service's template after a deployment: the live
 /// colour is put back on the first revision with no tasks. The reconciler announces it
 /// once and, under the default policy, puts the deployed revision and the count it ran
@@ -745,15 +765,7 @@ fn a_live_colour_put_back_on_its_first_revision_with_no_tasks_is_restored_and_re
     assert_eq!(d.expected_desired, 2, "the count it ran with");
     assert_eq!(d.found.task_definition.as_deref(), Some(FIRST_REVISION));
     assert_eq!(d.findings.len(), 3, "{:?}", d.findings);
-    assert_eq!(
-        restores(&w),
-        [Call::Restore {
-            color: Color::Green,
-            task_definition: deployed.clone(),
-            desired: 2,
-        }],
-        "written back once"
-    );
+    assert_eq!(restores(&w), green_back_on(&deployed), "written back once");
     assert_eq!(w.cloud().rule, wt(0, 100), "traffic never moved");
 
     // ECS rolls the restored service out.
@@ -773,12 +785,7 @@ fn a_live_colour_put_back_on_its_first_revision_with_no_tasks_is_restored_and_re
 #[test]
 fn a_live_colour_with_no_healthy_target_is_reported_once_and_nothing_is_written() {
     for policy in [DriftPolicy::Reassert, DriftPolicy::Report] {
-        let mut s = settings();
-        s.drift = policy;
-        let mut w = World::new(s);
-        w.apply(push(1));
-        w.settle();
-        w.reconcile();
+        let mut w = live_after_one_deployment(policy);
         w.health = Some(TargetHealth {
             healthy_targets: 0,
             ..healthy()
@@ -812,4 +819,59 @@ fn capacity_under_min_tasks_is_reported_only_under_the_report_policy() {
     assert_eq!(drift.len(), 1, "2 tasks are fewer than min_tasks 3");
     assert_eq!(drift[0].expected_desired, 3);
     assert!(restores(&w).is_empty());
+}
+
+/// During the next deployment the live colour is its stable one: what serves the rest of
+/// the traffic and what a rollback returns to. A stack update that puts it back on its
+/// first revision mid-shift is announced on the active deployment and, under the default
+/// policy, restored while the shift goes on; under the pause policy the deployment holds
+/// instead. The shift's weights never move.
+#[test]
+fn the_stable_colour_drifted_mid_shift_is_restored_or_holds_the_deployment() {
+    for policy in [DriftPolicy::Reassert, DriftPolicy::Pause] {
+        let mut w = live_after_one_deployment(policy);
+        let deployed = w.state.last.as_ref().and_then(|d| d.revision.clone());
+        let deployed = deployed.expect("a deployed revision");
+        w.apply(push(2));
+        w.run_until(|w| w.phase() == Some(Phase::Shifting) && w.cloud().rule != wt(0, 100));
+        let shifting = w.cloud().rule;
+        assert!(shifting.blue > 0 && shifting.green > 0, "{shifting:?}");
+        let id = w.active().id.clone();
+
+        w.cloud()
+            .colors
+            .insert(Color::Green, (Some(FIRST_REVISION.into()), 2));
+        w.reconcile();
+        let drift = events_of(&w, EventKind::CapacityDriftDetected);
+        assert_eq!(drift.len(), 1, "{policy:?}: {drift:#?}");
+        assert_eq!(
+            drift[0].detail.deployment_id,
+            Some(id),
+            "on the active deployment"
+        );
+        let found = drift[0].detail.capacity.as_ref().expect("what it found");
+        assert_eq!(found.color, Color::Green, "the stable colour");
+        assert_eq!(found.expected_task_definition, deployed);
+        match policy {
+            DriftPolicy::Reassert => {
+                assert_eq!(restores(&w), green_back_on(&deployed));
+                assert!(!w.active().is_paused(), "the shift goes on");
+            }
+            _ => {
+                assert!(restores(&w).is_empty(), "{policy:?} writes nothing");
+                assert!(w.active().is_paused(), "the deployment holds");
+            }
+        }
+        assert_eq!(
+            w.cloud().rule,
+            shifting,
+            "{policy:?}: the weights never moved"
+        );
+        w.reconcile();
+        assert_eq!(
+            events_of(&w, EventKind::CapacityDriftDetected).len(),
+            1,
+            "reported once"
+        );
+    }
 }
