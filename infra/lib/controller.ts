@@ -14,7 +14,7 @@ import { Construct } from 'constructs';
 import { BlueGreenService } from './blue-green-service';
 import type { WorkerConfig } from './config';
 import { skipCheckov } from './checkov';
-import { controllerDashboard } from './dashboard';
+import { controllerDashboard, insights, ruleMetric } from './dashboard';
 import { runbookLink } from './runbooks';
 
 /** The namespace of the worker's Embedded Metric Format metrics unless told otherwise. */
@@ -501,16 +501,7 @@ export class BlueGreenController extends Construct {
         new cloudwatch.MathExpression({
           expression: this.rules.map((_, i) => `FILL(f${i}, 0)`).join(' + '),
           usingMetrics: Object.fromEntries(
-            this.rules.map((r, i) => [
-              `f${i}`,
-              new cloudwatch.Metric({
-                namespace: 'AWS/Events',
-                metricName: 'FailedInvocations',
-                dimensionsMap: { RuleName: r.ruleName },
-                statistic: 'Sum',
-                period: Duration.minutes(1),
-              }),
-            ]),
+            this.rules.map((r, i) => [`f${i}`, ruleMetric(r, 'FailedInvocations')]),
           ),
           label: 'failed invocations',
           period: Duration.minutes(1),
@@ -523,13 +514,7 @@ export class BlueGreenController extends Construct {
       workerDegraded: new cloudwatch.Alarm(this, 'WorkerDegradedAlarm', {
         alarmName: `${prefix}-worker-degraded`,
         alarmDescription: `Fewer worker tasks running than the ${workerCount} asked for, for 5 minutes: one more failure and nothing consumes the queue (Container Insights; without it the alarm has no data). ${runbookLink(this, 'bluegreen-worker-not-running')}`,
-        metric: new cloudwatch.Metric({
-          namespace: 'ECS/ContainerInsights',
-          metricName: 'RunningTaskCount',
-          dimensionsMap: { ClusterName: props.cluster.clusterName, ServiceName: this.service.serviceName },
-          statistic: 'Minimum',
-          period: Duration.minutes(1),
-        }),
+        metric: insights(props.cluster, this.service.serviceName, 'RunningTaskCount').with({ statistic: 'Minimum' }),
         threshold: workerCount,
         comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
         evaluationPeriods: 5,

@@ -51,13 +51,25 @@ export interface DashboardProps {
   readonly rules: events.IRule[];
 }
 
-/** A Container Insights metric of an ECS service (the cluster must have Container Insights on). */
-function insights(cluster: ecs.ICluster, serviceName: string, metricName: string, label: string): cloudwatch.Metric {
+/** A Container Insights metric of an ECS service (the cluster must have Container Insights on), averaged per minute. */
+export function insights(cluster: ecs.ICluster, serviceName: string, metricName: string, label?: string): cloudwatch.Metric {
   return new cloudwatch.Metric({
     namespace: 'ECS/ContainerInsights',
     metricName,
     dimensionsMap: { ClusterName: cluster.clusterName, ServiceName: serviceName },
     statistic: 'Average',
+    period: PERIOD,
+    label,
+  });
+}
+
+/** An EventBridge rule's metric (`Invocations`, `FailedInvocations`), summed per minute. */
+export function ruleMetric(rule: events.IRule, metricName: string, label?: string): cloudwatch.Metric {
+  return new cloudwatch.Metric({
+    namespace: 'AWS/Events',
+    metricName,
+    dimensionsMap: { RuleName: rule.ruleName },
+    statistic: 'Sum',
     period: PERIOD,
     label,
   });
@@ -271,16 +283,12 @@ export function controllerDashboard(scope: Construct, p: DashboardProps): cloudw
       width: THIRD,
       height: HEIGHT,
       left: p.rules.flatMap((r, i) =>
-        ['Invocations', 'FailedInvocations'].map(
-          (metricName) =>
-            new cloudwatch.Metric({
-              namespace: 'AWS/Events',
-              metricName,
-              dimensionsMap: { RuleName: r.ruleName },
-              statistic: 'Sum',
-              period: PERIOD,
-              label: `${['pushes', 'alarm changes', 'operator events'][i] ?? r.ruleName} ${metricName === 'Invocations' ? 'delivered' : 'failed'}`,
-            }),
+        ['Invocations', 'FailedInvocations'].map((metricName) =>
+          ruleMetric(
+            r,
+            metricName,
+            `${['pushes', 'alarm changes', 'operator events'][i] ?? r.ruleName} ${metricName === 'Invocations' ? 'delivered' : 'failed'}`,
+          ),
         ),
       ),
     }),
