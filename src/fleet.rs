@@ -23,9 +23,23 @@ pub struct Service {
     pub rollback_alarms: Vec<String>,
     /// What the decision core needs.
     pub settings: ServiceSettings,
+    /// ARNs of its production rules (and listener), and the names of its colour
+    /// services: a recorded change to one of them is reconciled at once.
+    pub resources: Vec<String>,
 }
 
 impl Service {
+    /// Whether `touched` is one of the resources the service is made of.
+    #[must_use]
+    pub fn is_made_of(&self, touched: &crate::contract::inbound::Touched) -> bool {
+        use crate::contract::inbound::Touched;
+        match touched {
+            Touched::Rule(id) | Touched::Listener(id) | Touched::EcsService(id) => {
+                self.resources.iter().any(|r| r == id)
+            }
+        }
+    }
+
     /// Whether a pushed tag matches `tag_pattern` (no pattern: any tag, even none).
     #[must_use]
     pub fn matches_tag(&self, tag: Option<&str>) -> bool {
@@ -77,6 +91,14 @@ impl From<&Config> for Fleet {
                     tag_pattern: s.tag_pattern.clone(),
                     rollback_alarms: s.rollback_alarms.clone(),
                     settings: s.settings(),
+                    resources: s
+                        .production_listener_rule_arn
+                        .iter()
+                        .chain(&s.production_listener_rule_arns)
+                        .chain(&s.production_listener_arn)
+                        .chain([&s.blue_service, &s.green_service])
+                        .cloned()
+                        .collect(),
                 })
                 .collect(),
         }

@@ -22,18 +22,21 @@ pub enum SchemaId {
     OperatorEvent,
     /// `schemas/inbound/worker-event.schema.json`.
     WorkerEvent,
+    /// `schemas/inbound/cloudtrail-api-call.schema.json`.
+    ApiCall,
     /// `schemas/outbound/deployment-event.schema.json`.
     OutboundEvent,
 }
 
 impl SchemaId {
     /// Every schema.
-    pub const ALL: [SchemaId; 6] = [
+    pub const ALL: [SchemaId; 7] = [
         SchemaId::Config,
         SchemaId::EcrImageAction,
         SchemaId::AlarmStateChange,
         SchemaId::OperatorEvent,
         SchemaId::WorkerEvent,
+        SchemaId::ApiCall,
         SchemaId::OutboundEvent,
     ];
 
@@ -48,6 +51,7 @@ impl SchemaId {
             }
             SchemaId::OperatorEvent => "schemas/inbound/operator-event.schema.json",
             SchemaId::WorkerEvent => "schemas/inbound/worker-event.schema.json",
+            SchemaId::ApiCall => "schemas/inbound/cloudtrail-api-call.schema.json",
             SchemaId::OutboundEvent => "schemas/outbound/deployment-event.schema.json",
         }
     }
@@ -65,6 +69,9 @@ impl SchemaId {
                 include_str!("../schemas/inbound/operator-event.schema.json")
             }
             SchemaId::WorkerEvent => include_str!("../schemas/inbound/worker-event.schema.json"),
+            SchemaId::ApiCall => {
+                include_str!("../schemas/inbound/cloudtrail-api-call.schema.json")
+            }
             SchemaId::OutboundEvent => {
                 include_str!("../schemas/outbound/deployment-event.schema.json")
             }
@@ -78,7 +85,8 @@ impl SchemaId {
             SchemaId::AlarmStateChange => 2,
             SchemaId::OperatorEvent => 3,
             SchemaId::WorkerEvent => 4,
-            SchemaId::OutboundEvent => 5,
+            SchemaId::ApiCall => 5,
+            SchemaId::OutboundEvent => 6,
         }
     }
 }

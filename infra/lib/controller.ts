@@ -76,6 +76,16 @@ export interface BlueGreenControllerProps {
    * `source`): a rule on the bus delivers each to it. Default none.
    */
   readonly notificationTopic?: sns.ITopic;
+  /**
+   * Reconcile a service as soon as CloudTrail records a write to its production rule,
+   * listener or colour services (`ModifyRule`, `DeleteRule`, `ModifyListener`,
+   * `UpdateService`, `DeleteService` by anyone: a stack update, the console, a script),
+   * instead of at the next reconciler pass. EventBridge delivers these events only
+   * where a CloudTrail trail is logging management events in the region; the reconciler
+   * stays the floor. Every such call in the account and region reaches the queue (the
+   * worker ignores those of other resources, its own included). Default false.
+   */
+  readonly reconcileOnRecordedChanges?: boolean;
 }
 
 /**
@@ -115,6 +125,9 @@ export const DEFAULT_LOG_ROUTER_IMAGE = 'public.ecr.aws/aws-observability/aws-fo
 export const WORKER_VISIBILITY = Duration.seconds(60);
 /** Time ECS gives the worker between SIGTERM and SIGKILL. */
 export const WORKER_STOP_TIMEOUT = Duration.seconds(60);
+
+/** The calls whose CloudTrail records reconcile a service at once (`reconcileOnRecordedChanges`). */
+export const RECORDED_CHANGES = ['ModifyRule', 'DeleteRule', 'ModifyListener', 'UpdateService', 'DeleteService'] as const;
 
 /**
  * The worker container's health check: `bluegreen health` asks the worker over loopback
@@ -280,6 +293,23 @@ export class BlueGreenController extends Construct {
       targets: [toQueue],
     });
     this.rules = [pushes, alarmChanges, operatorEvents];
+    if (props.reconcileOnRecordedChanges) {
+      this.rules.push(
+        new events.Rule(this, 'RecordedChanges', {
+          eventBus: defaultBus,
+          description: 'Writes to load balancer rules and listeners and to ECS services, recorded by CloudTrail: the worker reconciles the service they concern at once',
+          eventPattern: {
+            source: ['aws.elasticloadbalancing', 'aws.ecs'],
+            detailType: ['AWS API Call via CloudTrail'],
+            detail: {
+              eventSource: ['elasticloadbalancing.amazonaws.com', 'ecs.amazonaws.com'],
+              eventName: [...RECORDED_CHANGES],
+            },
+          },
+          targets: [toQueue],
+        }),
+      );
+    }
     if (props.notificationTopic) {
       new events.Rule(this, 'Notifications', {
         eventBus: this.bus,

@@ -287,7 +287,7 @@ export function controllerDashboard(scope: Construct, p: DashboardProps): cloudw
           ruleMetric(
             r,
             metricName,
-            `${['pushes', 'alarm changes', 'operator events'][i] ?? r.ruleName} ${metricName === 'Invocations' ? 'delivered' : 'failed'}`,
+            `${['pushes', 'alarm changes', 'operator events', 'recorded changes'][i] ?? r.ruleName} ${metricName === 'Invocations' ? 'delivered' : 'failed'}`,
           ),
         ),
       ),

@@ -121,6 +121,10 @@ export class ExampleStack extends Stack {
         : ecs.ContainerImage.fromAsset(REPO_ROOT, { file: 'docker/Dockerfile' }),
       services: [this.web],
       operators: [operator],
+      // With a CloudTrail trail logging in the account, a stack update or a console
+      // change of the rule or a colour service is undone within seconds; without one,
+      // the reconciler's next pass does it.
+      reconcileOnRecordedChanges: true,
       assignPublicIp: true,
       vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
     });

@@ -294,7 +294,7 @@ describe('BlueGreenController', () => {
     const rules = ofType('AWS::Events::Rule')
       .map(([, r]) => r.Properties)
       .filter((r) => JSON.stringify(r.Targets).includes(logicalId(c.queue)));
-    assert.equal(rules.length, 3);
+    assert.equal(rules.length, 4, 'pushes, alarm changes, operator events, recorded changes');
     for (const r of rules) {
       assert.deepEqual(r.Targets.map((t: any) => t.Arn), [queueArn]);
       // An event EventBridge cannot deliver is kept, not dropped after its retries.
@@ -414,7 +414,7 @@ describe('BlueGreenController', () => {
     assert.equal(alarms['Example-worker-not-running'].TreatMissingData, 'breaching');
     const invocations = alarms['Example-failed-invocations'];
     const failed = invocations.Metrics.filter((m: any) => m.MetricStat);
-    assert.equal(failed.length, 3, 'one FailedInvocations series per rule that feeds the queue');
+    assert.equal(failed.length, 4, 'one FailedInvocations series per rule that feeds the queue');
     for (const m of failed) {
       assert.equal(m.MetricStat.Metric.Namespace, 'AWS/Events');
       assert.equal(m.MetricStat.Metric.MetricName, 'FailedInvocations');
@@ -470,6 +470,24 @@ describe('BlueGreenController', () => {
     ]) {
       assert.ok(body.includes(metric), metric);
     }
+  });
+});
+
+describe('recorded changes', () => {
+  it('sends the CloudTrail records of writes to rules, listeners and ECS services to the worker queue', () => {
+    const c = stack.controller;
+    const rule = resources[logicalId(c.rules[3])].Properties;
+    assert.deepEqual(rule.EventPattern, {
+      source: ['aws.elasticloadbalancing', 'aws.ecs'],
+      'detail-type': ['AWS API Call via CloudTrail'],
+      detail: {
+        eventSource: ['elasticloadbalancing.amazonaws.com', 'ecs.amazonaws.com'],
+        eventName: ['ModifyRule', 'DeleteRule', 'ModifyListener', 'UpdateService', 'DeleteService'],
+      },
+    });
+    assert.equal(rule.EventBusName, 'default', 'the default bus, where AWS delivers them');
+    assert.deepEqual(rule.Targets[0].Arn, { 'Fn::GetAtt': [logicalId(c.queue), 'Arn'] });
+    assert.deepEqual(rule.Targets[0].DeadLetterConfig, { Arn: { 'Fn::GetAtt': [logicalId(c.undeliveredEvents), 'Arn'] } });
   });
 });
 

@@ -166,6 +166,56 @@ pub struct ReconcileDetail {
     pub service: Option<String>,
 }
 
+/// `AWS API Call via CloudTrail` detail: a write to a load balancer or ECS by anyone (a
+/// stack update, the console, a script).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiCall {
+    /// `elasticloadbalancing.amazonaws.com` or `ecs.amazonaws.com`.
+    pub event_source: String,
+    /// The operation (`ModifyRule`, `UpdateService`, …).
+    pub event_name: String,
+    /// The call's parameters as CloudTrail recorded them.
+    #[serde(default)]
+    pub request_parameters: Option<Value>,
+    /// Set when the call failed.
+    #[serde(default)]
+    pub error_code: Option<String>,
+}
+
+/// What an API call changed, of what a service is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// A listener rule, by ARN.
+    Rule(String),
+    /// A listener, by ARN.
+    Listener(String),
+    /// An ECS service, by name (the last part of an ARN).
+    EcsService(String),
+}
+
+impl ApiCall {
+    /// The resource the call changed, if it is one a service can be made of.
+    #[must_use]
+    pub fn touched(&self) -> Option<Touched> {
+        let param = |k: &str| {
+            self.request_parameters
+                .as_ref()
+                .and_then(|p| p.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        match self.event_name.as_str() {
+            "ModifyRule" | "DeleteRule" => param("ruleArn").map(Touched::Rule),
+            "ModifyListener" => param("listenerArn").map(Touched::Listener),
+            "UpdateService" | "DeleteService" => param("service")
+                .and_then(|s| s.rsplit('/').next().map(str::to_string))
+                .map(Touched::EcsService),
+            _ => None,
+        }
+    }
+}
+
 /// Operator detail-types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OperatorKind {
@@ -209,6 +259,8 @@ pub enum Body {
     Tick(TickDetail),
     /// A reconciler run.
     Reconcile(ReconcileDetail),
+    /// A write to a load balancer or ECS, recorded by CloudTrail.
+    ApiCall(ApiCall),
 }
 
 /// A parsed message.
@@ -232,6 +284,15 @@ impl Message {
             Body::Ecr(e) if e.result != "SUCCESS" => {
                 Some(format!("ECR push result {} does not deploy", e.result))
             }
+            Body::ApiCall(c) if c.error_code.is_some() => Some(format!(
+                "{} failed ({}): nothing changed",
+                c.event_name,
+                c.error_code.as_deref().unwrap_or_default()
+            )),
+            Body::ApiCall(c) if c.touched().is_none() => Some(format!(
+                "{} changes nothing a service is made of",
+                c.event_name
+            )),
             Body::Alarm(a) if a.state.value != crate::flow::AlarmState::Alarm => Some(format!(
                 "alarm {} changed to {:?}; only ALARM rolls back",
                 a.alarm_name, a.state.value
@@ -342,6 +403,9 @@ pub fn classify(value: &Value, sources: &Sources) -> Result<SchemaId, ParseError
         (s, d) if s == sources.manual && OperatorKind::from_detail_type(d, false).is_some() => {
             Ok(SchemaId::OperatorEvent)
         }
+        ("aws.elasticloadbalancing" | "aws.ecs", "AWS API Call via CloudTrail") => {
+            Ok(SchemaId::ApiCall)
+        }
         (s, "Deployment Tick" | "Reconcile Requested") if s == sources.own => {
             Ok(SchemaId::WorkerEvent)
         }
@@ -376,6 +440,7 @@ pub fn parse(value: &Value, sources: &Sources) -> Result<Message, ParseError> {
                 })?;
             Body::Operator(kind, detail)
         }
+        SchemaId::ApiCall => Body::ApiCall(serde_json::from_value(detail).map_err(typed)?),
         _ if envelope.detail_type == "Deployment Tick" => {
             Body::Tick(serde_json::from_value(detail).map_err(typed)?)
         }

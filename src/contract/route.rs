@@ -174,6 +174,29 @@ pub fn route(msg: &Message, config: &Fleet) -> Result<Routed, Rejection> {
                 Input::tick(tick, Observations::default()),
             )]))
         }
+        Body::ApiCall(c) => {
+            let Some(touched) = c.touched() else {
+                return Ok(Routed::Ignored(format!("{} changes nothing", c.event_name)));
+            };
+            // Someone changed what a service is made of: its reconciliation now, not at
+            // the next pass, finds and answers any drift.
+            let inputs: Vec<(String, Input)> = config
+                .services
+                .iter()
+                .filter(|s| s.is_made_of(&touched))
+                .map(|s| {
+                    let input = Input::reconcile(format!("reconcile:{}", env.id));
+                    (s.name.clone(), input)
+                })
+                .collect();
+            if inputs.is_empty() {
+                return Ok(Routed::Ignored(format!(
+                    "{} of {touched:?} concerns no service",
+                    c.event_name
+                )));
+            }
+            Ok(Routed::Inputs(inputs))
+        }
         Body::Reconcile(r) => {
             let services: Vec<&str> = match &r.service {
                 Some(name) => {

@@ -312,6 +312,7 @@ impl LocalService {
             tag_pattern: None,
             rollback_alarms: settings.rollback_alarms.clone(),
             settings,
+            resources: Vec::new(),
         }
     }
 }

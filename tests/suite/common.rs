@@ -137,6 +137,7 @@ pub fn fleet(s: &ServiceSettings) -> Fleet {
             tag_pattern: None,
             rollback_alarms: settings.rollback_alarms.clone(),
             settings,
+            resources: vec![RULE.into(), "web-blue".into(), "web-green".into()],
         }],
     }
 }
@@ -1218,6 +1219,29 @@ pub mod envelope {
                 "state": { "value": "ALARM", "reason": "Threshold Crossed", "timestamp": at },
                 "previousState": { "value": "OK", "reason": "fine", "timestamp": "2023-11-14T00:00:00.000+0000" },
                 "configuration": { "metrics": [] }
+            }),
+        )
+    }
+
+    /// A write recorded by CloudTrail (`ModifyRule` on the load balancer, `UpdateService`
+    /// on ECS), made by someone other than the worker.
+    pub fn api_call(id: &str, event_name: &str, parameters: Value) -> Value {
+        let (source, service) = if event_name.ends_with("Service") {
+            ("aws.ecs", "ecs.amazonaws.com")
+        } else {
+            (
+                "aws.elasticloadbalancing",
+                "elasticloadbalancing.amazonaws.com",
+            )
+        };
+        wrap(
+            id,
+            source,
+            "AWS API Call via CloudTrail",
+            json!({
+                "eventSource": service, "eventName": event_name,
+                "requestParameters": parameters,
+                "userIdentity": { "type": "AssumedRole", "invokedBy": "cloudformation.amazonaws.com" }
             }),
         )
     }

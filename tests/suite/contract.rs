@@ -59,6 +59,9 @@ fn every_aws_documentation_sample_validates_and_parses() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         match (&msg.body, name.starts_with("ecr")) {
             (Body::Ecr(e), true) => assert_eq!(e.action_type, "PUSH"),
+            (Body::ApiCall(c), false) if name.starts_with("cloudtrail") => {
+                assert_eq!(c.event_name, "ModifyRule")
+            }
             (Body::Alarm(a), false) => {
                 assert_eq!(a.state.value, bluegreen::flow::AlarmState::Alarm)
             }
@@ -546,4 +549,74 @@ fn the_phase_metric_index_matches_the_schema_and_the_dashboard() {
         .map(String::from)
         .collect();
     assert_eq!(labelled, ours, "the dashboard labels the same indices");
+}
+
+/// A write by anyone else to what a service is made of, as CloudTrail records it: the
+/// service's production rule, a colour service (by name or ARN) or a listener. Each is
+/// reconciled at once; a failed call, a call on something else or a read changes nothing;
+/// a call in another account is refused.
+#[test]
+fn a_recorded_change_to_a_services_rule_or_colour_service_reconciles_it_at_once() {
+    let config = example_config();
+    let text =
+        std::fs::read_to_string("tests/fixtures/aws/cloudtrail-modify-rule.json").expect("fixture");
+    let rule: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let route = |v: &serde_json::Value| {
+        contract::route(
+            &contract::parse(v, &Sources::default()).expect("parses"),
+            &config,
+        )
+    };
+    let reconciles = |v: &serde_json::Value| match route(v).expect("routes") {
+        Routed::Inputs(inputs) => inputs
+            .into_iter()
+            .map(|(service, input)| {
+                assert!(
+                    matches!(input.kind, bluegreen::flow::InputKind::Reconcile { .. }),
+                    "{input:?}"
+                );
+                assert_eq!(
+                    input.key,
+                    format!("reconcile:{}", v["id"].as_str().unwrap_or_default())
+                );
+                service
+            })
+            .collect::<Vec<_>>(),
+        Routed::Ignored(why) => vec![format!("ignored: {why}")],
+    };
+    assert_eq!(reconciles(&rule), ["web"]);
+
+    let mut api = rule.clone();
+    api["detail"]["requestParameters"]["ruleArn"] = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/prod-alb/50dc6c495c0c9188/f2f7dc8efc522ab2/a794c3e13b7dbcff".into();
+    assert_eq!(reconciles(&api), ["api"]);
+
+    let mut update = rule.clone();
+    update["source"] = "aws.ecs".into();
+    update["detail"]["eventSource"] = "ecs.amazonaws.com".into();
+    update["detail"]["eventName"] = "UpdateService".into();
+    update["detail"]["requestParameters"] = serde_json::json!({
+        "cluster": "prod",
+        "service": "arn:aws:ecs:us-east-1:123456789012:service/prod/api-green",
+        "taskDefinition": "api:1"
+    });
+    assert_eq!(reconciles(&update), ["api"], "by ARN");
+    update["detail"]["requestParameters"]["service"] = "web-blue".into();
+    assert_eq!(reconciles(&update), ["web"], "by name");
+
+    let mut other = rule.clone();
+    other["detail"]["requestParameters"]["ruleArn"] = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/prod-alb/50dc6c495c0c9188/f2f7dc8efc522ab2/0000000000000000".into();
+    assert!(
+        reconciles(&other)[0].contains("concerns no service"),
+        "{:?}",
+        reconciles(&other)
+    );
+    let mut failed = rule.clone();
+    failed["detail"]["errorCode"] = "AccessDenied".into();
+    assert!(reconciles(&failed)[0].contains("AccessDenied"));
+    let mut tags = rule.clone();
+    tags["detail"]["eventName"] = "AddTags".into();
+    assert!(reconciles(&tags)[0].contains("changes nothing"));
+    let mut foreign = rule.clone();
+    foreign["account"] = "210987654321".into();
+    assert_eq!(route(&foreign).expect_err("refused").code, "wrong-account");
 }

@@ -173,6 +173,10 @@ fn events_reference() -> String {
             "Inbound: the worker's own messages",
         ),
         (
+            "schemas/inbound/cloudtrail-api-call.schema.json",
+            "Inbound: writes recorded by CloudTrail",
+        ),
+        (
             "schemas/outbound/deployment-event.schema.json",
             "Outbound: deployment events",
         ),
@@ -270,4 +274,18 @@ fn a_schema_change_makes_the_reference_test_fail() {
         ),
         reference
     );
+}
+
+#[test]
+fn every_event_schema_has_its_section_in_the_event_reference() {
+    let reference = events_reference();
+    for id in bluegreen::schema::SchemaId::ALL {
+        if id != bluegreen::schema::SchemaId::Config {
+            assert!(
+                reference.contains(id.path()),
+                "{} is not in docs/reference/events.md",
+                id.path()
+            );
+        }
+    }
 }

@@ -875,3 +875,44 @@ fn the_stable_colour_drifted_mid_shift_is_restored_or_holds_the_deployment() {
         );
     }
 }
+
+/// With a trail logging, a stack update's writes reach the worker as events: a rule put
+/// back on blue and the live colour put back on its first revision are found and undone
+/// as each event arrives, not at the next reconciler pass (no time passes here).
+#[test]
+fn recorded_changes_of_the_rule_and_the_live_colour_are_reconciled_at_once() {
+    let mut w = live_after_one_deployment(DriftPolicy::Reassert);
+    let deployed = w.state.last.as_ref().and_then(|d| d.revision.clone());
+    let before = w.now;
+    w.cloud().rule = wt(100, 0);
+    w.send(
+        &envelope::api_call("ct-1", "ModifyRule", serde_json::json!({ "ruleArn": RULE })),
+        Duration::ZERO,
+    );
+    w.tick();
+    assert_eq!(w.cloud().rule, wt(0, 100), "written back");
+    assert_eq!(events_of(&w, EventKind::WeightDriftDetected).len(), 1);
+
+    w.cloud()
+        .colors
+        .insert(Color::Green, (Some(FIRST_REVISION.into()), 2));
+    let update = serde_json::json!({ "cluster": "prod", "service": "web-green", "taskDefinition": FIRST_REVISION });
+    w.send(
+        &envelope::api_call("ct-2", "UpdateService", update),
+        Duration::ZERO,
+    );
+    w.tick();
+    assert_eq!(restores(&w), green_back_on(&deployed.expect("a revision")));
+    assert_eq!(w.now, before, "no reconciler pass was waited for");
+    // The same event delivered twice changes nothing more.
+    w.send(
+        &envelope::api_call(
+            "ct-2",
+            "UpdateService",
+            serde_json::json!({ "service": "web-green" }),
+        ),
+        Duration::ZERO,
+    );
+    w.tick();
+    assert_eq!(restores(&w).len(), 1);
+}
