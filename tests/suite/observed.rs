@@ -821,61 +821,6 @@ fn capacity_under_min_tasks_is_reported_only_under_the_report_policy() {
     assert!(restores(&w).is_empty());
 }
 
-/// During the next deployment the live colour is its stable one: what serves the rest of
-/// the traffic and what a rollback returns to. A stack update that puts it back on its
-/// first revision mid-shift is announced on the active deployment and, under the default
-/// policy, restored while the shift goes on; under the pause policy the deployment holds
-/// instead. The shift's weights never move.
-#[test]
-fn the_stable_colour_drifted_mid_shift_is_restored_or_holds_the_deployment() {
-    for policy in [DriftPolicy::Reassert, DriftPolicy::Pause] {
-        let mut w = live_after_one_deployment(policy);
-        let deployed = w.state.last.as_ref().and_then(|d| d.revision.clone());
-        let deployed = deployed.expect("a deployed revision");
-        w.apply(push(2));
-        w.run_until(|w| w.phase() == Some(Phase::Shifting) && w.cloud().rule != wt(0, 100));
-        let shifting = w.cloud().rule;
-        assert!(shifting.blue > 0 && shifting.green > 0, "{shifting:?}");
-        let id = w.active().id.clone();
-
-        w.cloud()
-            .colors
-            .insert(Color::Green, (Some(FIRST_REVISION.into()), 2));
-        w.reconcile();
-        let drift = events_of(&w, EventKind::CapacityDriftDetected);
-        assert_eq!(drift.len(), 1, "{policy:?}: {drift:#?}");
-        assert_eq!(
-            drift[0].detail.deployment_id,
-            Some(id),
-            "on the active deployment"
-        );
-        let found = drift[0].detail.capacity.as_ref().expect("what it found");
-        assert_eq!(found.color, Color::Green, "the stable colour");
-        assert_eq!(found.expected_task_definition, deployed);
-        match policy {
-            DriftPolicy::Reassert => {
-                assert_eq!(restores(&w), green_back_on(&deployed));
-                assert!(!w.active().is_paused(), "the shift goes on");
-            }
-            _ => {
-                assert!(restores(&w).is_empty(), "{policy:?} writes nothing");
-                assert!(w.active().is_paused(), "the deployment holds");
-            }
-        }
-        assert_eq!(
-            w.cloud().rule,
-            shifting,
-            "{policy:?}: the weights never moved"
-        );
-        w.reconcile();
-        assert_eq!(
-            events_of(&w, EventKind::CapacityDriftDetected).len(),
-            1,
-            "reported once"
-        );
-    }
-}
-
 /// With a trail logging, a stack update's writes reach the worker as events: a rule put
 /// back on blue and the live colour put back on its first revision are found and undone
 /// as each event arrives, not at the next reconciler pass (no time passes here).

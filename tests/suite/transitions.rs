@@ -1008,18 +1008,6 @@ fn the_reconciler_redrives_a_lost_tick_with_the_current_step_effects() {
     let lost = w.sim.db.pending().expect("inbox").len();
     w.sim.db.purge().expect("purge");
     assert_eq!(lost, 1, "the one tick");
-    // The first look at the stable colour learns the revision it runs (capacity drift is
-    // judged against it from then on); it re-drives nothing.
-    let writes = w.log.production.len();
-    assert_eq!(
-        w.apply(Input::reconcile("reconcile:learn")),
-        Outcome::Applied
-    );
-    assert!(
-        w.state.live_revision.is_some(),
-        "the stable colour's revision learnt"
-    );
-    assert_eq!(w.log.production.len(), writes, "nothing written");
     let early = w.apply(Input::reconcile("reconcile:early"));
     assert_eq!(ignored(&early), IgnoreCode::NothingOverdue);
     w.advance_to(

@@ -204,11 +204,12 @@ pub fn needs(state: &ServiceState, input: &Input) -> Needs {
                 resolve_tag: false,
             }
         }
-        // The live colour is read too: capacity drift is judged once a deployment made
-        // it live (events belong to a deployment), idle or during the next deployment.
+        // An idle service's live colour is read too: capacity drift is judged once a
+        // deployment made it live (events belong to a deployment).
         InputKind::Reconcile { .. } => Needs {
             production: state.live_observed,
-            target_health: reconcile::capacity_watched(state).then_some(state.live),
+            target_health: (state.live_observed && state.active.is_none() && state.last.is_some())
+                .then_some(state.live),
             ..Needs::default()
         },
         // An alarm that entered ALARM before the deployment it would roll back started is

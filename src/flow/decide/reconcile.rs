@@ -6,7 +6,7 @@
 use super::{Applied, Cx, Ignore, Verdict, tick, with_active, with_deployment};
 use crate::flow::effect::{CapacityDrift, CapacityFound, Effect, EventKind, IgnoreCode};
 use crate::flow::input::{Observations, TargetHealth};
-use crate::flow::model::{Deployment, LiveRevision, Phase, ServiceState, Weights, duration_ms};
+use crate::flow::model::{Deployment, LiveRevision, Phase, Weights, duration_ms};
 use crate::flow::settings::DriftPolicy;
 
 pub(super) fn on_reconcile(cx: &mut Cx<'_>, observed: &Observations) -> Verdict {
@@ -46,7 +46,7 @@ pub(super) fn on_reconcile(cx: &mut Cx<'_>, observed: &Observations) -> Verdict 
         .zip(cx.state.last.as_ref().map(|d| d.id.clone()));
 
     let capacity = match &observed.target_health {
-        Some(found) if capacity_watched(&cx.state) => capacity(cx, found),
+        Some(found) if idle => capacity(cx, found),
         _ => Capacity::Unchanged,
     };
 
@@ -91,12 +91,7 @@ pub(super) fn on_reconcile(cx: &mut Cx<'_>, observed: &Observations) -> Verdict 
         cx.state.confirmed = Some(weights);
     }
     if let Capacity::Drifted(drift) = capacity
-        && let Some(id) = cx
-            .state
-            .active
-            .as_ref()
-            .or(cx.state.last.as_ref())
-            .map(|d| d.id.clone())
+        && let Some(id) = cx.state.last.as_ref().map(|d| d.id.clone())
     {
         with_deployment(cx, &id, |cx, d| {
             capacity_drifted(cx, d, *drift);
@@ -110,29 +105,6 @@ pub(super) fn on_reconcile(cx: &mut Cx<'_>, observed: &Observations) -> Verdict 
         });
     }
     Applied
-}
-
-/// Whether the reconciler judges the live colour's capacity (SPEC §4 invariant 10): once
-/// a deployment made a colour live, while the service is idle and during a deployment
-/// until it finalizes. Then the live colour is the deployment's stable one, which serves
-/// what green does not and is what a rollback returns to.
-pub(super) fn capacity_watched(state: &ServiceState) -> bool {
-    state.live_observed
-        && match &state.active {
-            None => state.last.is_some(),
-            Some(d) => {
-                d.stable == state.live
-                    && matches!(
-                        d.phase,
-                        Phase::Provisioning
-                            | Phase::WaitingForGreen
-                            | Phase::Testing
-                            | Phase::AwaitingApproval
-                            | Phase::Shifting
-                            | Phase::Baking
-                    )
-            }
-        }
 }
 
 /// What a look at the live colour changed.
@@ -236,19 +208,11 @@ fn capacity_drifted(cx: &mut Cx<'_>, d: &mut Deployment, drift: CapacityDrift) {
             .as_ref()
             .is_some_and(|t| *t != drift.expected_task_definition);
     let reassert = drift.policy == DriftPolicy::Reassert && writable;
-    // During a deployment the colour drifted is the one a rollback returns to: under the
-    // pause policy the deployment holds until a person looks.
-    let pause = drift.policy == DriftPolicy::Pause && !d.phase.is_terminal() && !d.is_paused();
-    if pause {
-        d.paused_at = Some(cx.now);
-    }
     let what = if reassert {
         format!(
             "putting {} back on {} with {} task(s)",
             drift.color, drift.expected_task_definition, drift.expected_desired
         )
-    } else if pause {
-        format!("deployment {} paused", d.id)
     } else if writable {
         "reported only".to_string()
     } else {
