@@ -82,8 +82,8 @@ export interface BlueGreenControllerProps {
    * `UpdateService`, `DeleteService` by anyone: a stack update, the console, a script),
    * instead of at the next reconciler pass. EventBridge delivers these events only
    * where a CloudTrail trail is logging management events in the region; the reconciler
-   * stays the floor. Every such call in the account and region reaches the queue (the
-   * worker ignores those of other resources, its own included). Default false.
+   * stays the floor. Every such call in the account and region but the worker's own
+   * reaches the queue (the worker ignores those of other resources). Default false.
    */
   readonly reconcileOnRecordedChanges?: boolean;
 }
@@ -304,6 +304,12 @@ export class BlueGreenController extends Construct {
             detail: {
               eventSource: ['elasticloadbalancing.amazonaws.com', 'ecs.amazonaws.com'],
               eventName: [...RECORDED_CHANGES],
+              // Not the worker's own writes: each step would come back as a reconcile
+              // that takes the service's lease during the deployment.
+              $or: [
+                { userIdentity: { type: [{ 'anything-but': 'AssumedRole' }] } },
+                { userIdentity: { sessionContext: { sessionIssuer: { arn: [{ 'anything-but': workerRole.roleArn }] } } } },
+              ],
             },
           },
           targets: [toQueue],

@@ -483,6 +483,12 @@ describe('recorded changes', () => {
       detail: {
         eventSource: ['elasticloadbalancing.amazonaws.com', 'ecs.amazonaws.com'],
         eventName: ['ModifyRule', 'DeleteRule', 'ModifyListener', 'UpdateService', 'DeleteService'],
+        // Anyone's but the worker's own: a role's session other than the worker role's,
+        // or a user, the root or a service.
+        $or: [
+          { userIdentity: { type: [{ 'anything-but': 'AssumedRole' }] } },
+          { userIdentity: { sessionContext: { sessionIssuer: { arn: [{ 'anything-but': { 'Fn::GetAtt': [logicalId(c.node.findChild('WorkerRole')), 'Arn'] } }] } } } },
+        ],
       },
     });
     assert.equal(rule.EventBusName, 'default', 'the default bus, where AWS delivers them');

@@ -570,6 +570,33 @@ def main(endpoint, binary, template_path):
         wait_for("both drifts announced", 30, lambda: count("Weight Drift Detected") > drifts[0] and count("Capacity Drift Detected") > drifts[1])
         print(f"stack update replayed (tag on every resource): production and green's revision restored in {restored:.1f}s")
 
+        # 3d. Recorded changes: the stack's rule on the default bus passes CloudTrail's
+        #     record of someone else's ModifyRule of the production rule, and not the
+        #     worker's own (each of its writes would come back as a reconcile). What the
+        #     rule passes is seen from a second target on it.
+        recorded_rule = physical(cfn, "ControllerRecordedChanges", "AWS::Events::Rule").split("|")[-1]
+        seen_by_rule = sqs.create_queue(QueueName=f"recorded-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+        seen_arn = sqs.get_queue_attributes(QueueUrl=seen_by_rule, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        events.put_targets(Rule=recorded_rule, EventBusName="default", Targets=[{"Id": "seen", "Arn": seen_arn}])
+        worker_role_arn = iam.get_role(RoleName=physical(cfn, "ControllerWorkerRole", "AWS::IAM::Role"))["Role"]["Arn"]
+
+        def recorded(issuer):
+            identity = {"type": "AssumedRole", "sessionContext": {"sessionIssuer": {"type": "Role", "arn": issuer}}}
+            return {
+                "Source": "aws.elasticloadbalancing", "DetailType": "AWS API Call via CloudTrail", "EventBusName": "default",
+                "Detail": json.dumps({"eventSource": "elasticloadbalancing.amazonaws.com", "eventName": "ModifyRule",
+                                      "userIdentity": identity, "requestParameters": {"ruleArn": rule}}),
+            }
+        someone = f"arn:aws:iam::{ACCOUNT}:role/cdk-hnb659fds-cfn-exec-role"
+        events.put_events(Entries=[recorded(worker_role_arn), recorded(someone)])
+        passed = wait_for("the rule to pass a recorded change", 30, lambda: sqs.receive_message(QueueUrl=seen_by_rule, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"))
+        issuers = [json.loads(m["Body"])["detail"]["userIdentity"]["sessionContext"]["sessionIssuer"]["arn"] for m in passed]
+        issuers += [json.loads(m["Body"])["detail"]["userIdentity"]["sessionContext"]["sessionIssuer"]["arn"]
+                    for m in sqs.receive_message(QueueUrl=seen_by_rule, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])]
+        assert issuers == [someone], issuers
+        events.remove_targets(Rule=recorded_rule, EventBusName="default", Ids=["seen"])
+        print(f"recorded changes: the rule passes {someone.split('/')[-1]}'s ModifyRule, not the worker's own")
+
         # 4. A production rule that no longer forwards to the pair (a fixed response): the
         #    next push is refused at its start and ends Failed; nothing is touched.
         elb.modify_rule(RuleArn=rule, Actions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain"}}])
