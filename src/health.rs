@@ -198,6 +198,8 @@ pub fn judge(
 pub async fn serve(listener: TcpListener, pulse: std::sync::Arc<Pulse>, limits: Limits) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: the next accept may work, a hot loop would not help.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let report = pulse.report(&limits);
