@@ -225,6 +225,16 @@ def recorder(endpoint, verb):
         return r.read().decode()
 
 
+def physical_by_logical(cfn):
+    """Every stack resource's physical id by its logical id (None where moto made none)."""
+    return {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId")
+        for page in cfn.get_paginator("list_stack_resources").paginate(StackName=STACK)
+        for r in page["StackResourceSummaries"]
+        if "LogicalResourceId" in r
+    }
+
+
 def physical(cfn, logical_prefix, kind):
     """The physical id of the one stack resource of `kind` whose logical id starts with the prefix."""
     found = [
@@ -240,12 +250,7 @@ def physical(cfn, logical_prefix, kind):
 def bus_policies(cfn, iam, template, requests):
     """The event bus's resource policy statements, from the synthesized template (moto
     does not keep them), with the roles and the bus named by their ARNs on the stack."""
-    physical_ids = {
-        r["LogicalResourceId"]: r.get("PhysicalResourceId")
-        for page in cfn.get_paginator("list_stack_resources").paginate(StackName=STACK)
-        for r in page["StackResourceSummaries"]
-        if "LogicalResourceId" in r
-    }
+    physical_ids = physical_by_logical(cfn)
     resources = template["Resources"]
 
     def resolve(value):
@@ -299,12 +304,7 @@ def replay_protected_update(cfn, ecs, elb, template):
     `bluegreen:protected`) as a CloudFormation update of it does: an ECS service gets its
     template's task definition again (and its DesiredCount, if it had one), a listener rule
     its template's actions. Returns the roles replayed."""
-    physical_ids = {
-        r["LogicalResourceId"]: r.get("PhysicalResourceId")
-        for page in cfn.get_paginator("list_stack_resources").paginate(StackName=STACK)
-        for r in page["StackResourceSummaries"]
-        if "LogicalResourceId" in r
-    }
+    physical_ids = physical_by_logical(cfn)
 
     def resolve(value):
         if isinstance(value, dict) and set(value) == {"Ref"}:

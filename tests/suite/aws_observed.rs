@@ -647,21 +647,10 @@ async fn a_live_colour_moved_off_its_revision_is_put_back_by_the_reconciler() {
         .send()
         .await
         .expect("update");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let s = env.ecs_service("green").await;
-        if s.task_definition() == Some(deployed.as_str()) && s.desired_count() == count {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "green not put back: {:?} x{}; state {:#?}",
-            s.task_definition(),
-            s.desired_count(),
-            env.state().await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    env.wait_for_ecs_service("green", 60, "green put back", |s| {
+        s.task_definition() == Some(deployed.as_str()) && s.desired_count() == count
+    })
+    .await;
     assert_eq!(env.production().await, wt(0, 100), "traffic never moved");
     running.stop().await;
 

@@ -782,6 +782,32 @@ account_id = "123456789012"
             .services()[0]
             .clone()
     }
+
+    /// Polls the `color` ECS service until `done` holds (at most `secs`).
+    pub async fn wait_for_ecs_service(
+        &self,
+        color: &str,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&aws_sdk_ecs::types::Service) -> bool,
+    ) -> aws_sdk_ecs::types::Service {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let service = self.ecs_service(color).await;
+            if done(&service) {
+                return service;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}: {:?} x{}; state {:#?}",
+                    service.task_definition(),
+                    service.desired_count(),
+                    self.state().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 impl Env {
