@@ -32,12 +32,7 @@ impl Service {
     /// Whether `touched` is one of the resources the service is made of.
     #[must_use]
     pub fn is_made_of(&self, touched: &crate::contract::inbound::Touched) -> bool {
-        use crate::contract::inbound::Touched;
-        match touched {
-            Touched::Rule(id) | Touched::Listener(id) | Touched::EcsService(id) => {
-                self.resources.iter().any(|r| r == id)
-            }
-        }
+        self.resources.iter().any(|r| r == touched.id())
     }
 
     /// Whether a pushed tag matches `tag_pattern` (no pattern: any tag, even none).

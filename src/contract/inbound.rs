@@ -194,6 +194,16 @@ pub enum Touched {
     EcsService(String),
 }
 
+impl Touched {
+    /// The ARN or name that identifies what was touched.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        match self {
+            Touched::Rule(id) | Touched::Listener(id) | Touched::EcsService(id) => id,
+        }
+    }
+}
+
 impl ApiCall {
     /// The resource the call changed, if it is one a service can be made of.
     #[must_use]
