@@ -1,58 +1,22 @@
 //! The command line (SPEC §7).
 //!
-//! Exit codes: `0` success / valid (`watch`: the deployment succeeded), `1` invalid input
-//! (a bad configuration or event) or, for `watch` and `--wait`, a deployment that rolled
-//! back or failed, `2` usage error (clap's own code for bad arguments), `3` an operator
-//! action refused before anything was sent, `4` AWS or the embedded database unreachable.
+//! Parses the command line and runs the command; the operator commands are in
+//! [`crate::operator`]. Exit codes: [`crate::exit`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{CONFIG_FILE_ENV, Config};
 use crate::contract::{self, Sources};
+use crate::exit;
+use crate::operator::{OperatorCommand, Output};
 use crate::plan;
-
-/// Exit code: success, or the document is valid.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: invalid input.
-pub const EXIT_INVALID: u8 = 1;
-/// Exit code: usage error.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code: an operator action refused before anything was sent (unknown service, no
-/// deployment to act on, an action the phase does not allow).
-pub const EXIT_REFUSED: u8 = 3;
-/// Exit code: AWS or the embedded database could not be reached (no credentials, the bus
-/// not found, the network).
-pub const EXIT_UNREACHABLE: u8 = 4;
-
-/// Environment variable naming the configuration file.
-pub const CONFIG_FILE_ENV: &str = "BLUEGREEN_CONFIG";
-/// Environment variable holding the configuration document as JSON (what infrastructure
-/// code injects into the task definition).
-pub const CONFIG_JSON_ENV: &str = "BLUEGREEN_CONFIG_JSON";
 
 /// Environment variable naming the CloudWatch namespace of the worker's EMF metrics
 /// (default [`crate::telemetry::DEFAULT_NAMESPACE`]).
 pub const METRICS_NAMESPACE_ENV: &str = "BLUEGREEN_METRICS_NAMESPACE";
-
-/// Loads the configuration from `path`, else from the JSON in [`CONFIG_JSON_ENV`]. This
-/// is the one place the environment is read for configuration.
-///
-/// # Errors
-/// The loading error, or a message saying neither source is set.
-pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
-    match path {
-        Some(path) => Config::load(path).map_err(|e| e.to_string()),
-        None => match std::env::var(CONFIG_JSON_ENV) {
-            Ok(json) => Config::from_json_str(&json).map_err(|e| format!("{CONFIG_JSON_ENV}: {e}")),
-            Err(_) => Err(format!(
-                "no configuration: pass --config FILE, or set {CONFIG_FILE_ENV} or {CONFIG_JSON_ENV}"
-            )),
-        },
-    }
-}
 
 /// Zero-downtime blue-green, canary and linear deployments of ECS Fargate services.
 #[derive(Debug, Parser)]
@@ -204,122 +168,9 @@ pub enum Command {
         #[command(subcommand)]
         what: Validate,
     },
-    /// Deploy an image to a service (puts a `Deploy Requested` operator event).
-    #[command(
-        after_help = "Examples:\n  bluegreen deploy web --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/web:release-42 --wait\n  bluegreen deploy web --image web@sha256:<64 hex> --reason 'hotfix 1234'\n  bluegreen deploy shop --image v2 --local          # the embedded mode: a version label"
-    )]
-    Deploy {
-        /// `repository:tag` or `repository@sha256:…` (the embedded mode: a version).
-        #[arg(long)]
-        image: String,
-        /// Common options.
-        #[command(flatten)]
-        args: ActionArgs,
-    },
-    /// Skip to 100 % (or past a step that waits for promote).
-    #[command(
-        after_help = "Examples:\n  bluegreen promote web\n  bluegreen promote web --skip-bake --reason 'verified by hand' --wait"
-    )]
-    Promote {
-        /// Also skip the bake.
-        #[arg(long)]
-        skip_bake: bool,
-        /// Common options.
-        #[command(flatten)]
-        args: ActionArgs,
-    },
-    /// Pass the approval gate of a deployment awaiting approval.
-    #[command(after_help = "Example:\n  bluegreen approve web --reason 'change 4711 approved'")]
-    Approve {
-        /// Common options.
-        #[command(flatten)]
-        args: ActionArgs,
-    },
-    /// Stop a deployment's clock (alarms still roll back).
-    #[command(after_help = "Example:\n  bluegreen pause web --reason 'looking at latency'")]
-    Pause {
-        /// Common options.
-        #[command(flatten)]
-        args: ActionArgs,
-    },
-    /// Start a paused deployment's clock again.
-    #[command(after_help = "Example:\n  bluegreen resume web")]
-    Resume {
-        /// Common options.
-        #[command(flatten)]
-        args: ActionArgs,
-    },
-    /// Roll the deployment in progress back.
-    #[command(after_help = "Example:\n  bluegreen abort web --reason 'wrong image' --wait")]
-    Abort {
-        /// Common options.
-        #[command(flatten)]
-        args: ActionArgs,
-    },
-    /// Roll back the deployment in progress, or the last one while its old colour is warm.
-    #[command(
-        after_help = "Example:\n  bluegreen rollback web --reason 'errors after release' --wait"
-    )]
-    Rollback {
-        /// Common options.
-        #[command(flatten)]
-        args: ActionArgs,
-    },
-    /// Deploy the image of a rolled-back or failed deployment again.
-    #[command(after_help = "Example:\n  bluegreen retry web --deployment web-7 --wait")]
-    Retry {
-        /// Common options.
-        #[command(flatten)]
-        args: ActionArgs,
-    },
-    /// Phase, step, weights written and read from the rule now, next step, alarms, queued
-    /// image, last deployment.
-    #[command(after_help = "Examples:\n  bluegreen status\n  bluegreen status web --output json")]
-    Status {
-        /// Only this service.
-        service: Option<String>,
-        /// Where.
-        #[command(flatten)]
-        target: Target,
-        /// Output format.
-        #[arg(long, short, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
-    /// A service's deployments, newest first: outcome, images, duration, reason.
-    #[command(after_help = "Example:\n  bluegreen history web --limit 5 --output json")]
-    History {
-        /// The service.
-        service: String,
-        /// At most this many.
-        #[arg(long, default_value_t = 10)]
-        limit: usize,
-        /// Where.
-        #[command(flatten)]
-        target: Target,
-        /// Output format.
-        #[arg(long, short, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
-    /// Follow a deployment until it ends: exit 0 on Succeeded, 1 on RolledBack or Failed.
-    #[command(
-        after_help = "Examples:\n  bluegreen watch web\n  bluegreen watch web --deployment web-12 --timeout 30m   # in a CI pipeline"
-    )]
-    Watch {
-        /// The service.
-        service: String,
-        /// The deployment (default: the one in progress, else the last one).
-        #[arg(long)]
-        deployment: Option<String>,
-        /// How often to read the state.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-        interval: std::time::Duration,
-        /// Give up after this long (exit 1); 0 waits forever.
-        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-        /// Where.
-        #[command(flatten)]
-        target: Target,
-    },
+    /// Operator commands.
+    #[command(flatten)]
+    Operator(OperatorCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  bluegreen completions bash > /etc/bash_completion.d/bluegreen"
@@ -331,44 +182,6 @@ pub enum Command {
     /// Print the man page (roff).
     #[command(after_help = "Example:\n  bluegreen man > bluegreen.1 && man ./bluegreen.1")]
     Man,
-}
-
-/// Where an operator command acts.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Target {
-    /// The worker's configuration (AWS); default BLUEGREEN_CONFIG, else
-    /// BLUEGREEN_CONFIG_JSON. With --local: the embedded configuration (default
-    /// bluegreen.local.toml).
-    #[arg(long, short, env = CONFIG_FILE_ENV)]
-    pub config: Option<PathBuf>,
-    /// Act on the embedded mode (`bluegreen local`) instead of AWS.
-    #[arg(long)]
-    pub local: bool,
-}
-
-/// Options of every operator action.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ActionArgs {
-    /// The service.
-    pub service: String,
-    /// The deployment meant (default: the one the action applies to).
-    #[arg(long)]
-    pub deployment: Option<String>,
-    /// Why, for the record (in the events and the deployment's history).
-    #[arg(long)]
-    pub reason: Option<String>,
-    /// Who asks (default: the caller's identity from STS; $USER on the embedded mode).
-    #[arg(long)]
-    pub by: Option<String>,
-    /// Then follow the deployment like `watch` (exit 0 on Succeeded, 1 otherwise).
-    #[arg(long)]
-    pub wait: bool,
-    /// Give up waiting after this long (exit 1); 0 waits forever.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub timeout: std::time::Duration,
-    /// Where.
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// `validate` targets.
@@ -410,23 +223,34 @@ pub enum LocalAction {
     },
 }
 
-/// Output formats of read commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// A table for humans.
-    Text,
-    /// One JSON document.
-    Json,
-}
-
 /// Runs a parsed command, writing results to `out` and diagnostics to `err`; returns the
 /// exit code.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let cli = match crate::cli_ops::run(cli, out, err) {
-        Ok(code) => return code,
-        Err(cli) => *cli,
-    };
     let result = match cli.command {
+        Command::Operator(command) => {
+            return match runtime() {
+                Ok(rt) => rt.block_on(crate::operator::commands::run(command, out, err)),
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    exit::UNREACHABLE
+                }
+            };
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "bluegreen", out);
+            return exit::OK;
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(command).render(out) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    exit::INVALID
+                }
+            };
+        }
         Command::Plan {
             config,
             service,
@@ -460,7 +284,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             visibility,
             reconcile_concurrency,
             health_addr,
-        } => load_config(config.as_deref()).and_then(|config| {
+        } => Config::from_file_or_env(config.as_deref()).and_then(|config| {
             let d = humantime::format_duration;
             if aws_timeout <= wait {
                 return Err(format!(
@@ -541,7 +365,6 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             run_demo_app(app, port)
         }
         Command::Local { config, action } => cmd_local(&config, action),
-        other => Err(format!("{other:?}: an operator command (crate::cli_ops)")),
     };
     match result {
         Ok(text) => {
@@ -549,11 +372,11 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             if !text.ends_with('\n') {
                 let _ = writeln!(out);
             }
-            EXIT_OK
+            exit::OK
         }
         Err(message) => {
             let _ = writeln!(err, "error: {}", message.replace('\n', " "));
-            EXIT_INVALID
+            exit::INVALID
         }
     }
 }
@@ -563,7 +386,7 @@ fn cmd_plan(
     service: Option<&str>,
     output: Output,
 ) -> Result<String, String> {
-    let config = load_config(config)?;
+    let config = Config::from_file_or_env(config)?;
     let services: Vec<_> = match service {
         Some(name) => vec![
             config
@@ -643,11 +466,11 @@ fn cmd_demo(
     };
     match result {
         // The report is printed already.
-        Ok(report) if report.passed(scenario) => EXIT_OK,
-        Ok(_) => EXIT_INVALID,
+        Ok(report) if report.passed(scenario) => exit::OK,
+        Ok(_) => exit::INVALID,
         Err(e) => {
             let _ = writeln!(err, "error: {e:#}");
-            EXIT_INVALID
+            exit::INVALID
         }
     }
 }
@@ -709,7 +532,7 @@ fn cmd_local(path: &Path, action: Option<LocalAction>) -> Result<String, String>
             }
             let db = open(&config)?;
             let who = std::env::var("USER").unwrap_or_else(|_| "local".into());
-            let image = runtime()?
+            let (image, _) = runtime()?
                 .block_on(rt::enqueue_deploy(&db, &clock, &service, &version, &who))
                 .map_err(|e| e.to_string())?;
             Ok(format!("queued: deploy {service} {version} ({image})"))
@@ -747,14 +570,14 @@ fn cmd_health(
         Ok(report) => {
             let _ = writeln!(out, "{}", serde_json::json!(report));
             if report.status.healthy() {
-                EXIT_OK
+                exit::OK
             } else {
-                EXIT_INVALID
+                exit::INVALID
             }
         }
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
-            EXIT_INVALID
+            exit::INVALID
         }
     }
 }

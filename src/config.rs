@@ -294,18 +294,62 @@ impl TrafficTarget {
     }
 }
 
+/// Reads a configuration file (the AWS and the embedded configuration alike).
+///
+/// # Errors
+/// [`ConfigError::Io`] naming the file.
+pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Parses a TOML document into `T` (the AWS and the embedded configuration alike), its
+/// syntax error on one line.
+///
+/// # Errors
+/// [`ConfigError::Syntax`].
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        format: "TOML",
+        message: e.to_string().trim().replace('\n', " "),
+    })
+}
+
+/// Environment variable naming the configuration file.
+pub const CONFIG_FILE_ENV: &str = "BLUEGREEN_CONFIG";
+/// Environment variable holding the configuration document as JSON (what infrastructure
+/// code injects into the task definition).
+pub const CONFIG_JSON_ENV: &str = "BLUEGREEN_CONFIG_JSON";
+
 impl Config {
+    /// Loads the configuration from `path`, else from the JSON in [`CONFIG_JSON_ENV`].
+    /// This is the one place the environment is read for configuration.
+    ///
+    /// # Errors
+    /// The loading error, or a message saying neither source is set.
+    pub fn from_file_or_env(path: Option<&Path>) -> Result<Config, String> {
+        match path {
+            Some(path) => Config::load(path).map_err(|e| e.to_string()),
+            None => match std::env::var(CONFIG_JSON_ENV) {
+                Ok(json) => {
+                    Config::from_json_str(&json).map_err(|e| format!("{CONFIG_JSON_ENV}: {e}"))
+                }
+                Err(_) => Err(format!(
+                    "no configuration: pass --config FILE, or set {CONFIG_FILE_ENV} or {CONFIG_JSON_ENV}"
+                )),
+            },
+        }
+    }
+
     /// Parses and validates a TOML document.
     ///
     /// # Errors
     /// [`ConfigError::Syntax`] for malformed TOML, [`ConfigError::Invalid`] naming every
     /// wrong field.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let value: Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            format: "TOML",
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
-        Config::from_value(value)
+        Config::from_value(parse_toml(text)?)
     }
 
     /// Parses and validates the same document given as JSON (e.g. from
@@ -326,10 +370,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Io`] when unreadable, otherwise as [`Config::from_toml_str`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = read(path)?;
         if path.extension().is_some_and(|e| e == "json") {
             Config::from_json_str(&text)
         } else {

@@ -16,18 +16,19 @@
 //!   result decided in turn → outbox;
 //! * [`worker`] — the runtime: queue → route → runner → settle the message, and the
 //!   reconciler;
-//! * [`cli`] — the command line.
+//! * [`operator`] — the operator commands: actions, status, watch, on AWS or embedded;
+//! * [`cli`] — the command line; [`exit`] — its exit codes.
 
 pub mod aws;
 pub mod cli;
-pub mod cli_ops;
 pub mod config;
 pub mod contract;
+pub mod exit;
 pub mod fleet;
 pub mod flow;
 pub mod health;
 pub mod local;
-pub mod operate;
+pub mod operator;
 pub mod plan;
 pub mod ports;
 pub mod runner;

@@ -10,9 +10,9 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
-                bluegreen::cli::EXIT_USAGE
+                bluegreen::exit::USAGE
             } else {
-                bluegreen::cli::EXIT_OK
+                bluegreen::exit::OK
             });
         }
     };

@@ -28,7 +28,7 @@ pub use input::{
 };
 pub use model::{
     Color, Deployment, Hold, ImageRef, LiveRevision, PendingTick, Phase, Plan, QueuedImage,
-    Rollback, ServiceState, Step, Timestamp, Weights,
+    RECENT_REJECTIONS, RejectedInput, Rollback, ServiceState, Step, Timestamp, Weights,
 };
 pub use settings::{
     Check, Concurrency, DriftPolicy, ExplicitStep, ServiceSettings, Strategy, Timeouts,

@@ -454,6 +454,11 @@ pub struct Deployment {
     /// bounded by `timeouts.unreadable` (SPEC §4 invariant 14).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable_since: Option<Timestamp>,
+    /// The dedup key of the input that asked for it (`event:<EventBridge id>` for an
+    /// operator's `deploy` or `retry`, `push:<image>` for a push): what `deploy --wait`
+    /// follows, so it never follows another pipeline's deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 impl Deployment {
@@ -489,7 +494,30 @@ pub struct QueuedImage {
     pub requested_by: String,
     /// Why.
     pub reason: Option<String>,
+    /// The dedup key of the input that asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
+
+/// An input the core refused, kept so that the command that sent it can say why instead
+/// of waiting for a deployment that never starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedInput {
+    /// The input's dedup key (`event:<EventBridge id>`, `push:<image>`).
+    pub key: String,
+    /// The image a refused deployment would have deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The reject code (`already-deployed`, `phase-forbids`, …).
+    pub code: String,
+    /// The core's reason.
+    pub reason: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// How many refused inputs a service remembers.
+pub const RECENT_REJECTIONS: usize = 16;
 
 /// Per-service aggregate: the unit of consistency the store compare-and-swaps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -527,6 +555,10 @@ pub struct ServiceState {
     pub queued: Option<QueuedImage>,
     /// Dedup keys of recently applied inputs, oldest first.
     pub recent_keys: VecDeque<String>,
+    /// Recently refused operator requests and pushes, oldest first (at most
+    /// [`RECENT_REJECTIONS`]).
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub rejected: VecDeque<RejectedInput>,
 }
 
 /// The task definition a colour should run.
@@ -564,6 +596,7 @@ impl ServiceState {
             last: None,
             queued: None,
             recent_keys: VecDeque::new(),
+            rejected: VecDeque::new(),
         }
     }
 

@@ -173,10 +173,7 @@ impl LocalConfig {
     /// Malformed TOML, unknown or mistyped fields, or what [`LocalConfig::validate`]
     /// refuses.
     pub fn from_toml_str(text: &str) -> Result<LocalConfig, ConfigError> {
-        let config: LocalConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            format: "TOML",
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
+        let config: LocalConfig = crate::config::parse_toml(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -186,11 +183,7 @@ impl LocalConfig {
     /// # Errors
     /// As [`LocalConfig::from_toml_str`], or the file cannot be read.
     pub fn load(path: &Path) -> Result<LocalConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        LocalConfig::from_toml_str(&text)
+        LocalConfig::from_toml_str(&crate::config::read(path)?)
     }
 
     /// The service named `name`.

@@ -69,7 +69,7 @@ pub fn worker_options() -> Options {
 }
 
 /// Records `version` in the local registry and enqueues a `Deploy Requested` for it;
-/// returns the pinned image name.
+/// returns the pinned image name and the event's id.
 ///
 /// # Errors
 /// On a database error.
@@ -79,12 +79,13 @@ pub async fn enqueue_deploy(
     service: &str,
     version: &str,
     requested_by: &str,
-) -> PortResult<String> {
+) -> PortResult<(String, String)> {
     let image = register_image(db, service, version)?;
     let now = clock();
+    let id = format!("local-deploy-{service}-{version}-{}", now.millis());
     let body = json!({
         "version": "0",
-        "id": format!("local-deploy-{service}-{version}-{}", now.millis()),
+        "id": id,
         "detail-type": "Deploy Requested",
         "source": "bluegreen.manual",
         "time": now.rfc3339(),
@@ -97,7 +98,7 @@ pub async fn enqueue_deploy(
         }
     });
     db.send(body.to_string(), Duration::ZERO).await?;
-    Ok(image)
+    Ok((image, id))
 }
 
 /// Everything the embedded mode runs.
@@ -300,6 +301,7 @@ impl Runtime {
             "bluegreen-local",
         )
         .await
+        .map(|(image, _)| image)
     }
 
     /// Stops everything in order (see the module docs).

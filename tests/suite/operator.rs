@@ -168,10 +168,20 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     let o = bluegreen(&["deploy", "web", "--image", &image, "--config", c]).await;
     exited(&o, 0);
     assert!(
-        text(&o.stdout).starts_with("deploy web: event "),
-        "{}",
+        text(&o.stdout).starts_with("deploy web: event ")
+            && text(&o.stdout).contains("web: deployment web-1 started"),
+        "deploy waits for the worker to start it and names it: {}",
         text(&o.stdout)
     );
+    // The same image again: the worker refuses it, and deploy says so (exit 3).
+    let o = bluegreen(&[
+        "deploy", "web", "--image", &image, "--config", c, "--output", "json",
+    ])
+    .await;
+    exited(&o, 3);
+    let answer: Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(answer["status"], "refused", "{answer}");
+    assert_eq!(answer["code"], "already-deployed", "{answer}");
     env.wait_for_weights(
         Weights {
             blue: 50,
@@ -206,14 +216,17 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     );
 
     let o = bluegreen(&[
-        "pause", "web", "--by", "alice", "--reason", "looking", "--config", c,
+        "pause", "web", "--by", "alice", "--reason", "looking", "--wait", "--config", c,
     ])
     .await;
     exited(&o, 0);
-    env.wait_for(30, "paused", |s| {
-        s.active.as_ref().is_some_and(|d| d.is_paused())
-    })
-    .await;
+    assert!(
+        text(&o.stdout).contains("web-1 Shifting (paused)"),
+        "pause --wait returns once paused: {}",
+        text(&o.stdout)
+    );
+    let state = env.state().await;
+    assert!(state.active.as_ref().is_some_and(|d| d.is_paused()));
     let o = bluegreen(&["approve", "web", "--by", "alice", "--config", c]).await;
     exited(&o, 3);
     assert!(
@@ -261,7 +274,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         text(&o.stdout)
     );
 
-    // 2. a deploy followed with --wait, rolled back by the operator: exit 1.
+    // 2. a deploy followed with --wait, rolled back by the operator: exit 6.
     let image = format!("web@{}", digest(22));
     let config_owned = config.clone();
     let waiting = tokio::task::spawn_blocking(move || {
@@ -288,7 +301,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     // watch names a rollback alarm in ALARM (a first line, then it gives up).
     crate::moto::set_alarm(&env.sdk, &env.alarm, "ALARM").await;
     let o = bluegreen(&["watch", "web", "--timeout", "1s", "--config", c]).await;
-    exited(&o, 1);
+    exited(&o, 5);
     assert!(
         text(&o.stdout).contains("web-2 Shifting step 1/2 blue  50%"),
         "{}",
@@ -313,7 +326,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     .await;
     exited(&o, 0);
     let followed = waiting.await.expect("join");
-    exited(&followed, 1);
+    exited(&followed, 6);
     let lines = text(&followed.stdout);
     assert!(
         lines.contains("web-2 RolledBack: rollback requested by bob"),
@@ -328,7 +341,7 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         "plain lines with a time, one per change, when stdout is not a terminal: {lines}"
     );
     let o = bluegreen(&["watch", "web", "--deployment", "web-2", "--config", c]).await;
-    exited(&o, 1);
+    exited(&o, 6);
     let o = bluegreen(&["watch", "web", "--deployment", "web-1", "--config", c]).await;
     assert_eq!(
         o.status.code(),
@@ -365,10 +378,25 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
     })
     .await;
     let o = bluegreen(&[
-        "abort", "web", "--by", "carol", "--reason", "enough", "--config", c,
+        "abort",
+        "web",
+        "--by",
+        "carol",
+        "--reason",
+        "enough",
+        "--wait",
+        "--timeout",
+        "90s",
+        "--config",
+        c,
     ])
     .await;
     exited(&o, 0);
+    assert!(
+        text(&o.stdout).contains("web-3 RolledBack"),
+        "abort --wait succeeds when the rollback it asked for is done: {}",
+        text(&o.stdout)
+    );
     let state = env
         .wait_for(60, "the retry rolled back", |s| {
             s.last
@@ -569,4 +597,36 @@ fn completions_and_the_man_page_come_from_the_command_definitions() {
     assert!(page.contains("deploy"), "{page}");
     let o = run(&["watch", "--help"], &[]);
     assert!(text(&o.stdout).contains("Examples:"), "{}", text(&o.stdout));
+}
+
+#[test]
+fn watch_names_an_image_by_tag_repository_registry_or_digest() {
+    use bluegreen::operator::watch::ImageQuery;
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let pinned = format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/web@{D}");
+    let hit = |q: &str, tag: Option<&str>| {
+        ImageQuery::parse(q)
+            .expect("an image reference")
+            .matches(&pinned, tag)
+    };
+    assert!(hit("release-42", Some("release-42")));
+    assert!(hit("web:release-42", Some("release-42")));
+    assert!(hit(
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/web:release-42",
+        Some("release-42")
+    ));
+    assert!(hit(&format!("web@{D}"), None));
+    assert!(hit(D, Some("anything")));
+    assert!(!hit("release-41", Some("release-42")));
+    assert!(!hit("api:release-42", Some("release-42")));
+    assert!(
+        !hit("release-42", None),
+        "a tag never matches an image asked for by digest"
+    );
+    assert!(!hit(&format!("api@{D}"), None));
+    let port = ImageQuery::parse("localhost:5000/web").expect("a repository with a port");
+    assert_eq!(port.repository.as_deref(), Some("localhost:5000/web"));
+    assert_eq!(port.tag, None);
+    assert!(ImageQuery::parse("web@sha256:short").is_err());
+    assert!(ImageQuery::parse(" ").is_err());
 }

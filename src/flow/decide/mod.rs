@@ -38,8 +38,8 @@ use super::effect::{
 };
 use super::input::{AlarmState, Input, InputKind, RuleWeights, TickKey};
 use super::model::{
-    Color, Deployment, Hold, PendingTick, Phase, RECENT_KEYS, ServiceState, Timestamp, Weights,
-    duration_ms,
+    Color, Deployment, Hold, PendingTick, Phase, RECENT_KEYS, RECENT_REJECTIONS, RejectedInput,
+    ServiceState, Timestamp, Weights, duration_ms,
 };
 use super::settings::ServiceSettings;
 
@@ -71,6 +71,7 @@ pub fn decide(
         effects: Vec::new(),
         events: Vec::new(),
         actor: None,
+        request: input.key.clone(),
     };
     let keyed = input.is_keyed();
     if keyed && cx.state.recent_keys.iter().any(|k| *k == input.key) {
@@ -248,6 +249,8 @@ struct Cx<'a> {
     events: Vec<OutboundEvent>,
     /// `(requested_by, action)` of the operator input being decided.
     actor: Option<(String, String)>,
+    /// The key of the input being decided: recorded on a deployment it starts.
+    request: String,
 }
 
 impl Cx<'_> {
@@ -256,6 +259,7 @@ impl Cx<'_> {
             Applied => Outcome::Applied,
             Reject(code, reason) => {
                 self.reject_event(input, code, &reason);
+                self.remember_rejection(input, code, &reason);
                 Outcome::Rejected { code, reason }
             }
             Ignore(code, reason) => {
@@ -298,6 +302,26 @@ impl Cx<'_> {
             effects: self.effects,
             events: self.events,
             outcome,
+        }
+    }
+
+    /// Keeps a refused operator request or push in the state, so the command that sent
+    /// it can tell its sender why (`deploy --wait`, `watch --image`).
+    fn remember_rejection(&mut self, input: &Input, code: RejectCode, reason: &str) {
+        let image = match &input.kind {
+            InputKind::Deploy { image, .. } => Some(image.pinned()),
+            InputKind::Operator { .. } => None,
+            _ => return,
+        };
+        self.state.rejected.push_back(RejectedInput {
+            key: input.key.clone(),
+            image,
+            code: code.as_str().to_string(),
+            reason: reason.to_string(),
+            at: self.now,
+        });
+        while self.state.rejected.len() > RECENT_REJECTIONS {
+            self.state.rejected.pop_front();
         }
     }
 
@@ -466,6 +490,7 @@ impl Cx<'_> {
         }
         self.state.last = Some(d);
         if let Some(q) = self.state.queued.take() {
+            self.request = q.request.unwrap_or_default();
             start::start(self, q.image, q.requested_by, q.reason, None);
         }
     }

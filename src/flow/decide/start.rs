@@ -55,6 +55,7 @@ pub(super) fn on_deploy(
         image: image.clone(),
         requested_by: requested_by.to_string(),
         reason,
+        request: Some(cx.request.clone()),
     };
     match cx.settings.concurrency {
         Concurrency::Reject => Reject(
@@ -140,6 +141,7 @@ pub(super) fn start(
         warm_until: None,
         served_at: None,
         unreadable_since: None,
+        request: Some(cx.request.clone()).filter(|k| !k.is_empty()),
     };
     cx.emit(&mut d, EventKind::Started, Phase::Requested, reason);
     let now = cx.now;

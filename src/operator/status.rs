@@ -1,0 +1,297 @@
+//! What `status` and `history` show: the stored state and what was read now, as data
+//! (schemas/cli/) and as text.
+
+use serde::Serialize;
+
+use crate::flow::{
+    Color, Deployment, Phase, ProductionRules, RuleWeights, ServiceState, Timestamp, Weights,
+};
+
+/// An alarm and whether it fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlarmStatus {
+    /// The alarm's name.
+    pub name: String,
+    /// `ALARM`, `OK` (not in alarm), `INSUFFICIENT_DATA` (the embedded mode: too few
+    /// requests to judge), or `UNKNOWN` (not read, or not judged yet).
+    pub state: &'static str,
+}
+
+/// A step position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StepAt {
+    /// 1-based step number (0 before the first shift).
+    pub index: usize,
+    /// Steps in the plan.
+    pub count: usize,
+}
+
+/// A deployment as `status` and `history` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentView {
+    /// `<service>-<number>`.
+    pub id: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Whether the clock is stopped.
+    pub paused: bool,
+    /// The colour being deployed to.
+    pub target: Color,
+    /// Weights it last wrote.
+    pub weights: Weights,
+    /// Step position.
+    pub step: StepAt,
+    /// Image before.
+    pub from_image: Option<String>,
+    /// Image deployed.
+    pub to_image: String,
+    /// The tag it was pushed or asked for as, when known.
+    pub to_tag: Option<String>,
+    /// Who asked.
+    pub requested_by: String,
+    /// Why it rolled back or failed, or the operator's reason.
+    pub reason: Option<String>,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Seconds from start to end (or to now).
+    pub duration_seconds: u64,
+    /// When its next step is due.
+    pub next_tick_due: Option<String>,
+    /// The dedup key of the request that started it (`event:<EventBridge id>`).
+    pub request: Option<String>,
+}
+
+impl DeploymentView {
+    /// The view of `d` at `now`.
+    #[must_use]
+    pub fn of(d: &Deployment, now: Timestamp) -> DeploymentView {
+        let end = d.finished_at.unwrap_or(now);
+        DeploymentView {
+            id: d.id.clone(),
+            phase: d.phase,
+            paused: d.is_paused(),
+            target: d.target,
+            weights: d.weights,
+            step: StepAt {
+                index: if matches!(d.phase, Phase::Shifting) {
+                    d.step + 1
+                } else if d.weights.of(d.target) == 100 {
+                    d.plan.steps.len()
+                } else {
+                    d.step
+                },
+                count: d.plan.steps.len(),
+            },
+            from_image: d.from_image.clone(),
+            to_image: d.to_image.pinned(),
+            to_tag: d.to_image.tag.clone(),
+            requested_by: d.requested_by.clone(),
+            reason: d
+                .rollback
+                .as_ref()
+                .map(|r| r.reason.clone())
+                .or_else(|| d.reason.clone()),
+            started_at: d.started_at.rfc3339(),
+            finished_at: d.finished_at.map(Timestamp::rfc3339),
+            duration_seconds: end.since(d.started_at) / 1000,
+            next_tick_due: d.next_tick.map(|t| t.due.rfc3339()),
+            request: d.request.clone(),
+        }
+    }
+}
+
+/// What `status` shows for one service (schemas/cli/status.schema.json).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The service.
+    pub service: String,
+    /// The live colour.
+    pub live_color: Color,
+    /// The image on the live colour, when known.
+    pub live_image: Option<String>,
+    /// The deployment in progress.
+    pub active: Option<DeploymentView>,
+    /// Weights last written and read back.
+    pub written_weights: Option<Weights>,
+    /// Weights read from the production rules now, when they all hold the same.
+    pub rule_weights: Option<Weights>,
+    /// Why the rules could not be read, or that they disagree.
+    pub rule_error: Option<String>,
+    /// Each production rule and its weights as read now.
+    pub rules: Vec<RuleWeights>,
+    /// Rollback alarms and their states.
+    pub alarms: Vec<AlarmStatus>,
+    /// The image waiting for the active deployment to end.
+    pub queued_image: Option<String>,
+    /// The last finished deployment.
+    pub last: Option<DeploymentView>,
+}
+
+impl Status {
+    /// Builds the status from the stored state and what was read now.
+    #[must_use]
+    pub fn of(
+        state: &ServiceState,
+        rules: Result<ProductionRules, String>,
+        alarms: Vec<AlarmStatus>,
+        now: Timestamp,
+    ) -> Status {
+        let (rule_weights, rule_error, rules) = match rules {
+            Ok(read) => match read.agreed() {
+                Some(w) => (Some(w), None, read.rules().to_vec()),
+                None => (
+                    None,
+                    Some(format!(
+                        "the production rules disagree: {}",
+                        read.describe()
+                    )),
+                    read.rules().to_vec(),
+                ),
+            },
+            Err(e) => (None, Some(e), Vec::new()),
+        };
+        Status {
+            service: state.service.clone(),
+            live_color: state.live,
+            live_image: state.live_image.clone(),
+            active: state.active.as_ref().map(|d| DeploymentView::of(d, now)),
+            written_weights: state.active.as_ref().map(|d| d.weights).or(state.confirmed),
+            rule_weights,
+            rule_error,
+            rules,
+            alarms,
+            queued_image: state.queued.as_ref().map(|q| q.image.pinned()),
+            last: state.last.as_ref().map(|d| DeploymentView::of(d, now)),
+        }
+    }
+
+    /// The deployment `id` names, or the active one, or the last one.
+    #[must_use]
+    pub fn deployment(&self, id: Option<&str>) -> Option<&DeploymentView> {
+        let all = [self.active.as_ref(), self.last.as_ref()];
+        match id {
+            Some(id) => all.into_iter().flatten().find(|d| d.id == id),
+            None => all.into_iter().flatten().next(),
+        }
+    }
+}
+
+/// A bar of the traffic split: `blue ████████░░ green`, `width` cells.
+#[must_use]
+pub fn split_bar(w: Weights, width: usize) -> String {
+    let green = (usize::from(w.green) * width + 50) / 100;
+    format!(
+        "blue {:>3}% {}{} {:>3}% green",
+        w.blue,
+        "█".repeat(width - green.min(width)),
+        "░".repeat(green.min(width)),
+        w.green
+    )
+}
+
+/// `status` as text.
+#[must_use]
+pub fn render_status(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: live {}{}",
+        s.service,
+        s.live_color,
+        s.live_image
+            .as_deref()
+            .map(|i| format!(" ({i})"))
+            .unwrap_or_default()
+    );
+    match &s.active {
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "  deployment {}: {}{} step {}/{}, to {} ({})",
+                d.id,
+                d.phase,
+                if d.paused { " (paused)" } else { "" },
+                d.step.index,
+                d.step.count,
+                d.target,
+                d.to_image
+            );
+            if let Some(due) = &d.next_tick_due {
+                let _ = writeln!(out, "  next step due {due}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "  no deployment in progress");
+        }
+    }
+    if let Some(w) = s.written_weights {
+        let _ = writeln!(out, "  written: {}", split_bar(w, 20));
+    }
+    match (&s.rule_weights, &s.rule_error) {
+        (Some(w), _) if s.rules.len() < 2 => {
+            let _ = writeln!(out, "  rule:    {}", split_bar(*w, 20));
+        }
+        (None, Some(e)) if s.rules.is_empty() => {
+            let _ = writeln!(out, "  rule:    unreadable: {e}");
+        }
+        _ => {
+            for r in &s.rules {
+                let _ = writeln!(out, "  rule:    {} {}", split_bar(r.weights, 20), r.rule);
+            }
+            if let Some(e) = &s.rule_error {
+                let _ = writeln!(out, "  rules:   {e}");
+            }
+        }
+    }
+    for a in &s.alarms {
+        let _ = writeln!(out, "  alarm {}: {}", a.name, a.state);
+    }
+    if let Some(q) = &s.queued_image {
+        let _ = writeln!(out, "  queued: {q}");
+    }
+    if let Some(d) = &s.last {
+        let _ = writeln!(
+            out,
+            "  last: {} {} {}{}",
+            d.id,
+            d.phase,
+            d.to_image,
+            d.reason
+                .as_deref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// `history` as text, newest first.
+#[must_use]
+pub fn render_history(entries: &[DeploymentView]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for d in entries {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<16} {:>6}s  {} → {}{}",
+            d.id,
+            d.phase.to_string(),
+            d.duration_seconds,
+            d.from_image.as_deref().unwrap_or("-"),
+            d.to_image,
+            d.reason
+                .as_deref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    if entries.is_empty() {
+        out.push_str("no deployments yet\n");
+    }
+    out
+}
