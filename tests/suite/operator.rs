@@ -273,6 +273,33 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         "{}",
         text(&o.stdout)
     );
+    // watch --image follows the deployment of that image, not whatever is last.
+    let o = bluegreen(&["watch", "web", "--image", &digest(21), "--config", c]).await;
+    exited(&o, 0);
+    assert!(
+        text(&o.stdout).ends_with("web-1 Succeeded\n"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = bluegreen(&[
+        "watch",
+        "web",
+        "--image",
+        &digest(99),
+        "--start-timeout",
+        "1s",
+        "--interval",
+        "200ms",
+        "--config",
+        c,
+    ])
+    .await;
+    exited(&o, 5);
+    assert!(
+        text(&o.stdout).contains("no deployment of the image started after 1s"),
+        "an image nobody pushed is not the previous deployment: {}",
+        text(&o.stdout)
+    );
 
     // 2. a deploy followed with --wait, rolled back by the operator: exit 6.
     let image = format!("web@{}", digest(22));
