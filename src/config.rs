@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::flow::{
-    Check, Concurrency, DriftPolicy, ServiceSettings, Strategy, Timeouts, UnreadablePolicy,
+    Check, ColorAlarms, Concurrency, DriftPolicy, ServiceSettings, Strategy, Timeouts,
+    UnreadablePolicy,
 };
 use crate::schema::{self, FieldError, SchemaId};
 
@@ -139,9 +140,11 @@ pub struct ServiceConfig {
     /// How long the old colour stays warm after success (rollback still instant).
     #[serde(default = "default_termination_wait", with = "humantime_serde")]
     pub termination_wait: Duration,
-    /// Alarms whose ALARM state rolls back.
+    /// Alarms whose ALARM state rolls back: a list (alarms on "the colour being
+    /// deployed", whichever it is), or one list per colour (`{ blue = [...], green =
+    /// [...] }`: only the target colour's alarms gate and roll back a deployment).
     #[serde(default)]
-    pub rollback_alarms: Vec<String>,
+    pub rollback_alarms: RollbackAlarms,
     /// Require an operator's approve before shifting.
     #[serde(default)]
     pub approval: bool,
@@ -193,6 +196,38 @@ fn default_termination_wait() -> Duration {
 
 fn default_rollback_attempts() -> u32 {
     5
+}
+
+/// A service's rollback alarms as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RollbackAlarms {
+    /// Alarms on the colour being deployed, whichever it is.
+    Any(Vec<String>),
+    /// One list per colour: a deployment is gated and rolled back by its target
+    /// colour's alarms only.
+    ByColor(ColorAlarms),
+}
+
+impl Default for RollbackAlarms {
+    fn default() -> RollbackAlarms {
+        RollbackAlarms::Any(Vec::new())
+    }
+}
+
+impl RollbackAlarms {
+    /// Every alarm named, each once.
+    #[must_use]
+    pub fn all(&self) -> Vec<String> {
+        match self {
+            RollbackAlarms::Any(all) => all.clone(),
+            RollbackAlarms::ByColor(by) => {
+                let mut all = by.blue.clone();
+                all.extend(by.green.iter().filter(|a| !by.blue.contains(a)).cloned());
+                all
+            }
+        }
+    }
 }
 
 /// One validation: an HTTP check (`url`) or an external hook (`hook`).
@@ -737,7 +772,14 @@ impl ServiceConfig {
             strategy: self.strategy.clone(),
             bake: self.bake,
             termination_wait: self.termination_wait,
-            rollback_alarms: self.rollback_alarms.clone(),
+            rollback_alarms: match &self.rollback_alarms {
+                RollbackAlarms::Any(all) => all.clone(),
+                RollbackAlarms::ByColor(_) => Vec::new(),
+            },
+            color_alarms: match &self.rollback_alarms {
+                RollbackAlarms::Any(_) => ColorAlarms::default(),
+                RollbackAlarms::ByColor(by) => by.clone(),
+            },
             approval: self.approval,
             has_test_listener: self.has_test_listener(),
             checks: self

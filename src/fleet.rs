@@ -19,7 +19,8 @@ pub struct Service {
     pub ecr_repository: String,
     /// Glob over pushed tags; `None`: any tag.
     pub tag_pattern: Option<String>,
-    /// Alarms whose ALARM state rolls the service's deployment back.
+    /// Every rollback alarm of the service, of either colour: what the worker reads and
+    /// routes (which ones count for a deployment is the core's decision).
     pub rollback_alarms: Vec<String>,
     /// What the decision core needs.
     pub settings: ServiceSettings,
@@ -84,7 +85,7 @@ impl From<&Config> for Fleet {
                     name: s.name.clone(),
                     ecr_repository: s.ecr_repository.clone(),
                     tag_pattern: s.tag_pattern.clone(),
-                    rollback_alarms: s.rollback_alarms.clone(),
+                    rollback_alarms: s.rollback_alarms.all(),
                     settings: s.settings(),
                     resources: s
                         .production_listener_rule_arn

@@ -381,7 +381,12 @@ export class BlueGreenService extends Construct {
       strategy,
       bake: seconds(props.bake ?? Duration.minutes(5)),
       termination_wait: seconds(terminationWait),
-      rollback_alarms: COLOURS.map((c) => this.colours[c].rollback.alarmName),
+      // Per colour: a deployment is gated and rolled back by its target colour's
+      // composite only, so the live colour in ALARM never blocks the fix.
+      rollback_alarms: {
+        blue: [this.colours.blue.rollback.alarmName],
+        green: [this.colours.green.rollback.alarmName],
+      },
       approval: props.approval ?? false,
       concurrency: props.concurrency ?? 'queue',
       drift: props.drift ?? 'reassert',

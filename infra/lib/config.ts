@@ -51,7 +51,8 @@ export interface ServiceEntry {
   strategy: Strategy;
   bake: string;
   termination_wait: string;
-  rollback_alarms: string[];
+  /** A list (alarms on whichever colour is deployed), or one list per colour (only the target colour's gate a deployment). */
+  rollback_alarms: string[] | { blue: string[]; green: string[] };
   approval: boolean;
   concurrency: Concurrency;
   drift: Drift;

@@ -381,7 +381,10 @@ describe('BlueGreenController', () => {
     assert.deepEqual(Object.keys(config.worker).sort(), ['account_id', 'event_bus', 'manual_source', 'queue_url', 'region', 'source', 'table']);
     assert.deepEqual(config.services.map((s: any) => s.name), ['web']);
     const web = config.services[0];
-    assert.deepEqual(web.rollback_alarms, [ref(stack.web.colours.blue.rollback), ref(stack.web.colours.green.rollback)]);
+    assert.deepEqual(web.rollback_alarms, {
+      blue: [ref(stack.web.colours.blue.rollback)],
+      green: [ref(stack.web.colours.green.rollback)],
+    }, 'per colour: the live colour\'s composite never blocks a fix');
     assert.deepEqual(web.production_listener_rule_arn, ref(stack.web.productionRule));
     assert.deepEqual(web.strategy, { kind: 'linear', step_percent: 20, interval: '3m' });
     assert.equal(web.min_tasks, 2, 'desiredCount is the live colour\'s floor');

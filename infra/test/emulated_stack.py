@@ -497,7 +497,7 @@ def main(endpoint, binary, template_path):
             return production_weights(elb, rule) == {blue_tg: 50, green_tg: 50} and shifted and shifted[-1]
 
         second = wait_for("the second deployment at 50 %", 90, second_at_half)["detail"]["deploymentId"]
-        alarm = next(a for a in web["rollback_alarms"] if a.endswith("-web-blue-rollback"))
+        alarm = web["rollback_alarms"]["blue"][0]  # the target colour's composite
         cloudwatch.set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="Threshold Crossed: the test")
         put(None, "aws.cloudwatch", "CloudWatch Alarm State Change", {
             "alarmName": alarm,

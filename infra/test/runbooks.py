@@ -3,10 +3,11 @@ runbooks cannot rot: the "Before you start" block of runbooks/README.md first (i
 the stack's outputs and the injected configuration), then each line of every `sh` block
 of every runbook with the variables it set.
 
-`bluegreen` commands may end 0, 1 (a deployment that rolled back, for `watch`) or 3 (an
-action the current state refuses, with its reason) — the state of the emulated stack is
-whatever the emulated-stack test left — but never 2 (usage: a flag that no longer exists)
-or 4 (unreachable). Every other command (the AWS CLI, shell) must succeed. Waits are
+`bluegreen` commands may end 0, 3 (an action the current state refuses, with its reason),
+5 (a wait shortened here ran out), 6 or 7 (a deployment followed rolled back or failed) —
+the state of the emulated stack is whatever the emulated-stack test left — but never 1 (a
+configuration or argument it cannot use), 2 (usage: a flag that no longer exists) or 4
+(unreachable). Every other command (the AWS CLI, shell) must succeed. Waits are
 shortened to a few seconds.
 """
 
@@ -76,8 +77,9 @@ def run_all(endpoint, binary):
         assert headings == SECTIONS, f"{path.name}: sections {headings}, expected {SECTIONS}"
         for command in commands(text):
             command = re.sub(r"--timeout \d+[smh]", "--timeout 3s", command)
+            command = re.sub(r"--start-timeout \d+[smh]", "--start-timeout 3s", command)
             done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
-            allowed = {0, 1, 3} if command.startswith("bluegreen ") else {0}
+            allowed = {0, 3, 5, 6, 7} if command.startswith("bluegreen ") else {0}
             assert done.returncode in allowed, (
                 f"{path.name}: `{command}` exited {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
             )

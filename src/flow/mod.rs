@@ -31,6 +31,6 @@ pub use model::{
     RECENT_REJECTIONS, RejectedInput, Rollback, ServiceState, Step, Timestamp, Weights,
 };
 pub use settings::{
-    Check, Concurrency, DriftPolicy, ExplicitStep, ServiceSettings, Strategy, Timeouts,
-    UnreadablePolicy,
+    Check, ColorAlarms, Concurrency, DriftPolicy, ExplicitStep, ServiceSettings, Strategy,
+    Timeouts, UnreadablePolicy,
 };

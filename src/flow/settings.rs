@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Hold, Plan, Step, duration_ms};
+use super::model::{Color, Hold, Plan, Step, duration_ms};
 
 /// How traffic moves from the old colour to the new one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +252,36 @@ impl Default for Timeouts {
     }
 }
 
+/// Rollback alarms that watch one colour each.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ColorAlarms {
+    /// Alarms on the blue colour.
+    #[serde(default)]
+    pub blue: Vec<String>,
+    /// Alarms on the green colour.
+    #[serde(default)]
+    pub green: Vec<String>,
+}
+
+impl ColorAlarms {
+    /// The alarms of `color`.
+    #[must_use]
+    pub fn of(&self, color: Color) -> &[String] {
+        match color {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+
+    /// The colour `alarm` watches, if it is one colour's.
+    #[must_use]
+    pub fn color_of(&self, alarm: &str) -> Option<Color> {
+        [Color::Blue, Color::Green]
+            .into_iter()
+            .find(|c| self.of(*c).iter().any(|a| a == alarm))
+    }
+}
+
 /// Everything the core needs to know about one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSettings {
@@ -261,8 +291,14 @@ pub struct ServiceSettings {
     pub bake: Duration,
     /// Old colour kept warm after success.
     pub termination_wait: Duration,
-    /// Alarms whose ALARM state rolls back.
+    /// Alarms whose ALARM state rolls back a deployment to either colour: they watch
+    /// "the colour being deployed" (a service-level alarm, or one that follows the new
+    /// colour).
     pub rollback_alarms: Vec<String>,
+    /// Alarms that watch one colour: they gate and roll back only a deployment **to**
+    /// that colour. The live colour's alarms never block a fix deployed to the other one.
+    #[serde(default)]
+    pub color_alarms: ColorAlarms,
     /// Whether an operator must approve before shifting.
     pub approval: bool,
     /// Whether a test listener (rule) is configured.
@@ -296,6 +332,7 @@ impl ServiceSettings {
             bake: Duration::from_secs(5 * 60),
             termination_wait: Duration::from_secs(10 * 60),
             rollback_alarms: Vec::new(),
+            color_alarms: ColorAlarms::default(),
             approval: false,
             has_test_listener: false,
             checks: Vec::new(),
@@ -307,6 +344,32 @@ impl ServiceSettings {
             on_unreadable: UnreadablePolicy::Rollback,
             rollback_while_warm: true,
         }
+    }
+
+    /// Whether `alarm` in ALARM gates and rolls back a deployment to `target`: a plain
+    /// rollback alarm always, one colour's alarm only when that colour is the target.
+    #[must_use]
+    pub fn rolls_back(&self, alarm: &str, target: Color) -> bool {
+        self.rollback_alarms.iter().any(|a| a == alarm)
+            || self.color_alarms.of(target).iter().any(|a| a == alarm)
+    }
+
+    /// Every rollback alarm, plain and per colour, each once: what the worker reads and
+    /// routes.
+    #[must_use]
+    pub fn all_rollback_alarms(&self) -> Vec<String> {
+        let mut all = self.rollback_alarms.clone();
+        for a in self
+            .color_alarms
+            .blue
+            .iter()
+            .chain(&self.color_alarms.green)
+        {
+            if !all.contains(a) {
+                all.push(a.clone());
+            }
+        }
+        all
     }
 
     /// The plan a deployment started now would follow.

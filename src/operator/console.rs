@@ -293,14 +293,13 @@ impl Console {
             Console::Aws { aws, .. } => {
                 let rule = aws.production(service).await.map_err(|e| e.to_string());
                 let alarms = match aws.firing(&names).await {
-                    Ok(firing) => names
+                    Ok(firing) => Ok(names
                         .iter()
-                        .map(|n| AlarmStatus {
-                            name: n.clone(),
-                            state: if firing.contains(n) { "ALARM" } else { "OK" },
+                        .map(|n| {
+                            AlarmStatus::new(n, if firing.contains(n) { "ALARM" } else { "OK" })
                         })
-                        .collect(),
-                    Err(_) => unknown_alarms(&names),
+                        .collect()),
+                    Err(e) => Err(format!("the rollback alarms cannot be read: {e}")),
                 };
                 (rule, alarms)
             }
@@ -317,20 +316,45 @@ impl Console {
                 // As the running `bluegreen local` last judged them.
                 let alarms = names
                     .iter()
-                    .map(|n| AlarmStatus {
-                        name: n.clone(),
-                        state: match db.get(&crate::local::alarms::alarm_key(n)) {
-                            Ok(Some(s)) if s == "ALARM" => "ALARM",
-                            Ok(Some(s)) if s == "OK" => "OK",
-                            Ok(Some(_)) => "INSUFFICIENT_DATA",
-                            _ => "UNKNOWN",
-                        },
+                    .map(|n| {
+                        AlarmStatus::new(
+                            n,
+                            match db.get(&crate::local::alarms::alarm_key(n)) {
+                                Ok(Some(s)) if s == "ALARM" => "ALARM",
+                                Ok(Some(s)) if s == "OK" => "OK",
+                                Ok(Some(_)) => "INSUFFICIENT_DATA",
+                                _ => "UNKNOWN",
+                            },
+                        )
                     })
                     .collect();
-                (rule, alarms)
+                (rule, Ok(alarms))
             }
         };
-        Status::of(state, rule, alarms, self.now())
+        let (mut alarms, alarm_error): (Vec<AlarmStatus>, _) = match alarms {
+            Ok(alarms) => (alarms, None),
+            Err(e) => (
+                names
+                    .iter()
+                    .map(|n| AlarmStatus::new(n, "UNKNOWN"))
+                    .collect(),
+                Some(e),
+            ),
+        };
+        // Which colour each alarm watches, and whether it gates the deployment now.
+        if let Some(settings) = self.fleet().service(service).map(|s| &s.settings) {
+            let target = state
+                .active
+                .as_ref()
+                .map_or(state.live.other(), |d| d.target);
+            for a in &mut alarms {
+                a.color = settings.color_alarms.color_of(&a.name);
+                a.gates = settings.rolls_back(&a.name, target);
+            }
+        }
+        let mut status = Status::of(state, rule, alarms, self.now());
+        status.alarm_error = alarm_error;
+        status
     }
 
     /// Up to `limit` finished and running deployments of `service`, newest first.
@@ -370,14 +394,4 @@ impl Console {
         };
         Ok(records.iter().map(|d| DeploymentView::of(d, now)).collect())
     }
-}
-
-fn unknown_alarms(names: &[String]) -> Vec<AlarmStatus> {
-    names
-        .iter()
-        .map(|n| AlarmStatus {
-            name: n.clone(),
-            state: "UNKNOWN",
-        })
-        .collect()
 }

@@ -9,12 +9,32 @@ use crate::flow::{
 
 /// An alarm and whether it fires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AlarmStatus {
     /// The alarm's name.
     pub name: String,
+    /// The colour it watches, when it is one colour's alarm (`rollback_alarms = { blue,
+    /// green }`); `None` for an alarm on whichever colour is deployed.
+    pub color: Option<Color>,
+    /// Whether it gates and rolls back the deployment in progress (or the next one): the
+    /// live colour's own alarms never do.
+    pub gates: bool,
     /// `ALARM`, `OK` (not in alarm), `INSUFFICIENT_DATA` (the embedded mode: too few
     /// requests to judge), or `UNKNOWN` (not read, or not judged yet).
     pub state: &'static str,
+}
+
+impl AlarmStatus {
+    /// An alarm in `state`, of either colour, gating until told otherwise.
+    #[must_use]
+    pub fn new(name: &str, state: &'static str) -> AlarmStatus {
+        AlarmStatus {
+            name: name.to_string(),
+            color: None,
+            gates: true,
+            state,
+        }
+    }
 }
 
 /// A step position.
@@ -125,6 +145,8 @@ pub struct Status {
     pub rules: Vec<RuleWeights>,
     /// Rollback alarms and their states.
     pub alarms: Vec<AlarmStatus>,
+    /// Why the alarms could not be read (their states then show `UNKNOWN`).
+    pub alarm_error: Option<String>,
     /// The image waiting for the active deployment to end.
     pub queued_image: Option<String>,
     /// The last finished deployment.
@@ -164,6 +186,7 @@ impl Status {
             rule_error,
             rules,
             alarms,
+            alarm_error: None,
             queued_image: state.queued.as_ref().map(|q| q.image.pinned()),
             last: state.last.as_ref().map(|d| DeploymentView::of(d, now)),
         }
@@ -249,7 +272,15 @@ pub fn render_status(s: &Status) -> String {
         }
     }
     for a in &s.alarms {
-        let _ = writeln!(out, "  alarm {}: {}", a.name, a.state);
+        let colour = match (a.color, a.gates) {
+            (Some(c), true) => format!(" ({c})"),
+            (Some(c), false) => format!(" ({c}: does not gate a deployment to {})", c.other()),
+            (None, _) => String::new(),
+        };
+        let _ = writeln!(out, "  alarm {}{colour}: {}", a.name, a.state);
+    }
+    if let Some(e) = &s.alarm_error {
+        let _ = writeln!(out, "  alarms:  {e}");
     }
     if let Some(q) = &s.queued_image {
         let _ = writeln!(out, "  queued: {q}");

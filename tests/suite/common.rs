@@ -135,7 +135,7 @@ pub fn fleet(s: &ServiceSettings) -> Fleet {
             name: SERVICE.into(),
             ecr_repository: "web".into(),
             tag_pattern: None,
-            rollback_alarms: settings.rollback_alarms.clone(),
+            rollback_alarms: settings.all_rollback_alarms(),
             settings,
             resources: vec![RULE.into(), "web-blue".into(), "web-green".into()],
         }],

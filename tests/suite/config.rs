@@ -52,6 +52,50 @@ fn the_shipped_example_loads_with_two_services() {
 }
 
 #[test]
+fn rollback_alarms_are_a_list_or_one_list_per_colour() {
+    use bluegreen::flow::Color;
+    let c = Config::from_toml_str(EXAMPLE).expect("example");
+    // web: one list per colour; only the target colour's alarms gate a deployment.
+    let web = c.service("web").expect("web").settings();
+    assert!(web.rollback_alarms.is_empty());
+    assert!(web.rolls_back("web-green-5xx", Color::Green));
+    assert!(
+        !web.rolls_back("web-green-5xx", Color::Blue),
+        "green's alarm never blocks a deployment to blue"
+    );
+    assert!(web.rolls_back("web-blue-p99", Color::Blue));
+    assert_eq!(
+        web.all_rollback_alarms(),
+        [
+            "web-blue-5xx",
+            "web-blue-p99",
+            "web-green-5xx",
+            "web-green-p99"
+        ]
+    );
+    let fleet = bluegreen::fleet::Fleet::from(&c);
+    assert_eq!(
+        fleet.service("web").expect("web").rollback_alarms.len(),
+        4,
+        "the worker reads and routes both colours' alarms"
+    );
+    // api: a plain list gates a deployment to either colour.
+    let api = c.service("api").expect("api").settings();
+    assert!(api.rolls_back("api-5xx", Color::Blue) && api.rolls_back("api-5xx", Color::Green));
+    // A per-colour form needs both colours.
+    let text = EXAMPLE.replace(
+        r#"rollback_alarms = { blue = ["web-blue-5xx", "web-blue-p99"], green = ["web-green-5xx", "web-green-p99"] }"#,
+        r#"rollback_alarms = { blue = ["web-blue-5xx"] }"#,
+    );
+    assert_ne!(text, EXAMPLE);
+    assert!(
+        errors_of(&text).contains("rollback_alarms"),
+        "{}",
+        errors_of(&text)
+    );
+}
+
+#[test]
 fn the_same_document_as_json_gives_the_same_configuration() {
     let from_toml = Config::from_toml_str(EXAMPLE).expect("toml");
     let value: serde_json::Value = toml::from_str(EXAMPLE).expect("toml value");

@@ -263,7 +263,7 @@ fn a_schema_change_makes_the_reference_test_fail() {
         "{reference}"
     );
     assert!(
-        reference.contains("| `rollback_alarms` | array of string |"),
+        reference.contains("| `rollback_alarms` | array of string or object |"),
         "{reference}"
     );
     // The check compares the whole text: one changed cell is a difference.

@@ -227,7 +227,7 @@ fn the_aws_push_and_alarm_samples_drive_a_deployment_into_rollback() {
     let config = Config::from_toml_str(CONFIG).expect("config");
     let service = config.service("web").expect("web");
     let w_settings = service.settings();
-    assert_eq!(w_settings.rollback_alarms, service.rollback_alarms);
+    assert_eq!(w_settings.rollback_alarms, service.rollback_alarms.all());
     let mut w = World::new(w_settings);
     let push = routed("valid/ecr-image-push.json", &config);
     assert_eq!(push.len(), 1);

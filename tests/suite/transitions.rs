@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use bluegreen::flow::{
-    Action, Check, CheckOutcome, Color, Concurrency, ExplicitStep, IgnoreCode, Input, InputKind,
-    Observations, Outcome, Phase, RejectCode, ServiceSettings, Strategy, TargetHealth, Weights,
+    Action, Check, CheckOutcome, Color, ColorAlarms, Concurrency, ExplicitStep, IgnoreCode, Input,
+    InputKind, Observations, Outcome, Phase, RejectCode, ServiceSettings, Strategy, TargetHealth,
+    Weights,
 };
 
 use crate::common::*;
@@ -104,6 +105,72 @@ fn an_alarm_already_in_alarm_blocks_the_start() {
         w.log.calls
     );
     assert_eq!(w.cloud().rule, wt(100, 0), "production stays on blue");
+}
+
+/// Settings whose rollback alarms are one composite per colour.
+fn per_colour_alarms() -> ServiceSettings {
+    let mut s = settings();
+    s.rollback_alarms = Vec::new();
+    s.color_alarms = ColorAlarms {
+        blue: vec!["web-blue-rollback".into()],
+        green: vec!["web-green-rollback".into()],
+    };
+    s
+}
+
+#[test]
+fn a_hotfix_deploys_while_the_live_colours_alarm_is_in_alarm() {
+    let mut w = World::new(per_colour_alarms());
+    // Blue is live and failing: its own composite is in ALARM.
+    w.alarms_firing = Some(vec!["web-blue-rollback".into()]);
+    w.apply(push(1));
+    w.tick();
+    assert_eq!(
+        w.phase(),
+        Some(Phase::WaitingForGreen),
+        "the live colour's alarm does not block the fix deployed to green"
+    );
+    let outcome = w.apply(alarm("web-blue-rollback", "2023-11-14T22:14:00.000+0000"));
+    assert_eq!(ignored(&outcome), IgnoreCode::NotApplicable);
+    assert!(
+        reason_of(&outcome).contains("watches blue, not green"),
+        "{}",
+        reason_of(&outcome)
+    );
+    w.run_until(|w| w.phase() == Some(Phase::Shifting));
+    assert_eq!(
+        w.phase(),
+        Some(Phase::Shifting),
+        "still shifting to the fix"
+    );
+    // The target colour's own alarm still rolls back.
+    let outcome = w.apply(alarm("web-green-rollback", "2023-11-14T22:15:00.000+0000"));
+    assert_eq!(outcome, Outcome::Applied);
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    assert!(
+        w.active()
+            .rollback
+            .as_ref()
+            .is_some_and(|r| r.reason.contains("web-green-rollback")),
+        "{:?}",
+        w.active().rollback
+    );
+}
+
+#[test]
+fn the_target_colours_alarm_in_alarm_at_the_start_still_blocks_it() {
+    let mut w = World::new(per_colour_alarms());
+    w.alarms_firing = Some(vec!["web-green-rollback".into()]);
+    w.apply(push(1));
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    assert!(
+        w.active().rollback.as_ref().is_some_and(
+            |r| r.reason.contains("blocked") && r.reason.contains("web-green-rollback")
+        ),
+        "{:?}",
+        w.active().rollback
+    );
 }
 
 #[test]

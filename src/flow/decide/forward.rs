@@ -257,7 +257,7 @@ pub(super) fn release_old_color(cx: &mut Cx<'_>, id: &str, observed: &Observatio
         );
     };
     // An alarm while the old colour is still warm rolls back, like one during the bake.
-    let firing = tick::firing(observed, cx.settings).filter(|a| !a.is_empty());
+    let firing = tick::firing(observed, cx.settings, d.target).filter(|a| !a.is_empty());
     if let Some(alarms) = firing.filter(|_| cx.settings.rollback_while_warm) {
         let reason = format!(
             "rollback alarm(s) {} in ALARM before {} was released",

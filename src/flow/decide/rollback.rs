@@ -81,7 +81,7 @@ pub(super) fn on_alarm(
             format!("alarm {alarm} changed to {state:?}; only ALARM rolls back"),
         );
     }
-    if !cx.settings.rollback_alarms.iter().any(|a| a == alarm) {
+    if !cx.settings.all_rollback_alarms().iter().any(|a| a == alarm) {
         return Ignore(
             IgnoreCode::NotApplicable,
             format!("{alarm} is not a rollback alarm of {}", cx.state.service),
@@ -111,6 +111,21 @@ pub(super) fn on_alarm(
             );
         }
     };
+    // One colour's own alarm rolls back only a deployment to that colour: the live
+    // colour in ALARM never blocks the fix deployed to the other one.
+    let target = cx.state.deployment(&id).map_or(cx.state.live, |d| d.target);
+    if !cx.settings.rolls_back(alarm, target) {
+        return Ignore(
+            IgnoreCode::NotApplicable,
+            format!(
+                "{alarm} watches {}, not {target}, which {id} deploys to: it never blocks a deployment to the other colour",
+                cx.settings
+                    .color_alarms
+                    .color_of(alarm)
+                    .unwrap_or(target.other())
+            ),
+        );
+    }
     // An alarm that entered ALARM before the deployment started concerns an earlier one
     // (a delivery delayed past that deployment's end): it rolls this one back only if it
     // still reads ALARM now.

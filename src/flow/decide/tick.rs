@@ -5,7 +5,7 @@
 use super::{Applied, Cx, Ignore, Verdict, forward, rollback, start, with_active};
 use crate::flow::effect::{Effect, EventKind, IgnoreCode};
 use crate::flow::input::{Observations, ProductionRules, RuleWeights, TickKey};
-use crate::flow::model::{Deployment, Hold, Phase, Weights};
+use crate::flow::model::{Color, Deployment, Hold, Phase, Weights};
 use crate::flow::settings::{DriftPolicy, ServiceSettings, UnreadablePolicy};
 
 pub(super) fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) -> Verdict {
@@ -55,7 +55,7 @@ pub(super) fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) 
         return forward::release_old_color(cx, &tick.deployment_id, observed);
     }
     with_active(cx, &tick.deployment_id, |cx, d| {
-        if let Some(alarms) = firing(observed, cx.settings).filter(|a| !a.is_empty())
+        if let Some(alarms) = firing(observed, cx.settings, d.target).filter(|a| !a.is_empty())
             && rollback::alarm_gated(d)
         {
             let reason = if d.phase == Phase::Requested {
@@ -269,13 +269,18 @@ fn served_then(
     }
 }
 
-/// The configured rollback alarms among those observed in ALARM; `None` when unread.
-pub(super) fn firing(observed: &Observations, settings: &ServiceSettings) -> Option<Vec<String>> {
+/// The rollback alarms of a deployment to `target` among those observed in ALARM (the
+/// other colour's own alarms never count); `None` when unread.
+pub(super) fn firing(
+    observed: &Observations,
+    settings: &ServiceSettings,
+    target: Color,
+) -> Option<Vec<String>> {
     let firing: Vec<String> = observed
         .alarms_firing
         .as_ref()?
         .iter()
-        .filter(|a| settings.rollback_alarms.contains(a))
+        .filter(|a| settings.rolls_back(a, target))
         .cloned()
         .collect();
     Some(firing)
