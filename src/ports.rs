@@ -403,6 +403,14 @@ pub trait Platform: Send + Sync {
         task_definition: &str,
         desired: u32,
     ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Scales `color`'s service up to `match_count_of`'s desired count (at least one),
+    /// keeping what it runs; never scales down.
+    fn scale_up(
+        &self,
+        service: &str,
+        color: Color,
+        match_count_of: Color,
+    ) -> impl Future<Output = PortResult<()>> + Send;
     /// Scales `color`'s service to zero.
     fn scale_to_zero(
         &self,

@@ -75,11 +75,27 @@ def run_all(endpoint, binary):
         text = path.read_text()
         headings = re.findall(r"^## (\w+)", text, flags=re.M)
         assert headings == SECTIONS, f"{path.name}: sections {headings}, expected {SECTIONS}"
+        local = dict(env)  # what this runbook's own `export` lines set
         for command in commands(text):
             command = re.sub(r"--timeout \d+[smh]", "--timeout 3s", command)
             command = re.sub(r"--start-timeout \d+[smh]", "--start-timeout 3s", command)
-            done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
-            allowed = {0, 3, 5, 6, 7} if command.startswith("bluegreen ") else {0}
+            command = re.sub(r"^timeout \d+ ", "timeout 3 ", command)
+            if command.startswith("export "):
+                done = subprocess.run(["sh", "-ec", command + "\nprintf '\\0'\nenv -0"], env=local, capture_output=True, text=True, timeout=120)
+                assert done.returncode == 0, f"{path.name}: `{command}` exited {done.returncode}\n{done.stderr[-2000:]}"
+                for pair in done.stdout.split("\0")[1:]:
+                    key, sep, value = pair.partition("=")
+                    if sep and key.isidentifier():
+                        local[key] = value
+                count += 1
+                continue
+            done = subprocess.run(["sh", "-c", command], env=local, capture_output=True, text=True, timeout=120)
+            if command.startswith("bluegreen "):
+                allowed = {0, 3, 5, 6, 7}
+            elif command.startswith("timeout "):
+                allowed = {0, 124}  # a bounded wait, shortened here: it may give up
+            else:
+                allowed = {0}
             assert done.returncode in allowed, (
                 f"{path.name}: `{command}` exited {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
             )

@@ -232,6 +232,30 @@ impl Platform for Aws {
         self.point(svc, color, task_definition, desired).await
     }
 
+    async fn scale_up(&self, service: &str, color: Color, match_count_of: Color) -> PortResult<()> {
+        let svc = self.resources(service)?;
+        let live = self.describe_service(svc, match_count_of).await?;
+        let target = self.describe_service(svc, color).await?;
+        let want = u32::try_from(live.desired_count())
+            .unwrap_or(0)
+            .max(svc.min_tasks)
+            .max(1);
+        if u32::try_from(target.desired_count()).unwrap_or(0) >= want {
+            return Ok(());
+        }
+        let desired = i32::try_from(want).unwrap_or(i32::MAX);
+        repeat("UpdateService", || {
+            self.ecs
+                .update_service()
+                .cluster(&svc.cluster)
+                .service(service_name(svc, color))
+                .desired_count(desired)
+                .send()
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
         let svc = self.resources(service)?;
         repeat("UpdateService", || {

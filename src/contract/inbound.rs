@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::flow::Action;
+use crate::flow::{Action, Color};
 use crate::schema::{self, FieldError, SchemaId};
 
 /// The sources the worker accepts its own and operators' events from.
@@ -115,7 +115,7 @@ impl AlarmStateValue {
 }
 
 /// Detail of every operator event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Default, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OperatorDetail {
     /// Service name.
@@ -134,6 +134,12 @@ pub struct OperatorDetail {
     /// `Promote Requested`: also skip the bake.
     #[serde(default)]
     pub skip_bake: bool,
+    /// `Switch Requested`: the colour to make live.
+    #[serde(default)]
+    pub to: Option<Color>,
+    /// `Switch Requested`: move without waiting for healthy targets.
+    #[serde(default)]
+    pub force: bool,
     /// `Validation Reported`: the hook.
     #[serde(default)]
     pub hook: Option<String>,
@@ -238,12 +244,19 @@ pub enum OperatorKind {
 }
 
 impl OperatorKind {
-    /// Maps a `detail-type` to a kind; `skip_bake` completes `Promote`.
+    /// Maps a `detail-type` to a kind; the detail completes `Promote` (`skipBake`) and
+    /// `Switch` (`to`, `force`; `None` without `to`).
     #[must_use]
-    pub fn from_detail_type(detail_type: &str, skip_bake: bool) -> Option<OperatorKind> {
+    pub fn from_detail_type(detail_type: &str, detail: &OperatorDetail) -> Option<OperatorKind> {
         Some(match detail_type {
             "Deploy Requested" => OperatorKind::Deploy,
-            "Promote Requested" => OperatorKind::Action(Action::Promote { skip_bake }),
+            "Promote Requested" => OperatorKind::Action(Action::Promote {
+                skip_bake: detail.skip_bake,
+            }),
+            "Switch Requested" => OperatorKind::Action(Action::Switch {
+                to: detail.to?,
+                force: detail.force,
+            }),
             "Approve Requested" => OperatorKind::Action(Action::Approve),
             "Pause Requested" => OperatorKind::Action(Action::Pause),
             "Resume Requested" => OperatorKind::Action(Action::Resume),
@@ -254,6 +267,15 @@ impl OperatorKind {
             _ => return None,
         })
     }
+}
+
+/// Whether `detail_type` is one of the operator events (`Switch Requested` included).
+fn is_operator_detail_type(detail_type: &str) -> bool {
+    let any = OperatorDetail {
+        to: Some(Color::Blue),
+        ..OperatorDetail::default()
+    };
+    OperatorKind::from_detail_type(detail_type, &any).is_some()
 }
 
 /// A classified, schema-checked inbound message.
@@ -410,9 +432,7 @@ pub fn classify(value: &Value, sources: &Sources) -> Result<SchemaId, ParseError
     match (source, detail_type) {
         ("aws.ecr", "ECR Image Action") => Ok(SchemaId::EcrImageAction),
         ("aws.cloudwatch", "CloudWatch Alarm State Change") => Ok(SchemaId::AlarmStateChange),
-        (s, d) if s == sources.manual && OperatorKind::from_detail_type(d, false).is_some() => {
-            Ok(SchemaId::OperatorEvent)
-        }
+        (s, d) if s == sources.manual && is_operator_detail_type(d) => Ok(SchemaId::OperatorEvent),
         ("aws.elasticloadbalancing" | "aws.ecs", "AWS API Call via CloudTrail") => {
             Ok(SchemaId::ApiCall)
         }
@@ -443,11 +463,12 @@ pub fn parse(value: &Value, sources: &Sources) -> Result<Message, ParseError> {
         SchemaId::AlarmStateChange => Body::Alarm(serde_json::from_value(detail).map_err(typed)?),
         SchemaId::OperatorEvent => {
             let detail: OperatorDetail = serde_json::from_value(detail).map_err(typed)?;
-            let kind = OperatorKind::from_detail_type(&envelope.detail_type, detail.skip_bake)
-                .ok_or_else(|| ParseError::UnknownKind {
+            let kind = OperatorKind::from_detail_type(&envelope.detail_type, &detail).ok_or_else(
+                || ParseError::UnknownKind {
                     event_source: envelope.source.clone(),
                     detail_type: envelope.detail_type.clone(),
-                })?;
+                },
+            )?;
             Body::Operator(kind, detail)
         }
         SchemaId::ApiCall => Body::ApiCall(serde_json::from_value(detail).map_err(typed)?),

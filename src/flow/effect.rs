@@ -40,6 +40,16 @@ pub enum Effect {
         /// Colour whose desired count to copy.
         match_count_of: Color,
     },
+    /// Scale `color`'s ECS service up to `match_count_of`'s desired count (at least one
+    /// task), keeping the task definition it runs; never scales down (an emergency switch).
+    ScaleUp {
+        /// Deployment asking (lease check).
+        deployment_id: String,
+        /// Service to scale.
+        color: Color,
+        /// Colour whose desired count to reach.
+        match_count_of: Color,
+    },
     /// Scale `color`'s ECS service to zero tasks.
     ScaleToZero {
         /// Deployment asking (lease check).
@@ -102,6 +112,7 @@ impl Effect {
             Effect::RegisterRevision { .. } => "register-revision",
             Effect::UpdateService { .. } => "update-service",
             Effect::ScaleToZero { .. } => "scale-to-zero",
+            Effect::ScaleUp { .. } => "scale-up",
             Effect::RestoreCapacity { .. } => "restore-capacity",
             Effect::SetProductionWeights { .. } => "set-production-weights",
             Effect::SetTestWeights { .. } => "set-test-weights",
@@ -117,6 +128,7 @@ impl Effect {
             Effect::RegisterRevision { deployment_id, .. }
             | Effect::UpdateService { deployment_id, .. }
             | Effect::ScaleToZero { deployment_id, .. }
+            | Effect::ScaleUp { deployment_id, .. }
             | Effect::RestoreCapacity { deployment_id, .. }
             | Effect::SetProductionWeights { deployment_id, .. }
             | Effect::SetTestWeights { deployment_id, .. }

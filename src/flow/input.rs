@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{ImageRef, Timestamp, Weights};
+use super::model::{Color, ImageRef, Timestamp, Weights};
 
 /// One input with its dedup key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,14 +95,17 @@ impl Input {
     }
 
     /// Whether the input may roll a deployment back (an alarm entering ALARM, an operator's
-    /// abort or rollback): such an input preempts a lease holder's forward effects and waits
-    /// for the lease instead of giving up (SPEC §4 invariant 5).
+    /// abort, rollback or switch): such an input preempts a lease holder's forward effects
+    /// and waits for the lease instead of giving up (SPEC §4 invariant 5).
     #[must_use]
     pub fn is_rollback_class(&self) -> bool {
         match &self.kind {
             InputKind::Alarm { state, .. } => *state == AlarmState::Alarm,
             InputKind::Operator { action, .. } => {
-                matches!(action, Action::Abort | Action::Rollback)
+                matches!(
+                    action,
+                    Action::Abort | Action::Rollback | Action::Switch { .. }
+                )
             }
             _ => false,
         }
@@ -271,6 +274,15 @@ pub enum Action {
     Rollback,
     /// Deploy the image of a rolled-back or failed deployment again.
     Retry,
+    /// The emergency switch: make `to` the live colour. An active deployment whose
+    /// known-good colour is `to` is rolled back; otherwise `to` is scaled to the live
+    /// count, awaited healthy (unless `force`) and given every production rule.
+    Switch {
+        /// The colour to make live.
+        to: Color,
+        /// Move without waiting for healthy targets.
+        force: bool,
+    },
 }
 
 impl Action {
@@ -285,6 +297,7 @@ impl Action {
             Action::Abort => "abort",
             Action::Rollback => "rollback",
             Action::Retry => "retry",
+            Action::Switch { .. } => "switch",
         }
     }
 }
@@ -465,9 +478,14 @@ impl TargetHealth {
     /// least one).
     #[must_use]
     pub fn is_ready(&self, revision: Option<&str>) -> bool {
-        revision.is_some()
-            && self.task_definition.as_deref() == revision
-            && self.rollout_completed
+        revision.is_some() && self.task_definition.as_deref() == revision && self.is_steady()
+    }
+
+    /// Whether the colour's rollout is complete and every registered target healthy,
+    /// whatever revision it runs.
+    #[must_use]
+    pub fn is_steady(&self) -> bool {
+        self.rollout_completed
             && self.desired > 0
             && self.running == self.desired
             && self.registered_targets > 0

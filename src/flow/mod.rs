@@ -28,7 +28,8 @@ pub use input::{
 };
 pub use model::{
     Color, Deployment, Hold, ImageRef, LiveRevision, PendingTick, Phase, Plan, QueuedImage,
-    RECENT_REJECTIONS, RejectedInput, Rollback, ServiceState, Step, Timestamp, Weights,
+    RECENT_REJECTIONS, RejectedInput, Rollback, ServiceState, Step, SwitchOrder, Timestamp,
+    Weights,
 };
 pub use settings::{
     Check, ColorAlarms, Concurrency, DriftPolicy, ExplicitStep, ServiceSettings, Strategy,

@@ -266,6 +266,10 @@ impl Phase {
     /// `docs/architecture.md` draws this table.
     pub const TRANSITIONS: &'static [(Phase, Phase)] = &[
         (Phase::Requested, Phase::Provisioning),
+        // An emergency switch registers nothing: it scales and awaits the target colour,
+        // or (forced) moves at once.
+        (Phase::Requested, Phase::WaitingForGreen),
+        (Phase::Requested, Phase::Shifting),
         (Phase::Provisioning, Phase::WaitingForGreen),
         (Phase::WaitingForGreen, Phase::Testing),
         (Phase::WaitingForGreen, Phase::AwaitingApproval),
@@ -459,9 +463,27 @@ pub struct Deployment {
     /// follows, so it never follows another pipeline's deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// Set when this is an operator's emergency switch rather than a new image: the
+    /// target colour keeps what it runs, is scaled to the live count and awaited healthy,
+    /// then takes every production rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<SwitchOrder>,
+}
+
+/// How an emergency switch was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchOrder {
+    /// Move without waiting for the target colour's healthy targets.
+    pub force: bool,
 }
 
 impl Deployment {
+    /// Whether this is an emergency switch.
+    #[must_use]
+    pub fn is_switch(&self) -> bool {
+        self.switch.is_some()
+    }
+
     /// Whether a pause is in effect.
     #[must_use]
     pub fn is_paused(&self) -> bool {

@@ -231,6 +231,32 @@ impl LocalPlatform {
         self.runtime(service)?.point(color, revision, count.max(1))
     }
 
+    /// Brings `color` up to `match_count_of`'s instance count (at least the configured
+    /// count when that colour runs none), on the version it last ran; never scales down.
+    ///
+    /// # Errors
+    /// Unknown service, a colour that never ran a version, or a database error.
+    pub fn scale_up(&self, service: &str, color: Color, match_count_of: Color) -> PortResult<()> {
+        let rt = self.runtime(service)?;
+        let want = match rt.state(match_count_of).desired {
+            0 => rt.spec.instances,
+            n => n,
+        };
+        let (revision, desired) = {
+            let st = rt.state(color);
+            (st.revision.clone(), st.desired)
+        };
+        let Some(revision) = revision else {
+            return Err(PortError::Permanent(format!(
+                "{service}'s {color} colour has never run a version: nothing to switch to"
+            )));
+        };
+        if desired >= want {
+            return Ok(());
+        }
+        rt.point(color, &revision, want)
+    }
+
     /// Takes `color` out of the router, drains it and stops its instances.
     ///
     /// # Errors

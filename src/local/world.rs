@@ -225,6 +225,10 @@ impl Platform for Local {
             .restore(service, color, task_definition, desired)
     }
 
+    async fn scale_up(&self, service: &str, color: Color, match_count_of: Color) -> PortResult<()> {
+        self.platform.scale_up(service, color, match_count_of)
+    }
+
     async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
         self.platform.scale_to_zero(service, color)
     }

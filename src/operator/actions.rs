@@ -32,6 +32,7 @@ impl Verb {
             Verb::Act(Action::Abort) => "Abort Requested",
             Verb::Act(Action::Rollback) => "Rollback Requested",
             Verb::Act(Action::Retry) => "Retry Requested",
+            Verb::Act(Action::Switch { .. }) => "Switch Requested",
         }
     }
 
@@ -74,6 +75,12 @@ impl Request {
         match &self.verb {
             Verb::Deploy { image } => detail["image"] = json!(image),
             Verb::Act(Action::Promote { skip_bake: true }) => detail["skipBake"] = json!(true),
+            Verb::Act(Action::Switch { to, force }) => {
+                detail["to"] = json!(to);
+                if *force {
+                    detail["force"] = json!(true);
+                }
+            }
             _ => {}
         }
         detail
@@ -129,7 +136,7 @@ pub enum Refusal {
 fn phase_hint(phase: Option<Phase>) -> String {
     match phase {
         Some(p) => format!(" (phase {p}; allowed: {})", allowed(p).join(", ")),
-        None => " (no deployment in progress; allowed: deploy, retry, rollback of a warm success)"
+        None => " (no deployment in progress; allowed: deploy, retry, switch, rollback of a warm success)"
             .into(),
     }
 }
@@ -139,15 +146,45 @@ fn phase_hint(phase: Option<Phase>) -> String {
 pub fn allowed(phase: Phase) -> Vec<&'static str> {
     match phase {
         Phase::Requested | Phase::Provisioning | Phase::WaitingForGreen | Phase::Testing => {
-            vec!["pause", "resume", "abort", "rollback"]
+            vec![
+                "pause",
+                "resume",
+                "abort",
+                "rollback",
+                "switch (to the known-good colour)",
+            ]
         }
-        Phase::AwaitingApproval => vec!["approve", "pause", "resume", "abort", "rollback"],
-        Phase::Shifting | Phase::Baking => {
-            vec!["promote", "pause", "resume", "abort", "rollback"]
-        }
+        Phase::AwaitingApproval => vec![
+            "approve",
+            "pause",
+            "resume",
+            "abort",
+            "rollback",
+            "switch (to the known-good colour)",
+        ],
+        Phase::Shifting => vec![
+            "promote",
+            "pause",
+            "resume",
+            "abort",
+            "rollback",
+            "switch (to the known-good colour)",
+        ],
+        Phase::Baking => vec![
+            "promote --skip-bake",
+            "pause",
+            "resume",
+            "abort",
+            "rollback",
+            "switch (to the known-good colour)",
+        ],
         Phase::Finalizing | Phase::RollingBack => vec![],
-        Phase::Succeeded => vec!["deploy", "rollback (while the old colour is warm)"],
-        Phase::RolledBack | Phase::Failed => vec!["deploy", "retry"],
+        Phase::Succeeded => vec![
+            "deploy",
+            "rollback (while the old colour is warm)",
+            "switch",
+        ],
+        Phase::RolledBack | Phase::Failed => vec!["deploy", "retry", "switch"],
     }
 }
 

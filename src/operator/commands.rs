@@ -10,7 +10,15 @@ use serde_json::json;
 
 use crate::config::{CONFIG_FILE_ENV, Config};
 use crate::exit;
-use crate::flow::Action;
+use crate::flow::{Action, Color};
+
+fn parse_color(text: &str) -> Result<Color, String> {
+    match text {
+        "blue" => Ok(Color::Blue),
+        "green" => Ok(Color::Green),
+        _ => Err(format!("{text:?} is not a colour: blue or green")),
+    }
+}
 
 use super::actions::{Request, Verb};
 use super::console::{Console, ConsoleError};
@@ -151,6 +159,27 @@ pub enum OperatorCommand {
         #[command(flatten)]
         args: ActionArgs,
     },
+    /// The emergency traffic switch: make a colour live, carried out by the worker with
+    /// rollback priority. A deployment in progress is rolled back to it (or a success
+    /// whose old colour it is, while warm); otherwise the colour is scaled to the live
+    /// task count, awaited until its targets are healthy (bounded by the service's green
+    /// timeout; refused if not, production unchanged), given every production rule, read
+    /// back and recorded as live, so drift handling keeps it and the next deployment goes
+    /// to the other colour. `--wait` exits 0 once the colour is live.
+    #[command(
+        after_help = "Examples:\n  bluegreen switch web --to blue --reason 'green 5xx after release' --wait\n  bluegreen switch web --to green --force --wait   # do not wait for healthy targets"
+    )]
+    Switch {
+        /// The colour to make live.
+        #[arg(long, value_parser = parse_color)]
+        to: Color,
+        /// Move every rule without waiting for the colour's healthy targets.
+        #[arg(long)]
+        force: bool,
+        /// Common options.
+        #[command(flatten)]
+        args: ActionArgs,
+    },
     /// Deploy the image of the last deployment again when it rolled back or failed.
     #[command(after_help = "Example:\n  bluegreen retry web --wait")]
     Retry {
@@ -281,6 +310,9 @@ fn verb_of(command: OperatorCommand) -> Option<(Verb, ActionArgs)> {
         OperatorCommand::Abort { args } => (Verb::Act(Action::Abort), args),
         OperatorCommand::Rollback { args } => (Verb::Act(Action::Rollback), args),
         OperatorCommand::Retry { args } => (Verb::Act(Action::Retry), args),
+        OperatorCommand::Switch { to, force, args } => {
+            (Verb::Act(Action::Switch { to, force }), args)
+        }
         OperatorCommand::Status { .. }
         | OperatorCommand::History { .. }
         | OperatorCommand::Watch { .. } => return None,
@@ -330,6 +362,7 @@ async fn act(
             (id.map_or(Pick::Current, Pick::Id), Aim::RolledBack)
         }
         (Verb::Act(Action::Pause), id) => (id.map_or(Pick::Current, Pick::Id), Aim::Paused),
+        (Verb::Act(Action::Switch { to, .. }), _) => (Pick::Current, Aim::Live(*to)),
         (_, id) => (id.map_or(Pick::Current, Pick::Id), Aim::End),
     };
     if args.output == Output::Text {

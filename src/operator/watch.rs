@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::exit;
-use crate::flow::{Phase, RejectedInput, ServiceState};
+use crate::flow::{Color, Phase, RejectedInput, ServiceState};
 
 use super::console::{Console, ConsoleError};
 use super::status::{DeploymentView, Status, split_bar};
@@ -41,6 +41,9 @@ pub enum Aim {
     RolledBack,
     /// A pause the command asked for: exit 0 once the deployment is paused.
     Paused,
+    /// A switch the command asked for: exit 0 once the deployment it ended or started
+    /// leaves this colour live (rolled back to it, or switched to it).
+    Live(Color),
 }
 
 /// What `watch` follows and how.
@@ -224,6 +227,13 @@ fn look<'s>(follow: &Follow, state: &ServiceState, status: &'s Status) -> Look<'
         },
         Aim::Paused if d.paused => Some(exit::OK),
         Aim::Paused => end_code(d.phase),
+        Aim::Live(color) => match d.phase {
+            Phase::RolledBack if d.target != color => Some(exit::OK),
+            Phase::Succeeded if d.target == color => Some(exit::OK),
+            Phase::RolledBack | Phase::Succeeded => Some(exit::REFUSED),
+            Phase::Failed => Some(exit::FAILED),
+            _ => None,
+        },
     };
     Look::At(d, code)
 }

@@ -254,6 +254,16 @@ impl<W: World> Runner<W> {
                     .await?;
                 Ok(None)
             }
+            Effect::ScaleUp {
+                color,
+                match_count_of,
+                ..
+            } => {
+                self.world
+                    .scale_up(&svc.name, *color, *match_count_of)
+                    .await?;
+                Ok(None)
+            }
             Effect::ScaleToZero { color, .. } => {
                 self.world.scale_to_zero(&svc.name, *color).await?;
                 Ok(None)

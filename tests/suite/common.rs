@@ -153,6 +153,7 @@ pub enum Call {
         task_definition: String,
     },
     ScaleToZero(Color),
+    ScaleUp(Color),
     Restore {
         color: Color,
         task_definition: String,
@@ -603,6 +604,20 @@ impl Platform for Sim {
             task_definition: task_definition.into(),
             desired,
         });
+        Ok(())
+    }
+    async fn scale_up(
+        &self,
+        _service: &str,
+        color: Color,
+        match_count_of: Color,
+    ) -> PortResult<()> {
+        self.effect("scale-up").await?;
+        let mut c = self.cloud();
+        let want = c.colors.get(&match_count_of).map_or(0, |(_, n)| *n).max(1);
+        let entry = c.colors.entry(color).or_insert((None, 0));
+        entry.1 = entry.1.max(want);
+        c.log.calls.push(Call::ScaleUp(color));
         Ok(())
     }
     async fn scale_to_zero(&self, _service: &str, color: Color) -> PortResult<()> {

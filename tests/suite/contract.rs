@@ -444,7 +444,7 @@ fn only_a_successful_push_deploys_and_only_alarm_rolls_back() {
     let text = std::fs::read_to_string("tests/fixtures/aws/cloudwatch-alarm-single-metric.json")
         .expect("fixture");
     let mut alarm: serde_json::Value = serde_json::from_str(&text).expect("json");
-    alarm["detail"]["alarmName"] = "api-green-5xx".into();
+    alarm["detail"]["alarmName"] = "api-5xx".into();
     let Routed::Inputs(inputs) = route(&alarm) else {
         panic!("ALARM is not ignored")
     };
@@ -453,7 +453,7 @@ fn only_a_successful_push_deploys_and_only_alarm_rolls_back() {
     assert_eq!(service, "api");
     assert!(
         matches!(&input.kind, InputKind::Alarm { alarm, state, .. }
-            if alarm == "api-green-5xx" && *state == bluegreen::flow::AlarmState::Alarm),
+            if alarm == "api-5xx" && *state == bluegreen::flow::AlarmState::Alarm),
         "{input:?}"
     );
     alarm["detail"]["state"]["value"] = "OK".into();

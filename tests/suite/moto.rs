@@ -1202,6 +1202,10 @@ impl Platform for MotoWorld {
             .restore_capacity(service, color, task_definition, desired)
             .await
     }
+    async fn scale_up(&self, service: &str, color: Color, match_count_of: Color) -> PortResult<()> {
+        self.alive().await;
+        self.aws.scale_up(service, color, match_count_of).await
+    }
     async fn scale_to_zero(&self, service: &str, color: Color) -> PortResult<()> {
         self.alive().await;
         self.aws.scale_to_zero(service, color).await

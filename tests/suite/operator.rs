@@ -438,6 +438,48 @@ async fn an_operator_runs_pauses_promotes_and_rolls_back_deployments_with_comman
         retried.to_image.digest.as_deref(),
         Some(digest(22).as_str())
     );
+
+    // 4. The emergency switch: green is live and blue was released; switch to blue,
+    //    following it to the end (exit 0 once blue is live on every rule).
+    assert_eq!(env.state().await.live, bluegreen::flow::Color::Green);
+    let o = bluegreen(&[
+        "switch", "web", "--to", "green", "--by", "dave", "--config", c,
+    ])
+    .await;
+    exited(&o, 3);
+    assert!(
+        text(&o.stderr).contains("already the live colour"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = bluegreen(&[
+        "switch",
+        "web",
+        "--to",
+        "blue",
+        "--by",
+        "dave",
+        "--reason",
+        "green is bad",
+        "--wait",
+        "--timeout",
+        "120s",
+        "--config",
+        c,
+    ])
+    .await;
+    exited(&o, 0);
+    assert!(text(&o.stdout).contains("Succeeded"), "{}", text(&o.stdout));
+    assert_eq!(
+        env.production().await,
+        Weights {
+            blue: 100,
+            green: 0
+        }
+    );
+    let state = env.state().await;
+    assert_eq!(state.live, bluegreen::flow::Color::Blue, "recorded as live");
+    assert!(state.last.as_ref().is_some_and(|d| d.is_switch()));
     running.stop().await;
 
     // AWS that cannot be reached: a bus that does not exist, no credentials; exit 4.
@@ -548,7 +590,9 @@ alarms = [ {{ name = "web-5xx", error_rate_above = 0.5, window = "2s", min_reque
             let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
         }
         let s = status(());
-        (s["alarms"][0] == serde_json::json!({ "name": "web-5xx", "state": "OK" })).then_some(s)
+        let alarm = &s["alarms"][0];
+        (alarm["name"] == "web-5xx" && alarm["state"] == "OK" && alarm["gates"] == true)
+            .then_some(s)
     });
     let o = run(
         &["deploy", "web", "--image", "v2", "--local", "--config", c],
@@ -587,6 +631,28 @@ alarms = [ {{ name = "web-5xx", error_rate_above = 0.5, window = "2s", min_reque
     );
     let history = valid("history.schema.json", &o);
     assert_eq!(history["deployments"][0]["phase"], "Succeeded");
+    // The emergency switch on the embedded mode: back to blue, every rule, recorded live.
+    let o = run(
+        &[
+            "switch",
+            "web",
+            "--to",
+            "blue",
+            "--local",
+            "--config",
+            c,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        &[],
+    );
+    exited(&o, 0);
+    let s = until("the router on blue", || {
+        let s = status(());
+        (s["ruleWeights"] == serde_json::json!({ "blue": 100, "green": 0 })).then_some(s)
+    });
+    assert_eq!(s["liveColor"], "blue");
     let o = run(&["abort", "web", "--local", "--config", c], &[]);
     assert_eq!(
         o.status.code(),

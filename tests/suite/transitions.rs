@@ -1291,3 +1291,172 @@ fn a_lost_finalize_is_redriven_with_full_traffic() {
     w.settle();
     assert_eq!(w.last_phase(), Some(Phase::Succeeded));
 }
+
+fn switch_to(key: &str, to: Color, force: bool) -> Input {
+    op(key, Action::Switch { to, force })
+}
+
+/// A world whose first deployment (green) succeeded and whose old colour (blue) was
+/// released: blue runs nothing.
+fn green_live_blue_released() -> World {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(w.log.scaled_to_zero, [Color::Blue]);
+    assert_eq!(w.cloud().colors.get(&Color::Blue).map(|c| c.1), Some(0));
+    w
+}
+
+#[test]
+fn a_switch_scales_the_colour_waits_until_healthy_then_moves_every_rule_and_keeps_it_live() {
+    let mut w = green_live_blue_released();
+    let outcome = w.apply(switch_to("s1", Color::Blue, false));
+    assert_eq!(outcome, Outcome::Applied, "{}", reason_of(&outcome));
+    let d = w.active();
+    assert!(d.is_switch());
+    assert_eq!((d.stable, d.target), (Color::Green, Color::Blue));
+    w.tick(); // Requested → scale blue up, wait for it
+    assert_eq!(w.phase(), Some(Phase::WaitingForGreen));
+    assert!(w.log.calls.contains(&Call::ScaleUp(Color::Blue)));
+    let counts = {
+        let c = w.cloud();
+        (
+            c.colors.get(&Color::Blue).map(|c| c.1),
+            c.colors.get(&Color::Green).map(|c| c.1),
+        )
+    };
+    assert_eq!(counts.0, counts.1, "blue runs the live task count");
+    assert!(counts.0 > Some(0));
+    assert_eq!(
+        w.cloud().rule,
+        wt(0, 100),
+        "nothing moves before blue is healthy"
+    );
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(w.cloud().rule, wt(100, 0), "every production rule on blue");
+    assert_eq!(w.state.live, Color::Blue, "recorded as live");
+    assert_eq!(w.state.confirmed, Some(wt(100, 0)));
+    assert!(
+        w.state.last.as_ref().is_some_and(|d| d
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("switched to blue"))),
+        "{:?}",
+        w.state.last
+    );
+    // The reconciler keeps it: nothing is written back to green.
+    let writes = w.log.production.len();
+    w.advance(120);
+    w.reconcile();
+    assert_eq!(
+        w.log.production.len(),
+        writes,
+        "drift handling keeps the switched colour"
+    );
+    // And the next deployment goes to the other colour.
+    w.apply(push(2));
+    assert_eq!(w.active().target, Color::Green);
+}
+
+#[test]
+fn a_switch_during_a_deployment_rolls_it_back_to_the_known_good_colour() {
+    let mut w = world_in(settings(), Phase::Shifting);
+    w.tick(); // 50/50
+    let outcome = w.apply(switch_to("s1", Color::Blue, false));
+    assert_eq!(outcome, Outcome::Applied, "{}", reason_of(&outcome));
+    assert_eq!(w.phase(), Some(Phase::RollingBack));
+    assert_eq!(
+        w.log.production.last(),
+        Some(&wt(100, 0)),
+        "production moves first, at once"
+    );
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    assert!(
+        w.state
+            .last
+            .as_ref()
+            .and_then(|d| d.rollback.as_ref())
+            .is_some_and(|r| r.reason.contains("switched to blue by")),
+        "ended as rolled back by the operator: {:?}",
+        w.state.last
+    );
+    // A switch to the colour being deployed is refused with what to do instead.
+    let mut w = world_in(settings(), Phase::Shifting);
+    let outcome = w.apply(switch_to("s2", Color::Green, false));
+    assert_eq!(rejected(&outcome), RejectCode::InvalidTransition);
+    assert!(
+        reason_of(&outcome).contains("promote --skip-bake"),
+        "{}",
+        reason_of(&outcome)
+    );
+}
+
+#[test]
+fn a_switch_to_a_colour_that_never_gets_healthy_is_refused_and_production_stays() {
+    let mut w = green_live_blue_released();
+    let unhealthy = TargetHealth {
+        healthy_targets: 0,
+        ..healthy()
+    };
+    w.health = Some(unhealthy);
+    w.apply(switch_to("s1", Color::Blue, false));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::RolledBack));
+    let reason = w
+        .state
+        .last
+        .as_ref()
+        .and_then(|d| d.rollback.as_ref())
+        .map(|r| r.reason.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("switch refused") && reason.contains("--force"),
+        "{reason}"
+    );
+    assert_eq!(w.cloud().rule, wt(0, 100), "production stays on green");
+    assert_eq!(w.state.live, Color::Green);
+    assert_eq!(
+        w.log.scaled_to_zero,
+        [Color::Blue],
+        "the refused switch scales nothing down (only the earlier release did)"
+    );
+}
+
+#[test]
+fn a_forced_switch_moves_without_waiting_for_health() {
+    let mut w = green_live_blue_released();
+    w.health = Some(TargetHealth {
+        healthy_targets: 0,
+        ..healthy()
+    });
+    w.apply(switch_to("s1", Color::Blue, true));
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::Shifting));
+    assert!(w.log.calls.contains(&Call::ScaleUp(Color::Blue)));
+    w.settle();
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(w.cloud().rule, wt(100, 0));
+    assert_eq!(w.state.live, Color::Blue);
+}
+
+#[test]
+fn a_switch_to_the_warm_old_colour_is_a_rollback_and_to_the_live_one_is_refused() {
+    let mut w = World::new(settings());
+    w.apply(push(1));
+    w.run_until(|w| w.last_phase() == Some(Phase::Succeeded));
+    let outcome = w.apply(switch_to("s0", Color::Green, false));
+    assert_eq!(rejected(&outcome), RejectCode::AlreadyDeployed);
+    let outcome = w.apply(switch_to("s1", Color::Blue, false));
+    assert_eq!(outcome, Outcome::Applied);
+    assert_eq!(
+        w.phase(),
+        Some(Phase::RollingBack),
+        "blue is warm: production moves at once"
+    );
+    w.settle();
+    assert_eq!(w.cloud().rule, wt(100, 0));
+    assert_eq!(w.state.live, Color::Blue);
+}

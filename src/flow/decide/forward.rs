@@ -216,7 +216,8 @@ fn begin_baking(cx: &mut Cx<'_>, d: &mut Deployment) {
 
 pub(super) fn begin_finalizing(cx: &mut Cx<'_>, d: &mut Deployment) {
     cx.state.live = d.target;
-    cx.state.live_image = Some(d.to_image.pinned());
+    // A switch to a colour whose image the state never knew leaves it unknown.
+    cx.state.live_image = d.to_image.digest.is_some().then(|| d.to_image.pinned());
     cx.state.live_revision = d.revision.clone().map(|task_definition| LiveRevision {
         color: d.target,
         task_definition,

@@ -1,10 +1,10 @@
 //! Operator actions (SPEC §3): promote, approve, pause / resume, abort, rollback (also
-//! after success while the old colour is warm) and retry.
+//! after success while the old colour is warm), retry, and the emergency switch.
 
 use super::{Applied, Cx, Reject, Verdict, forward, rollback, start, with_active};
 use crate::flow::effect::{EventKind, RejectCode};
 use crate::flow::input::Action;
-use crate::flow::model::{Deployment, Hold, Phase};
+use crate::flow::model::{Color, Deployment, Hold, Phase, Weights};
 
 pub(super) fn on_operator(
     cx: &mut Cx<'_>,
@@ -23,6 +23,7 @@ pub(super) fn on_operator(
     let names_last = |id: &str| last.as_ref().is_some_and(|(l, _, _)| l == id);
 
     match action {
+        Action::Switch { to, force } => return switch(cx, to, force, &who, &because),
         Action::Retry => {
             if let Some(a) = active_id {
                 return Reject(
@@ -111,6 +112,69 @@ pub(super) fn on_operator(
         };
     }
     with_active(cx, &active, |cx, d| operate(cx, d, action, &who, &because))
+}
+
+/// The emergency switch to `to`, with rollback priority. A deployment in progress whose
+/// known-good colour is `to`, or a success whose old colour `to` is still warm, is rolled
+/// back (production moves at once, in one call). Otherwise `to` is scaled to the live
+/// count, awaited healthy (unless `force`) and given every production rule, then recorded
+/// as live (a switch deployment).
+fn switch(cx: &mut Cx<'_>, to: Color, force: bool, who: &str, because: &str) -> Verdict {
+    let why = format!("switched to {to} by {who}{because}");
+    if let Some(d) = cx.state.active.as_ref() {
+        let (id, phase, stable, target) = (d.id.clone(), d.phase, d.stable, d.target);
+        if phase == Phase::RollingBack {
+            return Reject(
+                RejectCode::InvalidTransition,
+                format!(
+                    "{id} is already rolling back to {stable}{}",
+                    if stable == to {
+                        ""
+                    } else {
+                        "; switch once it has ended"
+                    }
+                ),
+            );
+        }
+        if to == target {
+            return Reject(
+                RejectCode::InvalidTransition,
+                format!(
+                    "{to} is the colour {id} deploys to ({phase}); `promote --skip-bake` finishes it there, or `abort` then `switch`"
+                ),
+            );
+        }
+        return with_active(cx, &id, |cx, d| {
+            rollback::begin_rollback(cx, d, why);
+            Applied
+        });
+    }
+    if to == cx.state.live {
+        let all = cx.state.confirmed == Some(Weights::all(to));
+        return Reject(
+            RejectCode::AlreadyDeployed,
+            format!(
+                "{to} is already the live colour{}",
+                if all {
+                    " and every production rule serves it"
+                } else {
+                    "; the reconciler puts every production rule back on it (drift policy)"
+                }
+            ),
+        );
+    }
+    let warm = cx
+        .state
+        .last
+        .as_ref()
+        .is_some_and(|l| l.stable == to && rollback::is_warm(l, cx.now));
+    if warm && let Some(mut d) = cx.state.last.take() {
+        rollback::begin_rollback(cx, &mut d, why);
+        cx.settle(d);
+        return Applied;
+    }
+    start::start_switch(cx, to, force, who.to_string(), why);
+    Applied
 }
 
 fn unknown(id: Option<&str>) -> Verdict {
@@ -218,7 +282,7 @@ fn operate(
             };
             rollback::begin_rollback(cx, d, format!("{verb} by {who}{because}"));
         }
-        Action::Retry => return not_now(d),
+        Action::Retry | Action::Switch { .. } => return not_now(d),
     }
     Applied
 }

@@ -30,6 +30,11 @@ pub fn desired_effects(settings: &ServiceSettings, d: &Deployment) -> Vec<Effect
             template: d.stable,
             image: d.to_image.pinned(),
         }],
+        Phase::WaitingForGreen if d.is_switch() => vec![Effect::ScaleUp {
+            deployment_id: d.id.clone(),
+            color: d.target,
+            match_count_of: d.stable,
+        }],
         Phase::WaitingForGreen => d
             .revision
             .iter()
@@ -78,12 +83,15 @@ pub fn desired_effects(settings: &ServiceSettings, d: &Deployment) -> Vec<Effect
             if from_start {
                 return Vec::new();
             }
+            // A switch leaves the colour it meant to move to as it is: it may be the warm
+            // old colour someone needs next.
+            let scale_down = (!d.is_switch()).then(|| Effect::ScaleToZero {
+                deployment_id: d.id.clone(),
+                color: d.target,
+            });
             std::iter::once(production(Weights::all(d.stable)))
                 .chain(test(d.stable))
-                .chain(std::iter::once(Effect::ScaleToZero {
-                    deployment_id: d.id.clone(),
-                    color: d.target,
-                }))
+                .chain(scale_down)
                 .collect()
         }
         Phase::Succeeded | Phase::RolledBack | Phase::Failed => Vec::new(),

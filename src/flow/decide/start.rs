@@ -3,9 +3,11 @@
 //! (SPEC §4 invariant 9) and the rollback alarms.
 
 use super::{Applied, Cx, Reject, Verdict, forward, rollback};
-use crate::flow::effect::{EventKind, RejectCode};
+use crate::flow::effect::{Effect, EventKind, RejectCode};
 use crate::flow::input::Observations;
-use crate::flow::model::{Color, Deployment, ImageRef, Phase, QueuedImage, Weights};
+use crate::flow::model::{
+    Color, Deployment, Hold, ImageRef, Phase, Plan, QueuedImage, Step, SwitchOrder, Weights,
+};
 use crate::flow::settings::Concurrency;
 
 pub(super) fn on_deploy(
@@ -142,11 +144,88 @@ pub(super) fn start(
         served_at: None,
         unreadable_since: None,
         request: Some(cx.request.clone()).filter(|k| !k.is_empty()),
+        switch: None,
     };
     cx.emit(&mut d, EventKind::Started, Phase::Requested, reason);
     let now = cx.now;
     cx.schedule(&mut d, now);
     cx.state.active = Some(d);
+}
+
+/// Creates an emergency switch to `to`: a deployment that registers nothing and keeps
+/// what `to` runs. Its first tick scales `to` to the live count (see [`begin_switch`]).
+pub(super) fn start_switch(
+    cx: &mut Cx<'_>,
+    to: Color,
+    force: bool,
+    requested_by: String,
+    reason: String,
+) {
+    // The image `to` runs, as far as the state knows: the last deployment's new image if
+    // it went there, its old one if it came from there.
+    let known = cx.state.last.as_ref().and_then(|l| {
+        if l.target == to {
+            Some(l.to_image.pinned())
+        } else {
+            l.from_image.clone()
+        }
+    });
+    let image = match known.as_deref().and_then(|p| p.split_once('@')) {
+        Some((repository, digest)) => ImageRef {
+            repository: repository.to_string(),
+            digest: Some(digest.to_string()),
+            tag: None,
+        },
+        None => ImageRef {
+            repository: format!("(what {to} runs)"),
+            digest: None,
+            tag: None,
+        },
+    };
+    start(cx, image, requested_by, Some(reason), None);
+    if let Some(d) = cx.state.active.as_mut() {
+        d.switch = Some(SwitchOrder { force });
+        d.target = to;
+        d.skip_bake = true;
+        d.plan = Plan {
+            steps: vec![Step {
+                percent: 100,
+                hold: Hold::Timed(0),
+            }],
+            bake_ms: 0,
+            termination_wait_ms: d.plan.termination_wait_ms,
+            approval: false,
+            checks: Vec::new(),
+        };
+    }
+}
+
+/// A switch's first tick (the target colour's rollback alarms were judged before):
+/// scales the target colour to the live count and waits until it is healthy, or, forced,
+/// moves every production rule at once.
+pub(super) fn begin_switch(cx: &mut Cx<'_>, d: &mut Deployment) {
+    let force = d.switch.is_some_and(|s| s.force);
+    if force {
+        cx.effects.push(Effect::ScaleUp {
+            deployment_id: d.id.clone(),
+            color: d.target,
+            match_count_of: d.stable,
+        });
+        forward::enter_step(cx, d, 0);
+        return;
+    }
+    cx.enter(
+        d,
+        Phase::WaitingForGreen,
+        EventKind::PhaseChanged,
+        Some(format!(
+            "scaling {} to the live count; it takes production once its targets are healthy",
+            d.target
+        )),
+    );
+    cx.establish(d);
+    d.deadline = Some(cx.now.plus(cx.settings.timeouts.green));
+    cx.poll(d);
 }
 
 /// The start checks, on `Requested`'s tick (rollback alarms were judged before): every

@@ -70,6 +70,11 @@ pub(super) fn on_tick(cx: &mut Cx<'_>, tick: &TickKey, observed: &Observations) 
             rollback::by_alarm(d);
             return Applied;
         }
+        if d.phase == Phase::Requested && d.is_switch() {
+            // A switch moves every rule wherever they stand: no start checks.
+            start::begin_switch(cx, d);
+            return Applied;
+        }
         if d.phase == Phase::Requested {
             start::start_checks(cx, d, observed);
             return Applied;
@@ -170,6 +175,8 @@ fn step(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
             Some(h) if h.is_ready(d.revision.as_deref()) => {
                 forward::after_green(cx, d);
             }
+            // A switch keeps what the colour runs: steady and healthy is enough.
+            Some(h) if d.is_switch() && h.is_steady() => forward::after_green(cx, d),
             seen if d.deadline.is_some_and(|t| now >= t) => {
                 let detail = seen.as_ref().map_or_else(
                     || "no health reading".to_string(),
@@ -186,15 +193,21 @@ fn step(cx: &mut Cx<'_>, d: &mut Deployment, observed: &Observations) {
                         )
                     },
                 );
-                rollback::begin_rollback(
-                    cx,
-                    d,
+                let reason = if d.is_switch() {
+                    format!(
+                        "switch refused: {} not healthy within {} ({detail}); production stays on {}; `switch --force` moves anyway",
+                        d.target,
+                        humantime::format_duration(timeouts.green),
+                        d.stable
+                    )
+                } else {
                     format!(
                         "{} colour not healthy within {} ({detail})",
                         d.target,
                         humantime::format_duration(timeouts.green)
-                    ),
-                );
+                    )
+                };
+                rollback::begin_rollback(cx, d, reason);
             }
             _ => cx.poll(d),
         },
