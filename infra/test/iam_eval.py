@@ -64,13 +64,25 @@ class Call:
         return f"{self.service}:{self.operation}"
 
 
-def parse_recording(text):
-    """The calls in a moto recording (one JSON request per line)."""
-    calls = []
+def entries(text):
+    """The JSON requests of a moto recording: one per line, though moto's request threads
+    append without a lock, so a line may hold two requests written back to back."""
+    decoder = json.JSONDecoder()
     for line in text.splitlines():
-        if not line.strip():
-            continue
-        entry = json.loads(line)
+        at = 0
+        while at < len(line):
+            while at < len(line) and line[at].isspace():
+                at += 1
+            if at == len(line):
+                break
+            entry, at = decoder.raw_decode(line, at)
+            yield entry
+
+
+def parse_recording(text):
+    """The calls in a moto recording."""
+    calls = []
+    for entry in entries(text):
         headers = {k.lower(): v for k, v in entry["headers"].items()}
         auth = headers.get("authorization", "")
         m = re.search(r"Credential=([^/]+)/\d+/[^/]+/([^/]+)/aws4_request", auth)

@@ -80,6 +80,9 @@ def run_all(endpoint, binary):
             command = re.sub(r"--timeout \d+[smh]", "--timeout 3s", command)
             command = re.sub(r"--start-timeout \d+[smh]", "--start-timeout 3s", command)
             command = re.sub(r"^timeout \d+ ", "timeout 3 ", command)
+            # Actions and watch wait for the worker to take the request; it may not run here.
+            if re.match(r"bluegreen (deploy|promote|approve|pause|resume|abort|rollback|retry|switch|watch) ", command) and "--start-timeout" not in command:
+                command += " --start-timeout 3s"
             if command.startswith("export "):
                 done = subprocess.run(["sh", "-ec", command + "\nprintf '\\0'\nenv -0"], env=local, capture_output=True, text=True, timeout=120)
                 assert done.returncode == 0, f"{path.name}: `{command}` exited {done.returncode}\n{done.stderr[-2000:]}"

@@ -99,12 +99,20 @@ pub enum OperatorCommand {
     /// wait until the worker started it (or queued it, or refused it) and print the
     /// deployment id.
     #[command(
-        after_help = "Examples:\n  bluegreen deploy web --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/web:release-42 --wait\n  bluegreen deploy web --image web@sha256:<64 hex> --reason 'hotfix 1234'\n  bluegreen deploy shop --image v2 --local          # the embedded mode: a version label"
+        after_help = "Examples:\n  bluegreen deploy web --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/web:release-42 --wait\n  bluegreen deploy web --image web@sha256:<64 hex> --reason 'hotfix 1234'\n  bluegreen deploy shop --image v2 --local          # the embedded mode: a version label\n  bluegreen deploy web --previous --wait            # back to the image before the live one"
     )]
     Deploy {
         /// `repository:tag` or `repository@sha256:…` (the embedded mode: a version).
+        #[arg(
+            long,
+            required_unless_present = "previous",
+            conflicts_with = "previous"
+        )]
+        image: Option<String>,
+        /// Deploy the image that was live before the live one (from the history): the way
+        /// back once the old colour is no longer warm.
         #[arg(long)]
-        image: String,
+        previous: bool,
         /// Common options.
         #[command(flatten)]
         args: ActionArgs,
@@ -276,6 +284,17 @@ pub async fn run(command: OperatorCommand, out: &mut dyn Write, err: &mut dyn Wr
             )
             .await
         }
+        OperatorCommand::Deploy {
+            image: None,
+            previous: true,
+            args,
+        } => match open(&args.target).await {
+            Ok(console) => match previous_image(&console, &args.service).await {
+                Ok(image) => act(&console, Verb::Deploy { image }, args, tty, out).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
         action => match verb_of(action) {
             Some((verb, args)) => match open(&args.target).await {
                 Ok(console) => act(&console, verb, args, tty, out).await,
@@ -300,7 +319,11 @@ pub async fn run(command: OperatorCommand, out: &mut dyn Write, err: &mut dyn Wr
 
 fn verb_of(command: OperatorCommand) -> Option<(Verb, ActionArgs)> {
     Some(match command {
-        OperatorCommand::Deploy { image, args } => (Verb::Deploy { image }, args),
+        OperatorCommand::Deploy {
+            image: Some(image),
+            args,
+            ..
+        } => (Verb::Deploy { image }, args),
         OperatorCommand::Promote { skip_bake, args } => {
             (Verb::Act(Action::Promote { skip_bake }), args)
         }
@@ -313,10 +336,29 @@ fn verb_of(command: OperatorCommand) -> Option<(Verb, ActionArgs)> {
         OperatorCommand::Switch { to, force, args } => {
             (Verb::Act(Action::Switch { to, force }), args)
         }
-        OperatorCommand::Status { .. }
+        OperatorCommand::Deploy { image: None, .. }
+        | OperatorCommand::Status { .. }
         | OperatorCommand::History { .. }
         | OperatorCommand::Watch { .. } => return None,
     })
+}
+
+/// The image that was live before the live one: what the newest success that put the
+/// live image there replaced.
+async fn previous_image(console: &Console, service: &str) -> Result<String, ConsoleError> {
+    let live = console.state(service).await?.live_image;
+    let history = console.history(service, 50).await?;
+    history
+        .iter()
+        .filter(|d| d.phase == crate::flow::Phase::Succeeded)
+        .find(|d| live.as_deref().is_none_or(|l| l == d.to_image))
+        .and_then(|d| d.from_image.clone())
+        .ok_or_else(|| {
+            super::actions::Refusal::Nothing(format!(
+                "{service}: no earlier image is known (no success in the last 50 deployments replaced the live image); deploy one with --image"
+            ))
+            .into()
+        })
 }
 
 /// Opens the console `target` names.
