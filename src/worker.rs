@@ -184,7 +184,9 @@ impl<W: World> Worker<W> {
                 return Disposition::DeadLetter(e.to_string());
             }
         };
-        let routed = match contract::route(&msg, &self.fleet) {
+        let routed = match contract::check_age(&msg, self.runner.now())
+            .and_then(|()| contract::route(&msg, &self.fleet))
+        {
             Ok(r) => r,
             Err(e) => {
                 warn!(message_id, code = e.code, error = %e, "message rejected");

@@ -7,4 +7,4 @@ pub mod route;
 
 pub use inbound::{Body, Envelope, Message, ParseError, Sources, parse, parse_str};
 pub use outbound::Entry;
-pub use route::{Rejection, Routed, parse_image, route};
+pub use route::{OPERATOR_EVENT_MAX_AGE, Rejection, Routed, check_age, parse_image, route};

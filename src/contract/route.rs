@@ -5,7 +5,7 @@
 //! name their service. Dedup keys are built here (SPEC §4 invariant 4).
 
 use crate::fleet::Fleet;
-use crate::flow::{ImageRef, Input, InputKind, Observations, TickKey};
+use crate::flow::{ImageRef, Input, InputKind, Observations, TickKey, Timestamp};
 
 use super::inbound::{Body, Message, OperatorKind};
 
@@ -30,6 +30,43 @@ pub struct Rejection {
 
 fn reject(code: &'static str, reason: String) -> Rejection {
     Rejection { code, reason }
+}
+
+/// How old an operator event may be when the worker reads it. Older ones — a week-old
+/// `Deploy Requested` or `Rollback Requested` moved back from the dead-letter queue — are
+/// refused (`stale-event`) instead of acted on now.
+pub const OPERATOR_EVENT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// Refuses an operator event older than [`OPERATOR_EVENT_MAX_AGE`] at `now` (by its
+/// envelope's `time`, which EventBridge sets when the event is put). Other messages, and
+/// an event without a readable time, pass.
+///
+/// # Errors
+/// A `stale-event` [`Rejection`] naming the event's time and age.
+pub fn check_age(msg: &Message, now: Timestamp) -> Result<(), Rejection> {
+    if !matches!(msg.body, Body::Operator(..)) {
+        return Ok(());
+    }
+    let Some((text, at)) = msg
+        .envelope
+        .time
+        .as_deref()
+        .and_then(|t| Timestamp::parse_rfc3339(t).ok().map(|at| (t, at)))
+    else {
+        return Ok(());
+    };
+    let age = now.since(at);
+    if u128::from(age) <= OPERATOR_EVENT_MAX_AGE.as_millis() {
+        return Ok(());
+    }
+    Err(reject(
+        "stale-event",
+        format!(
+            "operator event put at {text} is {} old, more than {}: not acted on now; send it again if it still applies",
+            humantime::format_duration(std::time::Duration::from_secs(age / 1000)),
+            humantime::format_duration(OPERATOR_EVENT_MAX_AGE)
+        ),
+    ))
 }
 
 /// Routes `msg` for `fleet`.

@@ -620,3 +620,24 @@ fn a_recorded_change_to_a_services_rule_or_colour_service_reconciles_it_at_once(
     foreign["account"] = "210987654321".into();
     assert_eq!(route(&foreign).expect_err("refused").code, "wrong-account");
 }
+
+#[test]
+fn an_operator_event_older_than_an_hour_is_refused_as_stale() {
+    use bluegreen::flow::Timestamp;
+    let sources = Sources::default();
+    let event = crate::common::envelope::operator(
+        "op-1",
+        "Rollback Requested",
+        serde_json::json!({ "service": "web", "requestedBy": "alice" }),
+    );
+    let msg = contract::parse(&event, &sources).expect("parses");
+    let put = Timestamp::parse_rfc3339(event["time"].as_str().expect("time")).expect("RFC 3339");
+    assert!(contract::check_age(&msg, put.plus_ms(59 * 60 * 1000)).is_ok());
+    let stale =
+        contract::check_age(&msg, put.plus_ms(7 * 24 * 3600 * 1000)).expect_err("a week old");
+    assert_eq!(stale.code, "stale-event");
+    assert!(stale.reason.contains("7days"), "{}", stale.reason);
+    // Only operator events age: a push moved back from the dead-letter queue still deploys.
+    let push = contract::parse(&crate::common::envelope::push(1), &sources).expect("push");
+    assert!(contract::check_age(&push, put.plus_ms(7 * 24 * 3600 * 1000)).is_ok());
+}
