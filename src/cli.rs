@@ -540,6 +540,16 @@ fn cmd_local(path: &Path, action: Option<LocalAction>) -> Result<String, String>
         LocalAction::Send { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            // Put now, as PutEvents stamps `time`: the worker refuses operator events
+            // older than an hour. Anything that is not a JSON object goes as it is (the
+            // worker rejects it with a reason).
+            let text = match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(mut event) if event.get("time").is_some() => {
+                    event["time"] = clock().rfc3339().into();
+                    event.to_string()
+                }
+                _ => text,
+            };
             let db = open(&config)?;
             runtime()?
                 .block_on(crate::ports::Inbox::send(

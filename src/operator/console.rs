@@ -268,13 +268,38 @@ impl Console {
         }
     }
 
-    /// The status of `service`: stored state, the rule read now, the alarms.
+    /// The status of `service`: stored state, the rule read now, the alarms, and what
+    /// the worker is doing (its lease, the effects it owes).
     ///
     /// # Errors
     /// Unknown service, or the store cannot be read.
     pub async fn status(&self, service: &str) -> Result<Status, ConsoleError> {
-        let state = self.state(service).await?;
-        Ok(self.status_of(&state).await)
+        use crate::ports::Store;
+        self.known(service)?;
+        let (stored, fence) = match self {
+            Console::Aws { aws, .. } => {
+                let stored = aws
+                    .load(service, Color::Blue)
+                    .await
+                    .map_err(|e| aws_error("GetItem", "", &e))?;
+                (stored, aws.fence(service).await.ok())
+            }
+            Console::Local { db, .. } => {
+                let stored = db
+                    .load(service, Color::Blue)
+                    .await
+                    .map_err(|e| ConsoleError::Unreachable(e.to_string()))?;
+                (stored, db.fence(service).await.ok())
+            }
+        };
+        let mut status = self.status_of(&stored.state).await;
+        status.owed_effects = stored.owed.len();
+        let now = self.now();
+        if let Some(f) = fence.filter(|f| f.owner.is_some() && now < f.until) {
+            status.lease_owner = f.owner;
+            status.lease_until = Some(f.until.rfc3339());
+        }
+        Ok(status)
     }
 
     /// The status of the service whose stored state is `state`: the rule and the alarms

@@ -46,6 +46,25 @@ pub struct StepAt {
     pub count: usize,
 }
 
+/// How late a due step may be before `status` calls it overdue: a tick is due when its
+/// delay ends and the worker takes it within seconds; a minute past that, something is
+/// wrong (the worker down or stuck, its queue unreachable).
+pub const OVERDUE_AFTER_SECONDS: u64 = 60;
+
+/// A request the worker refused, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedView {
+    /// When.
+    pub at: String,
+    /// The request (`event:<EventBridge id>`, `push:<image>`).
+    pub request: String,
+    /// The reject code.
+    pub code: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// A deployment as `status` and `history` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -80,6 +99,12 @@ pub struct DeploymentView {
     pub duration_seconds: u64,
     /// When its next step is due.
     pub next_tick_due: Option<String>,
+    /// Seconds past that, when the worker has not acted on it for more than a minute
+    /// (a stuck or down worker; paused deployments are never overdue).
+    pub overdue_seconds: Option<u64>,
+    /// When the current step's (or the bake's) weights were confirmed by a read-back:
+    /// the hold counts from then.
+    pub served_since: Option<String>,
     /// The dedup key of the request that started it (`event:<EventBridge id>`).
     pub request: Option<String>,
 }
@@ -118,6 +143,12 @@ impl DeploymentView {
             finished_at: d.finished_at.map(Timestamp::rfc3339),
             duration_seconds: end.since(d.started_at) / 1000,
             next_tick_due: d.next_tick.map(|t| t.due.rfc3339()),
+            overdue_seconds: d
+                .next_tick
+                .filter(|_| !d.is_paused() && !d.phase.is_terminal())
+                .map(|t| now.since(t.due) / 1000)
+                .filter(|late| *late > OVERDUE_AFTER_SECONDS),
+            served_since: d.served_at.map(Timestamp::rfc3339),
             request: d.request.clone(),
         }
     }
@@ -147,6 +178,16 @@ pub struct Status {
     pub alarms: Vec<AlarmStatus>,
     /// Why the alarms could not be read (their states then show `UNKNOWN`).
     pub alarm_error: Option<String>,
+    /// The worker holding the service's lease now, if one does: it is carrying out
+    /// effects.
+    pub lease_owner: Option<String>,
+    /// Until when it holds it.
+    pub lease_until: Option<String>,
+    /// Effects a committed decision owes and no worker has carried out yet (the next
+    /// worker to take the lease does so first).
+    pub owed_effects: usize,
+    /// The most recent requests the worker refused, newest first (at most 3).
+    pub refused: Vec<RefusedView>,
     /// The image waiting for the active deployment to end.
     pub queued_image: Option<String>,
     /// The last finished deployment.
@@ -187,6 +228,21 @@ impl Status {
             rules,
             alarms,
             alarm_error: None,
+            lease_owner: None,
+            lease_until: None,
+            owed_effects: 0,
+            refused: state
+                .rejected
+                .iter()
+                .rev()
+                .take(3)
+                .map(|r| RefusedView {
+                    at: r.at.rfc3339(),
+                    request: r.key.clone(),
+                    code: r.code.clone(),
+                    reason: r.reason.clone(),
+                })
+                .collect(),
             queued_image: state.queued.as_ref().map(|q| q.image.pinned()),
             last: state.last.as_ref().map(|d| DeploymentView::of(d, now)),
         }
@@ -244,8 +300,21 @@ pub fn render_status(s: &Status) -> String {
                 d.target,
                 d.to_image
             );
-            if let Some(due) = &d.next_tick_due {
-                let _ = writeln!(out, "  next step due {due}");
+            if let Some(since) = &d.served_since {
+                let _ = writeln!(out, "  step served since {since}");
+            }
+            match (&d.next_tick_due, d.overdue_seconds) {
+                (Some(due), Some(late)) => {
+                    let _ = writeln!(
+                        out,
+                        "  next step due {due}: OVERDUE by {} — the worker has not acted (runbook bluegreen-deployment-stuck)",
+                        humantime::format_duration(std::time::Duration::from_secs(late))
+                    );
+                }
+                (Some(due), None) => {
+                    let _ = writeln!(out, "  next step due {due}");
+                }
+                (None, _) => {}
             }
         }
         None => {
@@ -282,6 +351,26 @@ pub fn render_status(s: &Status) -> String {
     if let Some(e) = &s.alarm_error {
         let _ = writeln!(out, "  alarms:  {e}");
     }
+    if let (Some(owner), Some(until)) = (&s.lease_owner, &s.lease_until) {
+        let _ = writeln!(
+            out,
+            "  worker {owner} is acting on it (lease until {until})"
+        );
+    }
+    if s.owed_effects > 0 {
+        let _ = writeln!(
+            out,
+            "  owed: {} effect(s) committed and not carried out yet (the next worker to take the service does them first)",
+            s.owed_effects
+        );
+    }
+    for r in &s.refused {
+        let _ = writeln!(
+            out,
+            "  refused {} {} ({}): {}",
+            r.at, r.request, r.code, r.reason
+        );
+    }
     if let Some(q) = &s.queued_image {
         let _ = writeln!(out, "  queued: {q}");
     }
@@ -309,10 +398,13 @@ pub fn render_history(entries: &[DeploymentView]) -> String {
     for d in entries {
         let _ = writeln!(
             out,
-            "{:<12} {:<16} {:>6}s  {} → {}{}",
+            "{:<12} {:<16} {} {:>8}  by {}  {} → {}{}",
             d.id,
             d.phase.to_string(),
-            d.duration_seconds,
+            d.started_at,
+            humantime::format_duration(std::time::Duration::from_secs(d.duration_seconds))
+                .to_string(),
+            d.requested_by,
             d.from_image.as_deref().unwrap_or("-"),
             d.to_image,
             d.reason

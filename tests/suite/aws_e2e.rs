@@ -267,7 +267,7 @@ async fn malformed_and_hostile_messages_are_rejected_and_dead_lettered() {
     env.send_raw(r#"{"version":"0","id":"x1","detail-type":"Launch Missiles","source":"bluegreen.manual","detail":{}}"#).await;
     env.send_raw(&serde_json::json!({
         "version": "0", "id": "x2", "detail-type": "Abort Requested", "source": "bluegreen.manual",
-        "time": "2026-11-26T10:00:00Z", "region": "us-east-1", "resources": [],
+        "time": crate::common::wall_now(), "region": "us-east-1", "resources": [],
         "detail": { "service": "payments", "requestedBy": "mallory" }
     }).to_string()).await;
     env.send_raw(&"A".repeat(200_000)).await;
@@ -358,7 +358,7 @@ async fn duplicates_and_a_crash_between_commit_and_effects_change_nothing() {
         .await;
     let pause = serde_json::json!({
         "version": "0", "id": "op-1", "detail-type": "Rollback Requested", "source": "bluegreen.manual",
-        "time": "2026-11-26T10:00:00Z", "region": "us-east-1", "resources": [],
+        "time": crate::common::wall_now(), "region": "us-east-1", "resources": [],
         "detail": { "service": "web", "requestedBy": "alice" }
     })
     .to_string();

@@ -591,7 +591,7 @@ fn push_envelope(id: &str, repository: &str, digest: &str, tag: &str) -> String 
 fn operator_envelope(id: &str, service: &str, detail_type: &str) -> String {
     json!({
         "version": "0", "id": id, "detail-type": detail_type, "source": "bluegreen.manual",
-        "account": "123456789012", "time": "2026-12-01T10:00:00Z", "region": "us-east-1",
+        "account": "123456789012", "time": crate::common::wall_now(), "region": "us-east-1",
         "resources": [], "detail": { "service": service, "requestedBy": "chaos" }
     })
     .to_string()

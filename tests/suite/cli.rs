@@ -307,3 +307,40 @@ fn worker_options_that_would_leave_no_room_for_effects_are_refused() {
         stderr(&hidden)
     );
 }
+
+#[test]
+fn an_operator_command_without_a_usable_configuration_exits_1_not_4() {
+    // Missing, unreadable and invalid configurations are the operator's input: 1, which a
+    // pipeline does not retry (4 means AWS unreachable, worth retrying).
+    let dir = temp_dir("config-error");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[worker]\nqueue_url = 3\n").expect("write");
+    for args in [
+        vec!["status", "web", "--config", "/nonexistent/bluegreen.toml"],
+        vec!["status", "web", "--config", bad.to_str().expect("path")],
+        vec!["watch", "web", "--config", bad.to_str().expect("path")],
+        vec![
+            "abort",
+            "web",
+            "--local",
+            "--config",
+            "/nonexistent/local.toml",
+        ],
+    ] {
+        let o = bluegreen(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).starts_with("error: "),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    // No configuration at all names the ways to give one.
+    let o = bluegreen(&["status", "web"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("BLUEGREEN_CONFIG_JSON"),
+        "{}",
+        stderr(&o)
+    );
+}

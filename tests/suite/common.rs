@@ -948,7 +948,7 @@ impl World {
     /// Puts an EventBridge envelope in the inbox, visible after `delay`.
     pub fn send(&mut self, body: &serde_json::Value, delay: Duration) {
         let db = self.sim.db.clone();
-        let text = body.to_string();
+        let text = put_now(body.clone(), (self.sim.clock)()).to_string();
         self.rt
             .block_on(async move { db.send(text, delay).await })
             .expect("send");
@@ -1194,6 +1194,20 @@ pub fn reason_of(outcome: &Outcome) -> String {
         Outcome::Applied => String::new(),
         Outcome::Rejected { reason, .. } | Outcome::Ignored { reason, .. } => reason.clone(),
     }
+}
+
+/// `body` as EventBridge delivers an operator event put at `now`: it stamps `time` when
+/// the event is put (the worker refuses operator events older than an hour).
+pub fn put_now(mut body: serde_json::Value, now: Timestamp) -> serde_json::Value {
+    if body["source"] == "bluegreen.manual" && body.get("time").is_some() {
+        body["time"] = now.rfc3339().into();
+    }
+    body
+}
+
+/// The wall clock as RFC 3339, for envelopes sent to moto or the embedded mode.
+pub fn wall_now() -> String {
+    (bluegreen::ports::system_clock())().rfc3339()
 }
 
 /// EventBridge envelopes as AWS and operators send them, for delivery through the inbox.

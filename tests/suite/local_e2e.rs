@@ -630,7 +630,7 @@ async fn a_sticky_client_stays_on_its_colour_until_finalization() {
     let deployment = stored(&runtime).await.active.unwrap().id;
     let promote = serde_json::json!({
         "version": "0", "id": "promote-1", "detail-type": "Promote Requested",
-        "source": "bluegreen.manual", "time": "2026-11-26T10:00:00Z", "resources": [],
+        "source": "bluegreen.manual", "time": crate::common::wall_now(), "resources": [],
         "detail": { "service": SERVICE, "deploymentId": deployment, "requestedBy": "test" }
     });
     runtime
@@ -706,7 +706,7 @@ async fn a_deploy_requested_by_tag_resolves_through_the_local_registry() {
     let request = |id: &str, image: &str| {
         serde_json::json!({
             "version": "0", "id": id, "detail-type": "Deploy Requested",
-            "source": "bluegreen.manual", "time": "2026-12-01T10:00:00Z", "resources": [],
+            "source": "bluegreen.manual", "time": crate::common::wall_now(), "resources": [],
             "detail": { "service": SERVICE, "image": image, "requestedBy": "alice" }
         })
         .to_string()

@@ -723,3 +723,42 @@ fn watch_names_an_image_by_tag_repository_registry_or_digest() {
     assert!(ImageQuery::parse("web@sha256:short").is_err());
     assert!(ImageQuery::parse(" ").is_err());
 }
+
+#[test]
+fn status_says_when_a_step_is_overdue_and_what_the_worker_refused() {
+    use bluegreen::flow::{Action, Outcome, ProductionRules};
+    use bluegreen::operator::{AlarmStatus, DeploymentView, Status, render_status};
+    let mut w = crate::common::world_in(crate::common::settings(), Phase::Shifting);
+    let refused = w.apply(crate::common::op("a1", Action::Approve));
+    assert!(matches!(refused, Outcome::Rejected { .. }));
+    let d = w.active().clone();
+    let due = d.next_tick.expect("a step tick").due;
+    let on_time = DeploymentView::of(&d, due.plus_ms(30_000));
+    assert_eq!(
+        on_time.overdue_seconds, None,
+        "a tick taken within a minute is not overdue"
+    );
+    let late = DeploymentView::of(&d, due.plus_ms(7 * 60_000));
+    assert_eq!(late.overdue_seconds, Some(420));
+    let mut paused = d.clone();
+    paused.paused_at = Some(due);
+    assert_eq!(
+        DeploymentView::of(&paused, due.plus_ms(7 * 60_000)).overdue_seconds,
+        None
+    );
+
+    let status = Status::of(
+        &w.state,
+        Ok(ProductionRules::one("rule", d.weights)),
+        vec![AlarmStatus::new("web-5xx", "OK")],
+        due.plus_ms(7 * 60_000),
+    );
+    let text = render_status(&status);
+    assert!(text.contains("OVERDUE by 7m"), "{text}");
+    assert!(text.contains("step served since"), "{text}");
+    assert_eq!(status.refused.len(), 1);
+    assert!(
+        text.contains("refused") && text.contains("a1 (invalid-transition)"),
+        "{text}"
+    );
+}
