@@ -278,7 +278,7 @@ fn describe(d: &DeploymentView, status: &Status, now: &str, json: bool) -> Strin
 
 /// How long reads may keep failing before `watch` gives up with
 /// [`exit::UNREACHABLE`]: a throttled or dropped call does not end a pipeline's wait.
-const READ_FAILURES_TOLERATED: Duration = Duration::from_secs(60);
+pub const READ_FAILURES_TOLERATED: Duration = Duration::from_secs(60);
 
 /// Follows a deployment as `follow` says and returns the exit code; plain lines when
 /// stdout is not a terminal, a live split bar when it is, one JSON object per change with
