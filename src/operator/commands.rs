@@ -23,7 +23,7 @@ fn parse_color(text: &str) -> Result<Color, String> {
 use super::actions::{Request, Verb};
 use super::console::{Console, ConsoleError};
 use super::status::{render_history, render_status};
-use super::watch::{Aim, Follow, ImageQuery, Pick, watch};
+use super::watch::{Aim, Answer, Follow, ImageQuery, Pick, answer, watch};
 
 /// Output formats of the read commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -453,69 +453,45 @@ async fn started(
     let begun = tokio::time::Instant::now();
     loop {
         let state = console.state(&follow.service).await?;
-        let deployment = state
-            .active
-            .iter()
-            .chain(state.last.iter())
-            .find(|d| d.request.as_deref() == Some(key.as_str()));
-        let queued = state
-            .queued
-            .as_ref()
-            .is_some_and(|q| q.request.as_deref() == Some(key.as_str()));
-        let refused = state.rejected.iter().rev().find(|r| &r.key == key);
-        let (answer, code) = match (deployment, queued, refused) {
-            (Some(d), _, _) => (
-                json!({ "event": event, "deployment": d.id, "status": "started" }),
-                exit::OK,
-            ),
-            (None, true, _) => (
-                json!({ "event": event, "deployment": null, "status": "queued" }),
-                exit::OK,
-            ),
-            (None, false, Some(r)) => (
-                json!({ "event": event, "deployment": null, "status": "refused", "code": r.code, "reason": r.reason }),
-                exit::REFUSED,
-            ),
-            (None, false, None) if begun.elapsed() >= follow.start_timeout => (
-                json!({ "event": event, "deployment": null, "status": "not started" }),
-                exit::TIMED_OUT,
-            ),
-            _ => {
+        let (status, deployment, refused, code) = match answer(&state, key) {
+            Some(Answer::Started(d)) => ("started", Some(d.id.as_str()), None, exit::OK),
+            Some(Answer::Queued) => ("queued", None, None, exit::OK),
+            Some(Answer::Refused(r)) => ("refused", None, Some(r), exit::REFUSED),
+            None if begun.elapsed() >= follow.start_timeout => {
+                ("not started", None, None, exit::TIMED_OUT)
+            }
+            None => {
                 tokio::time::sleep(follow.interval).await;
                 continue;
             }
         };
-        match output {
-            Output::Json => {
-                let _ = writeln!(out, "{answer}");
-            }
+        let _ = match output {
+            Output::Json => writeln!(
+                out,
+                "{}",
+                json!({
+                    "event": event, "deployment": deployment, "status": status,
+                    "code": refused.map(|r| &r.code), "reason": refused.map(|r| &r.reason),
+                })
+            ),
             Output::Text => {
-                let what = match answer["status"].as_str() {
-                    Some("started") => format!(
-                        "deployment {} started",
-                        answer["deployment"].as_str().unwrap_or_default()
-                    ),
-                    Some("queued") => "queued behind the deployment in progress".into(),
-                    Some("refused") => format!(
-                        "refused by the worker ({}): {}",
-                        r_str(&answer["code"]),
-                        r_str(&answer["reason"])
-                    ),
-                    _ => format!(
+                let what = match (deployment, refused) {
+                    (Some(id), _) => format!("deployment {id} started"),
+                    (None, Some(r)) => format!("refused by the worker ({}): {}", r.code, r.reason),
+                    (None, None) if code == exit::OK => {
+                        "queued behind the deployment in progress".into()
+                    }
+                    (None, None) => format!(
                         "no deployment started within {}; the worker may be down (bluegreen status {})",
                         humantime::format_duration(follow.start_timeout),
                         follow.service
                     ),
                 };
-                let _ = writeln!(out, "{}: {what}", follow.service);
+                writeln!(out, "{}: {what}", follow.service)
             }
-        }
+        };
         return Ok(code);
     }
-}
-
-fn r_str(v: &serde_json::Value) -> &str {
-    v.as_str().unwrap_or_default()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -157,6 +157,11 @@ impl Console {
     /// # Errors
     /// Unknown service, or the store cannot be read.
     pub async fn state(&self, service: &str) -> Result<ServiceState, ConsoleError> {
+        self.stored(service).await.map(|s| s.state)
+    }
+
+    /// The stored state of `service` with what its last decisions still owe.
+    async fn stored(&self, service: &str) -> Result<crate::ports::Stored, ConsoleError> {
         use crate::ports::Store;
         self.known(service)?;
         match self {
@@ -169,7 +174,6 @@ impl Console {
                 .await
                 .map_err(|e| ConsoleError::Unreachable(e.to_string())),
         }
-        .map(|s| s.state)
     }
 
     /// Who is asking: the caller's ARN on AWS, the user on the embedded mode.
@@ -275,22 +279,11 @@ impl Console {
     /// Unknown service, or the store cannot be read.
     pub async fn status(&self, service: &str) -> Result<Status, ConsoleError> {
         use crate::ports::Store;
-        self.known(service)?;
-        let (stored, fence) = match self {
-            Console::Aws { aws, .. } => {
-                let stored = aws
-                    .load(service, Color::Blue)
-                    .await
-                    .map_err(|e| aws_error("GetItem", "", &e))?;
-                (stored, aws.fence(service).await.ok())
-            }
-            Console::Local { db, .. } => {
-                let stored = db
-                    .load(service, Color::Blue)
-                    .await
-                    .map_err(|e| ConsoleError::Unreachable(e.to_string()))?;
-                (stored, db.fence(service).await.ok())
-            }
+        let stored = self.stored(service).await?;
+        // Who holds the lease is extra information: unreadable, it is left out.
+        let fence = match self {
+            Console::Aws { aws, .. } => aws.fence(service).await.ok(),
+            Console::Local { db, .. } => db.fence(service).await.ok(),
         };
         let mut status = self.status_of(&stored.state).await;
         status.owed_effects = stored.owed.len();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::exit;
-use crate::flow::{Color, Phase, RejectedInput, ServiceState};
+use crate::flow::{Color, Deployment, Phase, RejectedInput, ServiceState};
 
 use super::console::{Console, ConsoleError};
 use super::status::{DeploymentView, Status, split_bar};
@@ -163,6 +163,36 @@ fn rejection<'a>(state: &'a ServiceState, key: &str) -> Option<&'a RejectedInput
     state.rejected.iter().rev().find(|r| r.key == key)
 }
 
+/// What the worker made of a `deploy` or `retry` request, once it took it up.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'s> {
+    /// It started this deployment.
+    Started(&'s Deployment),
+    /// It queued the image behind the deployment in progress.
+    Queued,
+    /// It refused the request.
+    Refused(&'s RejectedInput),
+}
+
+/// The worker's answer to the request whose dedup key is `key`, if it answered yet.
+#[must_use]
+pub fn answer<'s>(state: &'s ServiceState, key: &str) -> Option<Answer<'s>> {
+    let started = state
+        .active
+        .iter()
+        .chain(state.last.iter())
+        .find(|d| d.request.as_deref() == Some(key));
+    let queued = state
+        .queued
+        .as_ref()
+        .is_some_and(|q| q.request.as_deref() == Some(key));
+    match (started, queued) {
+        (Some(d), _) => Some(Answer::Started(d)),
+        (None, true) => Some(Answer::Queued),
+        (None, false) => rejection(state, key).map(Answer::Refused),
+    }
+}
+
 fn end_code(phase: Phase) -> Option<u8> {
     match phase {
         Phase::Succeeded => Some(exit::OK),
@@ -204,11 +234,14 @@ fn look<'s>(follow: &Follow, state: &ServiceState, status: &'s Status) -> Look<'
             found
         }
     };
-    let queued = state.queued.as_ref().is_some_and(|q| match &follow.pick {
-        Pick::Request(key) => q.request.as_deref() == Some(key.as_str()),
-        Pick::Image(want) => want.matches(&q.image.pinned(), q.image.tag.as_deref()),
+    let queued = match &follow.pick {
+        Pick::Request(key) => matches!(answer(state, key), Some(Answer::Queued)),
+        Pick::Image(want) => state
+            .queued
+            .as_ref()
+            .is_some_and(|q| want.matches(&q.image.pinned(), q.image.tag.as_deref())),
         _ => false,
-    });
+    };
     let Some(d) = found.filter(|_| applied) else {
         return Look::Waiting {
             accepted: queued || (sent.is_some() && applied),

@@ -1460,3 +1460,36 @@ fn a_switch_to_the_warm_old_colour_is_a_rollback_and_to_the_live_one_is_refused(
     assert_eq!(w.cloud().rule, wt(100, 0));
     assert_eq!(w.state.live, Color::Blue);
 }
+
+#[test]
+fn a_switch_whose_worker_dies_after_its_commit_is_carried_out_by_the_next() {
+    let mut w = green_live_blue_released();
+    w.apply(switch_to("s1", Color::Blue, false));
+    w.crash_next = true; // the ScaleUp and the poll tick of WaitingForGreen are lost
+    w.tick();
+    assert_eq!(w.phase(), Some(Phase::WaitingForGreen));
+    assert!(
+        !w.log.calls.contains(&Call::ScaleUp(Color::Blue)),
+        "lost with the worker"
+    );
+    w.settle();
+    assert!(
+        w.log.calls.contains(&Call::ScaleUp(Color::Blue)),
+        "carried out by the next"
+    );
+    assert_eq!(w.last_phase(), Some(Phase::Succeeded));
+    assert_eq!(w.cloud().rule, wt(100, 0));
+    assert_eq!(w.state.live, Color::Blue);
+}
+
+#[test]
+fn a_switch_on_a_service_whose_rule_was_never_read_does_not_guess_the_live_colour() {
+    let mut w = World::new(settings());
+    let outcome = w.apply(switch_to("s1", Color::Blue, false));
+    assert_eq!(rejected(&outcome), RejectCode::InvalidTransition);
+    assert!(
+        reason_of(&outcome).contains("never had its production rule read"),
+        "{}",
+        reason_of(&outcome)
+    );
+}

@@ -149,6 +149,17 @@ fn switch(cx: &mut Cx<'_>, to: Color, force: bool, who: &str, because: &str) -> 
             Applied
         });
     }
+    if to == cx.state.live && !cx.state.live_observed {
+        // Never read: `live` is only a default, and the switch would take the colour it
+        // moves to for the one to release.
+        return Reject(
+            RejectCode::InvalidTransition,
+            format!(
+                "{} has never had its production rule read (no deployment yet), so its live colour is not known; deploy first, or move the rule by hand",
+                cx.state.service
+            ),
+        );
+    }
     if to == cx.state.live {
         let all = cx.state.confirmed == Some(Weights::all(to));
         return Reject(
